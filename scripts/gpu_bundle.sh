@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# The GPU machine has no Rust toolchain: build test binaries, examples and
+# benches HERE (release, stripped) into .gpu-bundle/ (git-ignored), together
+# with bundle/run-tests.sh, then send it with the device tool:
+#   run(command="bash .gpu-bundle/run-tests.sh", carry=[".gpu-bundle"])
+#
+# Usage: scripts/gpu_bundle.sh [--tests "<cargo test selectors>"] [--examples "a b"] [--benches "x y"]
+#   e.g. scripts/gpu_bundle.sh --tests "--workspace" --examples "run2 stress" --benches "nvfp4_gpu"
+# The whole working tree plus the bundle must stay under 64 MiB; the script
+# prints the bundle size.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+tests="" examples="" benches=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --tests) tests="$2"; shift 2 ;;
+        --examples) examples="$2"; shift 2 ;;
+        --benches) benches="$2"; shift 2 ;;
+        *) echo "gpu_bundle: unknown argument '$1' (want --tests, --examples, --benches)" >&2; exit 2 ;;
+    esac
+done
+./scripts/setup.sh >/dev/null
+rm -rf .gpu-bundle && mkdir -p .gpu-bundle/bin
+
+collect() { # cargo args... -> copies every produced executable into .gpu-bundle/bin
+    # shellcheck disable=SC2068
+    cargo $@ --release --message-format=json 2>/dev/null |
+        .venv/bin/python -c '
+import json, sys
+for line in sys.stdin:
+    try: msg = json.loads(line)
+    except ValueError: continue
+    if msg.get("reason") == "compiler-artifact" and msg.get("executable"):
+        print(msg["target"]["kind"][0], msg["target"]["name"], msg["executable"])
+' | while read -r kind name exe; do
+        dest=".gpu-bundle/bin/${kind}-${name}"
+        cp "$exe" "$dest" && strip "$dest"
+        echo "$kind $name" >> .gpu-bundle/manifest
+    done
+}
+[ -n "$tests" ] && collect test --no-run $tests
+for e in $examples; do collect build --example "$e"; done
+for b in $benches; do collect bench --no-run --bench "$b"; done
+
+cat > .gpu-bundle/run-tests.sh <<'RUN'
+#!/usr/bin/env bash
+# Runs on the GPU machine: every bundled test binary, one log each under $OUT.
+set -uo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+torch_lib=/opt/torch/.venv/lib/python3.12/site-packages/torch/lib
+nvrtc_dir="$(dirname "$(find /opt/torch/.venv /usr/local/cuda* -name 'libnvrtc.so*' 2>/dev/null | head -1)")"
+export LD_LIBRARY_PATH="$torch_lib:$nvrtc_dir:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
+export OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+fail=0
+for t in "$here"/bin/test-*; do
+    [ -e "$t" ] || continue
+    name="$(basename "$t")"
+    log="/tmp/$name.log"
+    if "$t" --test-threads=1 > "$log" 2>&1; then
+        echo "PASS $name ($(grep -c '^test .* ok$' "$log") ok, $(grep -c 'SKIPPED' "$log") skipped)"
+    else
+        echo "FAIL $name"; tail -30 "$log"; fail=1
+    fi
+    # Only 8 files come back from $OUT: one combined log.
+    { echo "===== $name"; cat "$log"; } >> "$OUT/tests.log"
+done
+exit $fail
+RUN
+chmod +x .gpu-bundle/run-tests.sh
+du -sh .gpu-bundle
