@@ -1,0 +1,63 @@
+//! Training checkpoints that survive a kill, and export of a trained
+//! Qwen3 model to the formats inference reads.
+//!
+//! A checkpoint is a directory `step-000123/` holding the master weights,
+//! optimizer state and any other named tensors in safetensors files (every
+//! dtype kept bit-exact), plus `checkpoint.json` with the format version,
+//! the [`TrainingState`] (step, epoch, data cursor, RNG state, config, run
+//! arguments) and the length and SHA-256 of every file. It is written into
+//! a temp directory beside the final one, fsynced and renamed into place,
+//! so a kill at any moment leaves the previous checkpoint intact;
+//! [`CheckpointManager`] keeps the last K, and loading checks every file
+//! so damage is reported by file name.
+//!
+//! Export: [`export_dat`] writes the trained model as an NVFP4 `.dat`
+//! (projections re-quantized from the master weights, trained embeddings
+//! and norms included, the keys/order/element types of a `like` file kept);
+//! [`export_hf_dir`] writes a Hugging Face safetensors directory holding
+//! exactly the (dequantized) weights the NVFP4 model computes with.
+//!
+//! Key types: [`CheckpointManager`] (save / latest / load),
+//! [`TrainingState`], [`KeepLastCheckpoints`], [`CheckpointMetadata`],
+//! [`HfExportOptions`], [`Error`].
+//!
+//! ```no_run
+//! use checkpoint::{CheckpointManager, TrainingState};
+//! use tch::{Device, Kind, Tensor};
+//!
+//! # fn main() -> checkpoint::Result<()> {
+//! let manager = CheckpointManager::new("runs/ckpt".as_ref(), 3)?;
+//! let w = Tensor::randn([4, 16], (Kind::Float, Device::Cpu));
+//! let state = TrainingState { step: 100, ..Default::default() };
+//! manager.save(&state, &[("model.norm.weight".to_string(), w)])?;
+//!
+//! if let Some(path) = manager.latest()? {
+//!     let (state, tensors) = CheckpointManager::load(&path, Device::Cpu)?;
+//!     println!("resuming at step {} with {} tensors", state.step, tensors.len());
+//! }
+//! # Ok(())
+//! # }
+//! ```
+#![deny(missing_docs)]
+
+mod digest;
+mod dtype;
+mod error;
+mod export;
+mod layout;
+mod manager;
+mod metadata;
+mod retention;
+mod safetensors_io;
+mod staging;
+mod state;
+mod verify;
+
+pub use error::{Error, Result};
+pub use export::{export_dat, export_hf_dir, export_hf_dir_with, HfDtype, HfExportOptions};
+pub use manager::{CheckpointManager, DEFAULT_SHARD_BYTES};
+pub use metadata::{
+    CheckpointMetadata, FileRecord, TensorRecord, FORMAT_NAME, FORMAT_VERSION, METADATA_FILE,
+};
+pub use retention::KeepLastCheckpoints;
+pub use state::TrainingState;
