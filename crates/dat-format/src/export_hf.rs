@@ -1,0 +1,299 @@
+//! `.dat` -> Hugging Face safetensors model directory: NVFP4 pairs are
+//! dequantized to `<name>.weight`, float entries converted to the chosen
+//! dtype, other entries copied as they are. Shards of at most
+//! `max_shard_bytes` (plus `model.safetensors.index.json` when there are
+//! several); each file is written atomically, the index last.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use safetensors::{Dtype, View};
+use tch::{Device, Tensor};
+
+use crate::atomic::{write_atomic, AtomicFile};
+use crate::elem::ElemType;
+use crate::error::{Error, Result};
+use crate::hf_source::dtype_of_elem;
+use crate::reader::DatFile;
+
+/// How to export a `.dat` file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExportOptions {
+    /// Element type of float and dequantized tensors: BF16, F16 or F32.
+    pub dtype: ElemType,
+    /// `config.json` to copy; `None` copies the one beside the `.dat` file, if any.
+    pub config: Option<PathBuf>,
+    /// Largest shard payload in bytes (a tensor larger than this gets a shard of its own).
+    pub max_shard_bytes: u64,
+}
+
+impl Default for ExportOptions {
+    fn default() -> Self {
+        // 5 GB is the shard size `transformers` writes by default.
+        Self {
+            dtype: ElemType::BF16,
+            config: None,
+            max_shard_bytes: 5_000_000_000,
+        }
+    }
+}
+
+/// Exports `dat` to `out_dir` as safetensors in `dtype` (BF16, F16 or F32),
+/// copying a `config.json` found beside the `.dat` file.
+pub fn export_dat_to_hf_dir(dat: &Path, out_dir: &Path, dtype: ElemType) -> Result<()> {
+    export_dat_to_hf_dir_with(
+        dat,
+        out_dir,
+        &ExportOptions {
+            dtype,
+            ..ExportOptions::default()
+        },
+    )
+    .map(|_| ())
+}
+
+/// Like [`export_dat_to_hf_dir`] with every option; returns the files written.
+pub fn export_dat_to_hf_dir_with(
+    dat: &Path,
+    out_dir: &Path,
+    opts: &ExportOptions,
+) -> Result<Vec<PathBuf>> {
+    if !matches!(opts.dtype, ElemType::BF16 | ElemType::F16 | ElemType::F32) {
+        return Err(Error::BadExportDtype { dtype: opts.dtype });
+    }
+    let file = DatFile::open(dat)?;
+    let plan = plan_export(&file, opts.dtype)?;
+    std::fs::create_dir_all(out_dir).map_err(Error::io(out_dir, "create directory"))?;
+    let shards = split_shards(&plan, opts.max_shard_bytes);
+    let names: Vec<String> = match shards.len() {
+        1 => vec!["model.safetensors".to_owned()],
+        n => (1..=n)
+            .map(|i| format!("model-{i:05}-of-{n:05}.safetensors"))
+            .collect(),
+    };
+    let mut written = Vec::new();
+    let metadata = Some(HashMap::from([("format".to_owned(), "pt".to_owned())]));
+    for (shard, name) in shards.iter().zip(&names) {
+        let views = shard
+            .iter()
+            .map(|&i| Ok((plan[i].key.clone(), materialize(&file, &plan[i])?)));
+        let views = views.collect::<Result<Vec<_>>>()?;
+        let path = out_dir.join(name);
+        let out = AtomicFile::create(&path)?;
+        safetensors::serialize_to_file(views, &metadata, out.tmp_path()).map_err(|e| {
+            Error::Safetensors {
+                path: path.clone(),
+                message: format!("{e:?}"),
+            }
+        })?;
+        out.commit()?;
+        written.push(path);
+    }
+    if shards.len() > 1 {
+        let path = out_dir.join("model.safetensors.index.json");
+        write_atomic(&path, shard_index_json(&plan, &shards, &names).as_bytes())?;
+        written.push(path);
+    }
+    if let Some(config) = config_source(dat, opts) {
+        let bytes = std::fs::read(&config).map_err(Error::io(&config, "read"))?;
+        let path = out_dir.join("config.json");
+        write_atomic(&path, &bytes)?;
+        written.push(path);
+    }
+    tracing::debug!(tensors = plan.len(), files = written.len(), out = %out_dir.display(), "exported .dat to Hugging Face directory");
+    Ok(written)
+}
+
+/// One output tensor and where it comes from.
+struct Planned {
+    key: String,
+    dtype: Dtype,
+    nbytes: u64,
+    source: Source,
+}
+
+enum Source {
+    /// Index into `DatFile::nvfp4_pairs`.
+    Pair(usize),
+    /// Entry index of a raw tensor.
+    Raw(usize),
+}
+
+fn plan_export(file: &DatFile, dtype: ElemType) -> Result<Vec<Planned>> {
+    let pairs = file.nvfp4_pairs();
+    let mut role: HashMap<usize, Option<usize>> = HashMap::new(); // entry -> Some(pair) for qdata, None for scales
+    for (pi, p) in pairs.iter().enumerate() {
+        role.insert(p.qdata, Some(pi));
+        role.insert(p.scale, None);
+        if let Some(g) = p.global_scale {
+            role.insert(g, None);
+        }
+    }
+    let mut plan = Vec::new();
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for (i, e) in file.entries().iter().enumerate() {
+        let planned = match role.get(&i) {
+            Some(None) => continue,
+            Some(&Some(pi)) => {
+                let p = &pairs[pi];
+                let nbytes = (p.rows * p.cols * dtype.size()) as u64;
+                Planned {
+                    key: p.weight_key(),
+                    dtype: dtype_of_elem(dtype),
+                    nbytes,
+                    source: Source::Pair(pi),
+                }
+            }
+            None => {
+                let out = if e.elem.is_float() { dtype } else { e.elem };
+                let nbytes = (e.numel() * out.size()) as u64;
+                Planned {
+                    key: e.key.clone(),
+                    dtype: dtype_of_elem(out),
+                    nbytes,
+                    source: Source::Raw(i),
+                }
+            }
+        };
+        if let Some(first) = seen.insert(planned.key.clone(), i) {
+            return Err(Error::ExportCollision {
+                key: planned.key,
+                first,
+                second: i,
+            });
+        }
+        plan.push(planned);
+    }
+    Ok(plan)
+}
+
+/// Greedy split in file order; every shard holds at least one tensor.
+fn split_shards(plan: &[Planned], max_bytes: u64) -> Vec<Vec<usize>> {
+    let mut shards: Vec<Vec<usize>> = vec![Vec::new()];
+    let mut size = 0u64;
+    for (i, p) in plan.iter().enumerate() {
+        let last = shards.last_mut().expect("never empty");
+        if !last.is_empty() && size + p.nbytes > max_bytes {
+            shards.push(vec![i]);
+            size = p.nbytes;
+        } else {
+            last.push(i);
+            size += p.nbytes;
+        }
+    }
+    shards
+}
+
+fn shard_index_json(plan: &[Planned], shards: &[Vec<usize>], names: &[String]) -> String {
+    let mut weight_map = BTreeMap::new();
+    for (shard, name) in shards.iter().zip(names) {
+        for &i in shard {
+            weight_map.insert(plan[i].key.clone(), name.clone());
+        }
+    }
+    let total: u64 = plan.iter().map(|p| p.nbytes).sum();
+    let json = serde_json::json!({ "metadata": { "total_size": total }, "weight_map": weight_map });
+    serde_json::to_string_pretty(&json).expect("a JSON value always serializes")
+}
+
+fn config_source(dat: &Path, opts: &ExportOptions) -> Option<PathBuf> {
+    if let Some(c) = &opts.config {
+        return Some(c.clone());
+    }
+    let sibling = dat.parent().unwrap_or(Path::new(".")).join("config.json");
+    sibling.is_file().then_some(sibling)
+}
+
+/// The bytes of one output tensor: borrowed from the mapping when no
+/// conversion is needed, else a CPU tensor in the output dtype.
+struct OutTensor<'a> {
+    dtype: Dtype,
+    shape: Vec<usize>,
+    data: OutData<'a>,
+}
+
+enum OutData<'a> {
+    Mapped(&'a [u8]),
+    Owned(Tensor),
+}
+
+fn materialize<'a>(file: &'a DatFile, p: &Planned) -> Result<OutTensor<'a>> {
+    let kind = dtype_kind(p.dtype);
+    match p.source {
+        Source::Pair(pi) => {
+            let pair = &file.nvfp4_pairs()[pi];
+            let host = file.pair(pair)?;
+            let q = nvfp4_kernels::Nvfp4Tensor::from_host(&host, Device::Cpu)
+                .map_err(Error::nvfp4(&pair.base))?;
+            let w = nvfp4_kernels::f_dequantize(&q, kind).map_err(Error::nvfp4(&pair.base))?;
+            Ok(OutTensor {
+                dtype: p.dtype,
+                shape: vec![pair.rows, pair.cols],
+                data: owned(&pair.base, w)?,
+            })
+        }
+        Source::Raw(i) => {
+            let e = &file.entries()[i];
+            let data = if e.elem.is_float() && e.elem.kind() != kind {
+                owned(&e.key, file.tensor_as(&e.key, kind, Device::Cpu)?)?
+            } else {
+                OutData::Mapped(file.bytes(e))
+            };
+            Ok(OutTensor {
+                dtype: p.dtype,
+                shape: e.shape.clone(),
+                data,
+            })
+        }
+    }
+}
+
+/// Wraps a CPU tensor, made contiguous so its memory can be borrowed as bytes.
+fn owned(key: &str, t: Tensor) -> Result<OutData<'static>> {
+    let t = t
+        .f_contiguous()
+        .map_err(Error::torch(format!("exporting {key:?}")))?;
+    Ok(OutData::Owned(t))
+}
+
+fn dtype_kind(dtype: Dtype) -> tch::Kind {
+    match dtype {
+        Dtype::F16 => tch::Kind::Half,
+        Dtype::F32 => tch::Kind::Float,
+        // Only float export dtypes reach here (raw entries keep their bytes).
+        _ => tch::Kind::BFloat16,
+    }
+}
+
+impl View for OutTensor<'_> {
+    fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    fn data(&self) -> Cow<'_, [u8]> {
+        match &self.data {
+            OutData::Mapped(bytes) => Cow::Borrowed(bytes),
+            OutData::Owned(t) => {
+                let len = self.data_len();
+                if len == 0 {
+                    return Cow::Borrowed(&[]);
+                }
+                // SAFETY: `t` was made a contiguous CPU tensor of `len` bytes
+                // in `owned`, and lives as long as `self`, which the Cow borrows.
+                Cow::Borrowed(unsafe { std::slice::from_raw_parts(t.data_ptr() as *const u8, len) })
+            }
+        }
+    }
+
+    fn data_len(&self) -> usize {
+        match &self.data {
+            OutData::Mapped(bytes) => bytes.len(),
+            OutData::Owned(t) => t.numel() * t.kind().elt_size_in_bytes(),
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! `dat`: inspect `.dat` weight files and convert models to and from them.
+//!
+//! ```text
+//! cargo run --release --example dat -- inspect model.dat
+//! cargo run --release --example dat -- convert --from-hf models/Qwen3-4B-Instruct-2507 --to qwen3-4b.dat
+//! cargo run --release --example dat -- to-hf qwen3-4b.dat --out exported/ --dtype bf16
+//! ```
+//!
+//! The work is done by `dat_format` (reader, writer, `convert_hf_dir_to_dat`,
+//! `export_dat_to_hf_dir_with`); this file only parses flags and prints.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use dat_format::{
+    convert_hf_dir_to_dat, export_dat_to_hf_dir_with, DatFile, ElemType, ExportOptions,
+};
+use nvfp4_kernels::ScaleMode;
+use qwen3_nvfp4::init_tracing;
+
+/// Inspect `.dat` weight files; convert Hugging Face safetensors models to NVFP4 `.dat` and back.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print every entry (key, elem type, shape, bytes), the totals and the NVFP4 pair count.
+    Inspect {
+        /// The `.dat` file.
+        file: PathBuf,
+        /// Print only the totals, not one line per entry.
+        #[arg(long)]
+        summary: bool,
+    },
+    /// Quantize a Hugging Face safetensors model directory (bf16/f16/f32, sharded or not) to NVFP4 `.dat`.
+    Convert {
+        /// Model directory with model.safetensors or model.safetensors.index.json and its shards.
+        #[arg(long, value_name = "DIR")]
+        from_hf: PathBuf,
+        /// Output `.dat` file (written to a temporary file, then renamed into place).
+        #[arg(long, value_name = "FILE")]
+        to: PathBuf,
+        /// Add a per-tensor global scale (amax / (6 * 448)) to every quantized weight; not readable by the original tools.
+        #[arg(long)]
+        two_level: bool,
+    },
+    /// Dequantize a `.dat` file into a Hugging Face safetensors directory (+ config.json).
+    ToHf {
+        /// The `.dat` file.
+        file: PathBuf,
+        /// Output directory (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Element type of float and dequantized tensors.
+        #[arg(long, value_enum, default_value_t = Dtype::Bf16)]
+        dtype: Dtype,
+        /// config.json to copy (default: the one beside FILE, if any).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+}
+
+/// Export dtypes.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Dtype {
+    Bf16,
+    F16,
+    F32,
+}
+
+impl From<Dtype> for ElemType {
+    fn from(d: Dtype) -> Self {
+        match d {
+            Dtype::Bf16 => ElemType::BF16,
+            Dtype::F16 => ElemType::F16,
+            Dtype::F32 => ElemType::F32,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    init_tracing("info");
+    match run(Args::parse().command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // `{:#}` prints the whole context chain on one line; library errors end with a hint.
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Inspect { file, summary } => inspect(&file, summary),
+        Command::Convert {
+            from_hf,
+            to,
+            two_level,
+        } => {
+            let mode = if two_level {
+                ScaleMode::TwoLevel
+            } else {
+                ScaleMode::Single
+            };
+            let start = Instant::now();
+            let r = convert_hf_dir_to_dat(&from_hf, &to, mode)
+                .with_context(|| format!("converting {} to {}", from_hf.display(), to.display()))?;
+            println!(
+                "{}: {} tensors ({} quantized, {} raw) -> {} entries, {} -> {} in {:.1} s",
+                to.display(),
+                r.source_tensors,
+                r.quantized,
+                r.raw,
+                r.entries,
+                human(r.source_bytes),
+                human(r.output_bytes),
+                start.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
+        Command::ToHf {
+            file,
+            out,
+            dtype,
+            config,
+        } => {
+            let opts = ExportOptions {
+                dtype: dtype.into(),
+                config,
+                ..ExportOptions::default()
+            };
+            let files = export_dat_to_hf_dir_with(&file, &out, &opts)
+                .with_context(|| format!("exporting {} to {}", file.display(), out.display()))?;
+            files.iter().for_each(|f| println!("wrote {}", f.display()));
+            Ok(())
+        }
+    }
+}
+
+fn inspect(path: &Path, summary: bool) -> Result<()> {
+    let start = Instant::now();
+    let dat = DatFile::open(path).with_context(|| format!("inspecting {}", path.display()))?;
+    let indexed = start.elapsed();
+    let rows: Vec<[String; 4]> = dat
+        .entries()
+        .iter()
+        .map(|e| {
+            [
+                e.key.clone(),
+                e.elem.to_string(),
+                format!("{:?}", e.shape),
+                e.nbytes.to_string(),
+            ]
+        })
+        .collect();
+    if !summary {
+        let header = ["key", "elem type", "shape", "bytes"].map(String::from);
+        let widths: Vec<usize> = (0..4)
+            .map(|c| {
+                rows.iter()
+                    .chain([&header])
+                    .map(|r| r[c].len())
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        for row in std::iter::once(&header).chain(&rows) {
+            println!(
+                "{:<w0$}  {:<w1$}  {:<w2$}  {:>w3$}",
+                row[0],
+                row[1],
+                row[2],
+                row[3],
+                w0 = widths[0],
+                w1 = widths[1],
+                w2 = widths[2],
+                w3 = widths[3]
+            );
+        }
+        println!();
+    }
+    let pairs = dat.nvfp4_pairs();
+    let quantized_params: usize = pairs.iter().map(|p| p.rows * p.cols).sum();
+    let raw_params: usize = dat
+        .entries()
+        .iter()
+        .filter(|e| e.elem.is_float())
+        .map(|e| e.numel())
+        .sum();
+    println!("entries:        {}", dat.entries().len());
+    println!(
+        "payload:        {} ({} bytes)",
+        human(dat.payload_bytes()),
+        dat.payload_bytes()
+    );
+    println!(
+        "file:           {} ({} bytes)",
+        human(dat.file_len()),
+        dat.file_len()
+    );
+    println!(
+        "NVFP4 pairs:    {} ({} parameters)",
+        pairs.len(),
+        quantized_params
+    );
+    println!("raw float:      {raw_params} parameters");
+    println!("indexed in:     {:.2} ms", indexed.as_secs_f64() * 1e3);
+    Ok(())
+}
+
+/// Bytes in binary units, for people.
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
