@@ -1,0 +1,168 @@
+//! Causal grouped-query self-attention with per-head q/k RMSNorm and RoPE.
+//!
+//! Dimension legend: B batch, T new positions, P cached positions before
+//! them, S = P + T key positions, Hq query heads, Hkv key/value heads, D head_dim.
+
+use tch::{Device, Kind, Tensor};
+
+use crate::error::Result;
+use crate::kv_cache::KvCache;
+use crate::linear::Linear;
+use crate::norm::RmsNorm;
+use crate::rope::Rotary;
+
+/// Which key positions each query may see.
+#[derive(Debug)]
+pub(crate) enum AttnMask {
+    /// Every query sees every key (one new token on top of a cache).
+    All,
+    /// Square causal mask (no cache, or an empty one): SDPA's `is_causal`.
+    Causal,
+    /// A chunk on top of a non-empty cache: bool [T, S], true = visible;
+    /// query i (absolute position P+i) sees keys 0..=P+i. The original had no
+    /// mask here, letting a chunk's early tokens see its later ones.
+    Explicit(Tensor),
+}
+
+impl AttnMask {
+    /// The mask for `t` new positions after `past` cached ones.
+    pub(crate) fn for_chunk(past: usize, t: usize, device: Device) -> Self {
+        match (past, t) {
+            (_, 1) => AttnMask::All,
+            (0, _) => AttnMask::Causal,
+            _ => {
+                let (p, t) = (past as i64, t as i64);
+                let keys = Tensor::arange(p + t, (Kind::Int64, device)).unsqueeze(0); //      [1, S]
+                let last = Tensor::arange_start(p, p + t, (Kind::Int64, device)).unsqueeze(1); // [T, 1]
+                AttnMask::Explicit(keys.le_tensor(&last)) //                                   [T, S]
+            }
+        }
+    }
+}
+
+/// Per-forward context shared by every layer: RoPE angles and the mask.
+#[derive(Debug)]
+pub(crate) struct AttnContext {
+    pub(crate) cos: Tensor, // [T, D/2] f32
+    pub(crate) sin: Tensor, // [T, D/2] f32
+    pub(crate) mask: AttnMask,
+}
+
+impl AttnContext {
+    /// `t` new positions starting at absolute position `offset`, of which
+    /// `cached` earlier positions are held in a KV cache (0 without one).
+    pub(crate) fn new(
+        rotary: &Rotary,
+        offset: usize,
+        cached: usize,
+        t: usize,
+        device: Device,
+    ) -> Self {
+        let (cos, sin) = rotary.cos_sin(offset, t);
+        AttnContext {
+            cos,
+            sin,
+            mask: AttnMask::for_chunk(cached, t, device),
+        }
+    }
+}
+
+/// `model.layers.{i}.self_attn`.
+#[derive(Debug)]
+pub(crate) struct Attention {
+    pub(crate) q_proj: Linear,  // [Hq*D, hidden]
+    pub(crate) k_proj: Linear,  // [Hkv*D, hidden]
+    pub(crate) v_proj: Linear,  // [Hkv*D, hidden]
+    pub(crate) o_proj: Linear,  // [hidden, Hq*D]
+    pub(crate) q_norm: RmsNorm, // [D]
+    pub(crate) k_norm: RmsNorm, // [D]
+    pub(crate) num_heads: usize,
+    pub(crate) num_kv_heads: usize,
+    pub(crate) head_dim: usize,
+}
+
+impl Attention {
+    /// x: [B, T, hidden] -> [B, T, hidden]. With a cache, this layer's new
+    /// K/V are written after the cached positions and attention spans both.
+    pub(crate) fn forward(
+        &self,
+        x: &Tensor,
+        ctx: &AttnContext,
+        cache: Option<(&mut KvCache, usize)>,
+    ) -> Result<Tensor> {
+        let (b, t) = (x.size()[0], x.size()[1]);
+        let (hq, hkv, d) = (
+            self.num_heads as i64,
+            self.num_kv_heads as i64,
+            self.head_dim as i64,
+        );
+        let kind = x.kind();
+
+        // 1. Projections, split into heads.
+        let q = self.q_proj.forward(x)?.view([b, t, hq, d]); //  [B, T, Hq, D]
+        let k = self.k_proj.forward(x)?.view([b, t, hkv, d]); // [B, T, Hkv, D]
+        let v = self.v_proj.forward(x)?.view([b, t, hkv, d]).transpose(1, 2); // [B, Hkv, T, D]
+
+        // 2. Per-head RMSNorm on q and k, before RoPE (Qwen3's QK-norm), in f32.
+        let q = self.q_norm.forward_f32(&q).transpose(1, 2); // [B, Hq, T, D] f32
+        let k = self.k_norm.forward_f32(&k).transpose(1, 2); // [B, Hkv, T, D] f32
+
+        // 3. RoPE at absolute positions P..P+T, then back to the compute kind.
+        let q = Rotary::apply(&q, &ctx.cos, &ctx.sin).to_kind(kind);
+        let k = Rotary::apply(&k, &ctx.cos, &ctx.sin).to_kind(kind);
+
+        // 4. Append to the cache; attend over cached + new keys.
+        let (k, v) = match cache {
+            Some((cache, layer)) => cache.append(layer, &k, &v), // [B, Hkv, S, D]
+            None => (k, v),
+        };
+
+        // 5. Causal GQA attention (each KV head serves Hq/Hkv query heads).
+        let (mask, is_causal) = match &ctx.mask {
+            AttnMask::All => (None, false),
+            AttnMask::Causal => (None, true),
+            AttnMask::Explicit(m) => (Some(m), false),
+        };
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let y =
+            Tensor::f_scaled_dot_product_attention(&q, &k, &v, mask, 0.0, is_causal, scale, true)?; // [B, Hq, T, D]
+
+        // 6. Merge heads and project out.
+        let y = y.transpose(1, 2).contiguous().view([b, t, hq * d]); // [B, T, Hq*D]
+        self.o_proj.forward(&y) //                                        [B, T, hidden]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_mask_lets_each_query_see_the_cache_and_its_own_past_only() {
+        let AttnMask::Explicit(m) = AttnMask::for_chunk(3, 2, Device::Cpu) else {
+            panic!("expected an explicit mask");
+        };
+        let got: Vec<bool> = Vec::try_from(m.view([-1])).unwrap();
+        let want = [
+            true, true, true, true, false, // query at position 3
+            true, true, true, true, true, //  query at position 4
+        ];
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn single_token_and_empty_cache_need_no_explicit_mask() {
+        assert!(matches!(
+            AttnMask::for_chunk(5, 1, Device::Cpu),
+            AttnMask::All
+        ));
+        assert!(matches!(
+            AttnMask::for_chunk(0, 1, Device::Cpu),
+            AttnMask::All
+        ));
+        assert!(matches!(
+            AttnMask::for_chunk(0, 4, Device::Cpu),
+            AttnMask::Causal
+        ));
+    }
+}

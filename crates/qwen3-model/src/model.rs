@@ -1,0 +1,242 @@
+//! `Qwen3Model`: embedding -> N decoder blocks -> final RMSNorm -> lm_head.
+//!
+//! Construction lives in `loader.rs` (from `.dat`, safetensors or random
+//! weights), training helpers in `train.rs`; this file is the forward pass.
+
+use std::sync::Arc;
+
+use nvfp4_kernels::{ComputePath, Nvfp4Backend};
+use tch::{Device, Kind, Tensor};
+
+use crate::attention::AttnContext;
+use crate::block::DecoderLayer;
+use crate::config::Qwen3Config;
+use crate::error::{Error, Result};
+use crate::kv_cache::KvCache;
+use crate::linear::Linear;
+use crate::norm::RmsNorm;
+use crate::rope::Rotary;
+
+/// How to build a model: where, in which compute precision, through which NVFP4 path.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LoadOptions {
+    /// Device that holds the weights and runs the forward.
+    pub device: Device,
+    /// Compute kind of activations and dense weights (f32, bf16 or f16); norms always run in f32.
+    pub dtype: Kind,
+    /// NVFP4 compute path, resolved once per model (never a silent fallback).
+    pub compute_path: ComputePath,
+    /// Also reject tensors the model does not use (missing or misshapen ones are always errors).
+    pub strict: bool,
+}
+
+impl LoadOptions {
+    /// f32 on CPU (parity with references), bf16 on CUDA; `Auto` path; strict.
+    pub fn new(device: Device) -> Self {
+        let dtype = if device.is_cuda() {
+            Kind::BFloat16
+        } else {
+            Kind::Float
+        };
+        LoadOptions {
+            device,
+            dtype,
+            compute_path: ComputePath::Auto,
+            strict: true,
+        }
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        match self.dtype {
+            Kind::Float | Kind::BFloat16 | Kind::Half => Ok(()),
+            other => Err(Error::InvalidArgument {
+                name: "LoadOptions::dtype",
+                reason: format!("{other:?} is not a compute kind; use Float, BFloat16 or Half"),
+            }),
+        }
+    }
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions::new(Device::Cpu)
+    }
+}
+
+/// A Qwen3 decoder with NVFP4 projections (or trainable master weights).
+#[derive(Debug)]
+pub struct Qwen3Model {
+    pub(crate) cfg: Qwen3Config,
+    pub(crate) embed_tokens: Tensor, // [V, H]
+    pub(crate) layers: Vec<DecoderLayer>,
+    pub(crate) norm: RmsNorm, // [H]
+    /// `None`: logits use `embed_tokens` (tied, and no `lm_head` in the weights).
+    pub(crate) lm_head: Option<Linear>, // [V, H]
+    pub(crate) rotary: Rotary,
+    pub(crate) backend: Arc<Nvfp4Backend>,
+    pub(crate) device: Device,
+    pub(crate) dtype: Kind,
+}
+
+impl Qwen3Model {
+    /// The configuration the model was built for.
+    pub fn config(&self) -> &Qwen3Config {
+        &self.cfg
+    }
+
+    /// Device of every weight.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// Compute kind of activations.
+    pub fn dtype(&self) -> Kind {
+        self.dtype
+    }
+
+    /// The NVFP4 compute path every packed projection uses.
+    pub fn backend(&self) -> &Nvfp4Backend {
+        &self.backend
+    }
+
+    /// Number of decoder blocks.
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// True when the logits come from the embedding matrix (no `lm_head` weight).
+    pub fn uses_tied_head(&self) -> bool {
+        self.lm_head.is_none()
+    }
+
+    /// An empty cache for `batch` sequences with room for `capacity` positions.
+    pub fn new_cache(&self, batch: usize, capacity: usize) -> KvCache {
+        let c = &self.cfg;
+        KvCache::new(
+            self.layers.len(),
+            batch,
+            c.num_key_value_heads,
+            c.head_dim,
+            capacity,
+            self.dtype,
+            self.device,
+        )
+    }
+
+    /// input_ids: i64 [B, T]. With a cache, positions continue from
+    /// `cache.len()`, K/V are appended, and each query of the chunk sees the
+    /// cache plus the chunk positions up to its own. Returns logits [B, T, vocab] f32.
+    pub fn forward(&self, input_ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let (b, t) = self.check_ids(input_ids)?;
+        let mut x = self.embed(&input_ids.to_device(self.device)); // [B, T, H]
+        match cache {
+            None => {
+                let ctx = AttnContext::new(&self.rotary, 0, 0, t, self.device);
+                for layer in &self.layers {
+                    x = layer.forward(&x, &ctx, None)?;
+                }
+            }
+            Some(cache) => {
+                let c = &self.cfg;
+                cache.check_fits(
+                    self.layers.len(),
+                    b,
+                    c.num_key_value_heads,
+                    c.head_dim,
+                    self.dtype,
+                    self.device,
+                )?;
+                cache.reserve(t)?;
+                let past = cache.len();
+                let ctx = AttnContext::new(&self.rotary, past, past, t, self.device);
+                for (i, layer) in self.layers.iter().enumerate() {
+                    x = layer.forward(&x, &ctx, Some((&mut *cache, i)))?;
+                }
+                cache.commit(t);
+            }
+        }
+        self.head(&x)
+    }
+
+    /// Checks kind, rank and id range (an out-of-range id would otherwise
+    /// abort inside a device kernel); returns (B, T).
+    fn check_ids(&self, ids: &Tensor) -> Result<(usize, usize)> {
+        let bad = |reason: String| Error::BadInput {
+            name: "input_ids",
+            reason,
+        };
+        let size = ids.size();
+        if ids.kind() != Kind::Int64 || size.len() != 2 {
+            return Err(bad(format!(
+                "expected i64 [batch, seq], got {:?} {size:?}",
+                ids.kind()
+            )));
+        }
+        if size[0] == 0 || size[1] == 0 {
+            return Err(bad(format!("shape {size:?} holds no tokens")));
+        }
+        let (lo, hi) = (ids.f_min()?.int64_value(&[]), ids.f_max()?.int64_value(&[]));
+        let vocab = self.cfg.vocab_size as i64;
+        if lo < 0 || hi >= vocab {
+            let id = if lo < 0 { lo } else { hi };
+            return Err(bad(format!(
+                "token id {id} is outside the vocabulary 0..{vocab}"
+            )));
+        }
+        Ok((size[0] as usize, size[1] as usize))
+    }
+
+    /// Token embeddings [B, T, H] in the compute kind (FR-06: a plain lookup).
+    ///
+    /// # Panics
+    /// If an id is outside the vocabulary; [`Qwen3Model::forward`] checks ids first.
+    pub fn embed(&self, input_ids: &Tensor) -> Tensor {
+        Tensor::embedding(&self.embed_tokens, input_ids, -1, false, false).to_kind(self.dtype)
+    }
+
+    /// Runs block `layer` on hidden [B, T, H] at positions
+    /// `positions_offset..+T`, causal within the block input, without a cache.
+    /// With `embed` and `head`, this lets a trainer checkpoint activations per block.
+    pub fn block_forward(
+        &self,
+        layer: usize,
+        hidden: &Tensor,
+        positions_offset: usize,
+    ) -> Result<Tensor> {
+        let block = self
+            .layers
+            .get(layer)
+            .ok_or_else(|| Error::InvalidArgument {
+                name: "layer",
+                reason: format!("{layer} >= number of layers {}", self.layers.len()),
+            })?;
+        let size = hidden.size();
+        if size.len() != 3 || size[2] != self.cfg.hidden_size as i64 {
+            return Err(Error::BadInput {
+                name: "hidden",
+                reason: format!(
+                    "shape {size:?}, expected [batch, seq, {}]",
+                    self.cfg.hidden_size
+                ),
+            });
+        }
+        let ctx = AttnContext::new(
+            &self.rotary,
+            positions_offset,
+            0,
+            size[1] as usize,
+            self.device,
+        );
+        block.forward(&hidden.to_kind(self.dtype), &ctx, None)
+    }
+
+    /// Final RMSNorm and lm_head (or the tied embedding): hidden [B, T, H] -> logits [B, T, V] f32.
+    pub fn head(&self, hidden: &Tensor) -> Result<Tensor> {
+        let x = self.norm.forward(hidden);
+        let logits = match &self.lm_head {
+            Some(lm_head) => lm_head.forward(&x)?,
+            None => x.f_linear::<Tensor>(&self.embed_tokens.to_kind(x.kind()), None)?,
+        };
+        Ok(logits.to_kind(Kind::Float))
+    }
+}

@@ -1,0 +1,204 @@
+//! Training support: turning packed projections into trainable master
+//! weights, and naming every tensor with its Hugging Face / `.dat` key.
+//!
+//! Gradients reach a master projection through `nvfp4_kernels::ste`: the
+//! forward sees dequant(quant(W)), the backward treats the quantizer as the
+//! identity. The master stays dense between steps; nothing here re-quantizes
+//! it (the original flushed small updates by re-quantizing every step).
+
+use nvfp4_kernels::Nvfp4Tensor;
+use tch::{Kind, Tensor};
+
+use crate::error::{Error, Result};
+use crate::linear::{Linear, LinearWeight};
+use crate::loader::{ATTN_PROJ, MLP_PROJ};
+use crate::model::Qwen3Model;
+use crate::norm::RmsNorm;
+
+/// A weight as stored in the model, for export.
+#[derive(Debug)]
+pub enum WeightRef<'a> {
+    /// A frozen NVFP4 projection.
+    Packed(&'a Nvfp4Tensor),
+    /// A dense tensor: embedding, norm, or a master projection (export quantizes it).
+    Dense(&'a Tensor),
+}
+
+/// A named piece of the model: a projection or a plain tensor.
+enum Item<'a> {
+    Linear(&'a Linear),
+    Tensor(&'a Tensor),
+}
+
+fn make_trainable(t: &Tensor, kind: Kind, train: bool) -> Tensor {
+    t.detach().to_kind(kind).set_requires_grad(train)
+}
+
+fn norm_trainable(norm: &mut RmsNorm, kind: Kind) {
+    norm.weight = make_trainable(&norm.weight, kind, true);
+}
+
+impl Qwen3Model {
+    /// Training: every projection of the trained blocks becomes a master
+    /// weight of `master_kind` (dequantized from NVFP4, `requires_grad`), and
+    /// their norms, the final norm and the head become trainable too.
+    /// `train_last_layers: Some(k)` trains only the last k blocks (the
+    /// embedding then trains only when it is the tied head); `None` trains all.
+    pub fn into_trainable(
+        mut self,
+        master_kind: Kind,
+        train_last_layers: Option<usize>,
+    ) -> Result<Self> {
+        if !matches!(
+            master_kind,
+            Kind::Float | Kind::Double | Kind::BFloat16 | Kind::Half
+        ) {
+            return Err(Error::InvalidArgument {
+                name: "master_kind",
+                reason: format!("{master_kind:?} is not a floating-point kind"),
+            });
+        }
+        let n = self.layers.len();
+        let k = train_last_layers.unwrap_or(n);
+        if k > n {
+            return Err(Error::InvalidArgument {
+                name: "train_last_layers",
+                reason: format!("{k} > number of layers {n}"),
+            });
+        }
+        for layer in &mut self.layers[n - k..] {
+            let a = &mut layer.self_attn;
+            for lin in [&mut a.q_proj, &mut a.k_proj, &mut a.v_proj, &mut a.o_proj] {
+                lin.make_trainable(master_kind);
+            }
+            for lin in [
+                &mut layer.mlp.gate_proj,
+                &mut layer.mlp.up_proj,
+                &mut layer.mlp.down_proj,
+            ] {
+                lin.make_trainable(master_kind);
+            }
+            for norm in [&mut a.q_norm, &mut a.k_norm] {
+                norm_trainable(norm, master_kind);
+            }
+            norm_trainable(&mut layer.input_layernorm, master_kind);
+            norm_trainable(&mut layer.post_attention_layernorm, master_kind);
+        }
+        norm_trainable(&mut self.norm, master_kind);
+        if let Some(head) = &mut self.lm_head {
+            head.make_trainable(master_kind);
+        }
+        if train_last_layers.is_none() || self.lm_head.is_none() {
+            self.embed_tokens = make_trainable(&self.embed_tokens, master_kind, true);
+        }
+        Ok(self)
+    }
+
+    /// Every tensor with its key, in `.dat` file order.
+    fn items(&self) -> Vec<(String, Item<'_>)> {
+        let mut out = vec![(
+            "model.embed_tokens.weight".to_string(),
+            Item::Tensor(&self.embed_tokens),
+        )];
+        for (l, layer) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{l}");
+            let a = &layer.self_attn;
+            out.push((
+                format!("{p}.input_layernorm.weight"),
+                Item::Tensor(&layer.input_layernorm.weight),
+            ));
+            for (name, lin) in ATTN_PROJ
+                .iter()
+                .zip([&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj])
+            {
+                out.push((format!("{p}.self_attn.{name}.weight"), Item::Linear(lin)));
+            }
+            out.push((
+                format!("{p}.self_attn.q_norm.weight"),
+                Item::Tensor(&a.q_norm.weight),
+            ));
+            out.push((
+                format!("{p}.self_attn.k_norm.weight"),
+                Item::Tensor(&a.k_norm.weight),
+            ));
+            out.push((
+                format!("{p}.post_attention_layernorm.weight"),
+                Item::Tensor(&layer.post_attention_layernorm.weight),
+            ));
+            let m = &layer.mlp;
+            for (name, lin) in MLP_PROJ
+                .iter()
+                .zip([&m.gate_proj, &m.up_proj, &m.down_proj])
+            {
+                out.push((format!("{p}.mlp.{name}.weight"), Item::Linear(lin)));
+            }
+        }
+        out.push((
+            "model.norm.weight".to_string(),
+            Item::Tensor(&self.norm.weight),
+        ));
+        if let Some(head) = &self.lm_head {
+            out.push(("lm_head.weight".to_string(), Item::Linear(head)));
+        }
+        out
+    }
+
+    /// Trainable tensors (those with `requires_grad`) under their HF keys
+    /// (`model.layers.0.self_attn.q_proj.weight`, ...), as shallow clones
+    /// sharing storage with the model (an optimizer updates them in place).
+    pub fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        self.items()
+            .into_iter()
+            .filter_map(|(key, item)| {
+                let t = match item {
+                    Item::Linear(Linear {
+                        weight: LinearWeight::Master(w),
+                        ..
+                    }) => w,
+                    Item::Linear(_) => return None,
+                    Item::Tensor(t) => t,
+                };
+                t.requires_grad().then(|| (key, t.shallow_clone()))
+            })
+            .collect()
+    }
+
+    /// Every weight under its HF key (`.weight` suffix; a packed one is
+    /// written to `.dat` as `{key}.qdata`/`{key}.scale`). A tied model has
+    /// no `lm_head.weight` entry.
+    pub fn named_weights(&self) -> Vec<(String, WeightRef<'_>)> {
+        self.items()
+            .into_iter()
+            .map(|(key, item)| {
+                let r = match item {
+                    Item::Linear(lin) => match &lin.weight {
+                        LinearWeight::Packed(q) => WeightRef::Packed(q),
+                        LinearWeight::Master(w) => WeightRef::Dense(w),
+                    },
+                    Item::Tensor(t) => WeightRef::Dense(t),
+                };
+                (key, r)
+            })
+            .collect()
+    }
+
+    /// Bytes held by the weights on the device (packed data and scales, dense
+    /// tensors at their kind), for memory reports.
+    pub fn weight_bytes(&self) -> usize {
+        self.named_weights()
+            .iter()
+            .map(|(_, w)| match w {
+                WeightRef::Packed(q) => q.nbytes(),
+                WeightRef::Dense(t) => t.numel() * t.kind().elt_size_in_bytes(),
+            })
+            .sum()
+    }
+
+    /// Number of trainable projections (master weights with gradients).
+    pub fn num_trainable_projections(&self) -> usize {
+        self.items()
+            .iter()
+            .filter(|(_, i)| matches!(i, Item::Linear(l) if l.is_trainable()))
+            .count()
+    }
+}
