@@ -1,0 +1,58 @@
+//! CUDA kernels for NVFP4 on Hopper (and any GPU of compute capability 8.0+):
+//! quantize, dequantize, the fused STE weight pass, and `y = x @ W^T` with a
+//! fused W4A16 kernel for decode-sized inputs.
+//!
+//! The CUDA C++ sources (`kernels/*.cu`) are embedded in the binary and
+//! compiled at run time by NVRTC for the GPU present (`sm_90a` on Hopper),
+//! with an on-disk cache, so building needs no CUDA toolkit and a machine
+//! without a GPU still builds and runs everything else. Kernels take the
+//! `data_ptr()` of contiguous tch CUDA tensors and run on the legacy default
+//! stream, the stream libtorch uses, so they are ordered with torch ops
+//! without extra synchronisation.
+//!
+//! Every function here returns the same bits as the scalar reference
+//! ([`crate::quantize_ref`], [`crate::dequantize_ref`]) where the operation is
+//! exact; the matmuls accumulate in f32 (see [`linear`]).
+//!
+//! ```no_run
+//! # fn main() -> nvfp4_kernels::Result<()> {
+//! use nvfp4_kernels::{cuda, ScaleMode};
+//! use tch::{Device, Kind, Tensor};
+//! let w = Tensor::randn([4096, 2560], (Kind::BFloat16, Device::Cuda(0)));
+//! let q = cuda::quantize(&w, ScaleMode::Single)?;
+//! let x = Tensor::randn([1, 2560], (Kind::BFloat16, Device::Cuda(0)));
+//! let y = cuda::linear(&x, &q, &cuda::LinearOptions::default())?; // [1, 4096]
+//! # let _ = y; Ok(()) }
+//! ```
+
+mod compile;
+mod matmul;
+mod quant;
+mod runtime;
+mod timing;
+
+pub use compile::{cache_dir, KernelModule, Target};
+pub use matmul::{dequant_matmul, gemv, gemv_out, linear, GemvConfig, LinearOptions, GEMV_MAX_ROWS};
+pub use quant::{
+    dequantize, dequantize_into, fake_quantize, fake_quantize_packed, quantize, quantize_named, quantize_trusted, ste,
+};
+pub use runtime::MIN_COMPUTE_CAPABILITY;
+pub use timing::time_gpu;
+
+pub(crate) use compile::{nvrtc_version, supported_archs};
+pub(crate) use runtime::{libraries_present, runtime};
+
+use tch::Device;
+
+/// Checks that the kernels can run on `device`: a CUDA device whose compute
+/// capability is at least [`MIN_COMPUTE_CAPABILITY`], with libcuda and NVRTC
+/// loadable and every kernel module compiled and loaded. Err is the reason, in
+/// words. The first call on a device compiles the modules (or reads them from
+/// the cache).
+pub fn check_available(device: Device) -> std::result::Result<(), String> {
+    if !tch::Cuda::is_available() {
+        return Err("libtorch reports no CUDA device".into());
+    }
+    let rt = runtime(device).map_err(|e| e.to_string())?;
+    rt.load_all().map_err(|e| e.to_string())
+}
