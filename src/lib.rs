@@ -1,3 +1,48 @@
 //! Helpers shared by the examples (`train`, `run2`, `stress`, `dat`) and the
-//! workspace-level tests: device parsing and logging set-up, so that no example
-//! copies them from another.
+//! workspace-level tests, so that no example copies them from another:
+//! - [`parse_device`] / [`parse_dtype`]: the `--device cpu|cuda[:N]` and
+//!   `--dtype f32|bf16|f16` spellings;
+//! - [`init_tracing`]: logs to stderr, filtered by `RUST_LOG`;
+//! - [`ModelFiles`]: `--model-dir` / `--weight` / `--config` / `--tokenizer` resolution;
+//! - [`ChatSession`]: multi-turn chat with a KV cache kept across turns, or recomputed;
+//! - [`write_atomic`], [`write_logits`]: files a user keeps (`--dump-logits`);
+//! - [`MemoryProbe`]: device memory (CUDA) or RSS (CPU);
+//! - [`run_stress`], [`StressReport`]: the FR-11 stress matrix and its verdict.
+//!
+//! ```no_run
+//! let device = qwen3_nvfp4::parse_device("cpu")?;
+//! let files = qwen3_nvfp4::ModelFiles::resolve(Some("models/qwen3-4b".as_ref()), None, None, None)?;
+//! # let _ = (device, files);
+//! # Ok::<(), anyhow::Error>(())
+//! ```
+#![deny(missing_docs)]
+
+mod atomic;
+mod chat;
+mod device;
+mod logging;
+mod logits_dump;
+mod memory;
+mod model_files;
+mod stress;
+mod stress_report;
+
+/// RSS is per process and unit tests share one: tests that allocate a lot
+/// or read RSS take this lock so one never reads another's allocations.
+#[cfg(test)]
+fn heavy_test_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+pub use atomic::write_atomic;
+pub use chat::{ChatSession, ChatTurn};
+pub use device::{device_name, dtype_name, parse_device, parse_dtype};
+pub use logging::init_tracing;
+pub use logits_dump::{read_logits, write_logits, LOGITS_KEY};
+pub use memory::{process_rss, MemoryProbe};
+pub use model_files::{ModelFiles, TokenizerSource};
+pub use stress::{
+    run_stress, run_stress_with, synthetic_prompt, write_synthetic_model, StressCase, StressOptions,
+};
+pub use stress_report::{RunRecord, StressReport, CHILD_REPORT_PREFIX};

@@ -38,7 +38,9 @@ impl FromStr for PrefillMode {
             "pbp" | "prompt-by-prompt" => Ok(Self::PromptByPrompt),
             _ => Err(Error::InvalidArgument {
                 name: "prefill mode",
-                reason: format!("got {s:?}, expected \"tbt\" (token by token) or \"pbp\" (prompt by prompt)"),
+                reason: format!(
+                    "got {s:?}, expected \"tbt\" (token by token) or \"pbp\" (prompt by prompt)"
+                ),
             }),
         }
     }
@@ -193,33 +195,64 @@ fn generate_after(
     let total = start.elapsed();
     let prefill_time = prefill_time.unwrap_or(total);
     let decode_time = total.saturating_sub(prefill_time);
-    Ok(Generation { tokens, stopped_on, prompt_logits, finish, prompt_len: prompt.len(), prefill_time, decode_time })
+    Ok(Generation {
+        tokens,
+        stopped_on,
+        prompt_logits,
+        finish,
+        prompt_len: prompt.len(),
+        prefill_time,
+        decode_time,
+    })
 }
 
 /// Rejects what would fail half-way: empty prompt, ids outside the vocabulary,
 /// a cache for a batch other than one, bad sampling parameters.
-fn check_request(model: &Qwen3Model, cache: Option<&KvCache>, prompt: &[u32], opts: &GenerateOptions) -> Result<()> {
+fn check_request(
+    model: &Qwen3Model,
+    cache: Option<&KvCache>,
+    prompt: &[u32],
+    opts: &GenerateOptions,
+) -> Result<()> {
     opts.sampling.validate()?;
     if prompt.is_empty() {
-        return Err(Error::BadInput { name: "prompt", reason: "no tokens to start from".into() });
+        return Err(Error::BadInput {
+            name: "prompt",
+            reason: "no tokens to start from".into(),
+        });
     }
     let vocab = model.config().vocab_size;
-    if let Some((index, &id)) = prompt.iter().enumerate().find(|(_, &id)| id as usize >= vocab) {
+    if let Some((index, &id)) = prompt
+        .iter()
+        .enumerate()
+        .find(|(_, &id)| id as usize >= vocab)
+    {
         return Err(out_of_vocab("prompt", index, id, vocab));
     }
     if let Some(c) = cache {
         if c.batch() != 1 {
-            return Err(Error::Cache { reason: format!("generation runs batch 1, the cache has batch {}", c.batch()) });
+            return Err(Error::Cache {
+                reason: format!("generation runs batch 1, the cache has batch {}", c.batch()),
+            });
         }
     }
     Ok(())
 }
 
 /// Feeds the prompt; returns its logits f32 `[prompt_len, vocab]`.
-fn prefill(model: &Qwen3Model, cache: Option<&mut KvCache>, prompt: &[u32], opts: &GenerateOptions) -> Result<Tensor> {
+fn prefill(
+    model: &Qwen3Model,
+    cache: Option<&mut KvCache>,
+    prompt: &[u32],
+    opts: &GenerateOptions,
+) -> Result<Tensor> {
     match (cache, opts.prefill) {
         (Some(c), PrefillMode::TokenByToken) => {
-            let mut rows = Vec::with_capacity(if opts.keep_prompt_logits { prompt.len() } else { 1 });
+            let mut rows = Vec::with_capacity(if opts.keep_prompt_logits {
+                prompt.len()
+            } else {
+                1
+            });
             for (i, &id) in prompt.iter().enumerate() {
                 let row = forward_all(model, Some(&mut *c), &[id])?;
                 // Without a dump only the last row is needed; the others are freed at once.
@@ -236,8 +269,11 @@ fn prefill(model: &Qwen3Model, cache: Option<&mut KvCache>, prompt: &[u32], opts
 /// Logits f32 `[ids.len(), vocab]` of one forward call.
 fn forward_all(model: &Qwen3Model, cache: Option<&mut KvCache>, ids: &[u32]) -> Result<Tensor> {
     let ids: Vec<i64> = ids.iter().map(|&id| i64::from(id)).collect();
-    let input = Tensor::f_from_slice(&ids)?.f_view([1, -1])?.f_to_device(model.device())?;
-    let logits = model.forward(&input, cache)?; // [1, T, vocab]
+    let input = Tensor::f_from_slice(&ids)?
+        .f_view([1, -1])?
+        .f_to_device(model.device())?;
+    // Generation never needs gradients, even on a trainable (QAT) model.
+    let logits = tch::no_grad(|| model.forward(&input, cache))?; // [1, T, vocab]
     Ok(logits.f_get(0)?.f_to_kind(Kind::Float)?)
 }
 
@@ -265,7 +301,10 @@ impl Conversation {
     /// A new conversation on `cache` (emptied first).
     pub fn new(mut cache: KvCache) -> Self {
         cache.reset();
-        Self { cache, ids: Vec::new() }
+        Self {
+            cache,
+            ids: Vec::new(),
+        }
     }
 
     /// Every id so far (prompts and generated tokens, in order).
@@ -281,7 +320,9 @@ impl Conversation {
     /// Removes the last id if it is not in the cache yet (e.g. an
     /// `<|endoftext|>` to be replaced by `<|im_end|>`); returns it.
     pub fn pop_unfed(&mut self) -> Option<u32> {
-        (self.ids.len() > self.cache.len()).then(|| self.ids.pop()).flatten()
+        (self.ids.len() > self.cache.len())
+            .then(|| self.ids.pop())
+            .flatten()
     }
 
     /// The cache (its `len()` is the number of ids fed).
@@ -307,11 +348,18 @@ impl Conversation {
     ) -> Result<Generation> {
         let fed = self.cache.len();
         let prompt: Vec<u32> = self.ids[fed..].iter().chain(new_ids).copied().collect();
-        let generation = generate_after(model, Some(&mut self.cache), &self.ids[..fed], &prompt, opts, on_token)
-            .inspect_err(|_| {
-                // Keep ids and cache consistent: drop whatever a failed turn fed.
-                let _ = self.cache.truncate(fed);
-            })?;
+        let generation = generate_after(
+            model,
+            Some(&mut self.cache),
+            &self.ids[..fed],
+            &prompt,
+            opts,
+            on_token,
+        )
+        .inspect_err(|_| {
+            // Keep ids and cache consistent: drop whatever a failed turn fed.
+            let _ = self.cache.truncate(fed);
+        })?;
         self.ids.extend_from_slice(new_ids);
         self.ids.extend_from_slice(&generation.tokens);
         Ok(generation)

@@ -49,7 +49,14 @@ impl Default for SamplingParams {
 impl SamplingParams {
     /// Greedy decoding, no penalty.
     pub fn greedy() -> Self {
-        Self { temperature: 0.0, top_k: None, top_p: None, min_p: None, repetition_penalty: 1.0, seed: 0 }
+        Self {
+            temperature: 0.0,
+            top_k: None,
+            top_p: None,
+            min_p: None,
+            repetition_penalty: 1.0,
+            seed: 0,
+        }
     }
 
     /// True when the arg max is taken instead of a draw.
@@ -60,10 +67,17 @@ impl SamplingParams {
     /// Checks every field; the error names the field, its value and the accepted range.
     pub fn validate(&self) -> Result<()> {
         let bad = |name: &'static str, value: f64, expected: &'static str| {
-            Err(Error::InvalidArgument { name, reason: format!("got {value}, expected {expected}") })
+            Err(Error::InvalidArgument {
+                name,
+                reason: format!("got {value}, expected {expected}"),
+            })
         };
         if !(self.temperature.is_finite() && self.temperature >= 0.0) {
-            return bad("temperature", self.temperature, "a finite number >= 0 (0 = greedy)");
+            return bad(
+                "temperature",
+                self.temperature,
+                "a finite number >= 0 (0 = greedy)",
+            );
         }
         if let Some(p) = self.top_p {
             if !(p > 0.0 && p <= 1.0) {
@@ -158,16 +172,25 @@ impl Sampler {
 fn checked_f32(logits: &Tensor) -> Result<Tensor> {
     let shape = logits.size();
     if shape.len() != 1 || shape[0] == 0 {
-        return Err(Error::BadInput { name: "logits", reason: format!("expected shape [vocab] with vocab > 0, got {shape:?}") });
+        return Err(Error::BadInput {
+            name: "logits",
+            reason: format!("expected shape [vocab] with vocab > 0, got {shape:?}"),
+        });
     }
     if !logits.is_floating_point() {
-        return Err(Error::BadInput { name: "logits", reason: format!("expected a float tensor, got {:?}", logits.kind()) });
+        return Err(Error::BadInput {
+            name: "logits",
+            reason: format!("expected a float tensor, got {:?}", logits.kind()),
+        });
     }
     let x = logits.f_to_kind(Kind::Float)?;
     // torch's max propagates NaN, so one scalar read catches NaN, +inf and all -inf.
     let max = x.f_max()?.f_double_value(&[])?;
     if !max.is_finite() {
-        return Err(Error::BadInput { name: "logits", reason: format!("maximum logit is {max} (NaN, +inf, or every logit -inf)") });
+        return Err(Error::BadInput {
+            name: "logits",
+            reason: format!("maximum logit is {max} (NaN, +inf, or every logit -inf)"),
+        });
     }
     Ok(x)
 }
@@ -177,7 +200,11 @@ fn repetition_penalty(x: &Tensor, history: &[u32], penalty: f64, vocab: usize) -
     if penalty == 1.0 || history.is_empty() {
         return Ok(x.shallow_clone());
     }
-    if let Some((index, &id)) = history.iter().enumerate().find(|(_, &id)| id as usize >= vocab) {
+    if let Some((index, &id)) = history
+        .iter()
+        .enumerate()
+        .find(|(_, &id)| id as usize >= vocab)
+    {
         return Err(out_of_vocab("sampling history", index, id, vocab));
     }
     let mut ids: Vec<i64> = history.iter().map(|&id| i64::from(id)).collect();
@@ -185,7 +212,9 @@ fn repetition_penalty(x: &Tensor, history: &[u32], penalty: f64, vocab: usize) -
     ids.dedup();
     let idx = Tensor::f_from_slice(&ids)?.f_to_device(x.device())?;
     let picked = x.f_index_select(0, &idx)?;
-    let penalized = picked.f_mul_scalar(penalty)?.f_where_self(&picked.f_lt(0.0)?, &picked.f_div_scalar(penalty)?)?;
+    let penalized = picked
+        .f_mul_scalar(penalty)?
+        .f_where_self(&picked.f_lt(0.0)?, &picked.f_div_scalar(penalty)?)?;
     Ok(x.f_index_copy(0, &idx, &penalized)?)
 }
 
@@ -209,7 +238,11 @@ fn top_p(x: &Tensor, top_p: f64) -> Result<Tensor> {
     let floor = loop {
         let (values, _) = probs.f_topk(k, 0, true, true)?;
         // Index of the first prefix whose mass reaches top_p.
-        let crossing = values.f_cumsum(0, Kind::Float)?.f_lt(top_p)?.f_sum(Kind::Int64)?.f_int64_value(&[])?;
+        let crossing = values
+            .f_cumsum(0, Kind::Float)?
+            .f_lt(top_p)?
+            .f_sum(Kind::Int64)?
+            .f_int64_value(&[])?;
         if crossing < k {
             break values.f_get(crossing)?;
         }
@@ -243,18 +276,28 @@ fn draw(x: &Tensor, u: f64) -> Result<u32> {
     let target = cdf.f_get(-1)?.f_mul_scalar(u)?;
     let below = cdf.f_le_tensor(&target)?.f_sum(Kind::Int64)?;
     let kept = probs.f_gt(0.0)?.f_to_kind(Kind::Uint8)?;
-    let last_kept = kept.f_flip([0])?.f_argmax(0, false)?.f_neg()?.f_add_scalar(probs.size()[0] - 1)?;
+    let last_kept = kept
+        .f_flip([0])?
+        .f_argmax(0, false)?
+        .f_neg()?
+        .f_add_scalar(probs.size()[0] - 1)?;
     token_id(&below.f_minimum(&last_kept)?)
 }
 
 /// The error for a token id outside `0..vocab` at position `index` of `name`.
 pub(crate) fn out_of_vocab(name: &'static str, index: usize, id: u32, vocab: usize) -> Error {
-    Error::BadInput { name, reason: format!("id {id} at index {index} is outside the vocabulary (size {vocab})") }
+    Error::BadInput {
+        name,
+        reason: format!("id {id} at index {index} is outside the vocabulary (size {vocab})"),
+    }
 }
 
 fn token_id(t: &Tensor) -> Result<u32> {
     let id = t.f_view([-1])?.f_int64_value(&[0])?;
-    u32::try_from(id).map_err(|_| Error::BadInput { name: "logits", reason: format!("token index {id} does not fit u32") })
+    u32::try_from(id).map_err(|_| Error::BadInput {
+        name: "logits",
+        reason: format!("token index {id} does not fit u32"),
+    })
 }
 
 #[cfg(test)]
@@ -273,7 +316,10 @@ mod tests {
 
     #[test]
     fn repetition_penalty_divides_positive_and_multiplies_negative() {
-        let p = SamplingParams { repetition_penalty: 2.0, ..SamplingParams::greedy() };
+        let p = SamplingParams {
+            repetition_penalty: 2.0,
+            ..SamplingParams::greedy()
+        };
         let x = logits(&[3.0, -1.0, 2.0, 0.5]);
         let out = repetition_penalty(&x, &[0, 1, 1, 0], p.repetition_penalty, 4).unwrap();
         let got: Vec<f32> = Vec::try_from(&out).unwrap();
@@ -284,15 +330,32 @@ mod tests {
 
     #[test]
     fn history_id_outside_vocab_is_an_error() {
-        let p = SamplingParams { repetition_penalty: 1.3, ..SamplingParams::greedy() };
-        let err = Sampler::new(p).sample(&logits(&[1.0, 2.0]), &[0, 7]).unwrap_err();
-        assert!(matches!(err, Error::BadInput { name: "sampling history", .. }), "{err}");
+        let p = SamplingParams {
+            repetition_penalty: 1.3,
+            ..SamplingParams::greedy()
+        };
+        let err = Sampler::new(p)
+            .sample(&logits(&[1.0, 2.0]), &[0, 7])
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::BadInput {
+                    name: "sampling history",
+                    ..
+                }
+            ),
+            "{err}"
+        );
         assert!(err.to_string().contains("id 7 at index 1"), "{err}");
     }
 
     #[test]
     fn nan_logits_are_rejected_not_sampled() {
-        let mut s = Sampler::new(SamplingParams { temperature: 1.0, ..SamplingParams::greedy() });
+        let mut s = Sampler::new(SamplingParams {
+            temperature: 1.0,
+            ..SamplingParams::greedy()
+        });
         let err = s.sample(&logits(&[1.0, f32::NAN, 0.0]), &[]).unwrap_err();
         assert!(err.to_string().contains("NaN"), "{err}");
     }
@@ -300,17 +363,43 @@ mod tests {
     #[test]
     fn wrong_rank_and_integer_logits_are_rejected() {
         let mut s = Sampler::new(SamplingParams::greedy());
-        assert!(s.sample(&Tensor::zeros([2, 3], (Kind::Float, tch::Device::Cpu)), &[]).is_err());
+        assert!(s
+            .sample(&Tensor::zeros([2, 3], (Kind::Float, tch::Device::Cpu)), &[])
+            .is_err());
         assert!(s.sample(&Tensor::from_slice(&[1i64, 2]), &[]).is_err());
     }
 
     #[test]
     fn invalid_params_name_the_field() {
         for (p, field) in [
-            (SamplingParams { temperature: -0.5, ..Default::default() }, "temperature"),
-            (SamplingParams { top_p: Some(0.0), ..Default::default() }, "top_p"),
-            (SamplingParams { min_p: Some(1.5), ..Default::default() }, "min_p"),
-            (SamplingParams { repetition_penalty: 0.0, ..Default::default() }, "repetition_penalty"),
+            (
+                SamplingParams {
+                    temperature: -0.5,
+                    ..Default::default()
+                },
+                "temperature",
+            ),
+            (
+                SamplingParams {
+                    top_p: Some(0.0),
+                    ..Default::default()
+                },
+                "top_p",
+            ),
+            (
+                SamplingParams {
+                    min_p: Some(1.5),
+                    ..Default::default()
+                },
+                "min_p",
+            ),
+            (
+                SamplingParams {
+                    repetition_penalty: 0.0,
+                    ..Default::default()
+                },
+                "repetition_penalty",
+            ),
         ] {
             let err = p.validate().unwrap_err();
             assert!(err.to_string().contains(field), "{err}");
@@ -320,8 +409,14 @@ mod tests {
     #[test]
     fn top_p_keeps_every_token_tied_with_the_crossing_one() {
         // Four equal tokens: the crossing token (the second) is tied with all of them.
-        let p = SamplingParams { temperature: 1.0, top_p: Some(0.3), ..SamplingParams::greedy() };
-        let probs = Sampler::new(p).probabilities(&logits(&[1.0, 1.0, 1.0, 1.0, -9.0]), &[]).unwrap();
+        let p = SamplingParams {
+            temperature: 1.0,
+            top_p: Some(0.3),
+            ..SamplingParams::greedy()
+        };
+        let probs = Sampler::new(p)
+            .probabilities(&logits(&[1.0, 1.0, 1.0, 1.0, -9.0]), &[])
+            .unwrap();
         let kept = Vec::<f32>::try_from(probs.gt(0.0).to_kind(Kind::Float)).unwrap();
         assert_eq!(kept, vec![1.0, 1.0, 1.0, 1.0, 0.0]);
     }
@@ -337,12 +432,18 @@ mod tests {
             e.iter().map(|v| v / sum).collect()
         };
         let mut cum = 0.0;
-        let want = 1 + probs.iter().take_while(|&&q| {
-            cum += q;
-            cum < 0.6
-        })
-        .count();
-        let p = SamplingParams { temperature: 1.0, top_p: Some(0.6), ..SamplingParams::greedy() };
+        let want = 1 + probs
+            .iter()
+            .take_while(|&&q| {
+                cum += q;
+                cum < 0.6
+            })
+            .count();
+        let p = SamplingParams {
+            temperature: 1.0,
+            top_p: Some(0.6),
+            ..SamplingParams::greedy()
+        };
         let got = Sampler::new(p).probabilities(&logits(&x), &[]).unwrap();
         let got = got.gt(0.0).sum(Kind::Int64).int64_value(&[]) as usize;
         assert!(want > 1000, "{want}");
@@ -363,7 +464,11 @@ mod tests {
 
     #[test]
     fn tiny_temperature_does_not_overflow_to_nan() {
-        let p = SamplingParams { temperature: 1e-30, seed: 3, ..SamplingParams::greedy() };
+        let p = SamplingParams {
+            temperature: 1e-30,
+            seed: 3,
+            ..SamplingParams::greedy()
+        };
         let mut s = Sampler::new(p);
         for _ in 0..5 {
             assert_eq!(s.sample(&logits(&[1e30, 0.0, 3e30, -2.0]), &[]).unwrap(), 2);

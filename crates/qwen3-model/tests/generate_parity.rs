@@ -15,8 +15,16 @@ fn greedy_ids_equal_transformers_in_every_mode() {
         for case in cases() {
             let model = case.model();
             for p in ["a", "b"] {
-                let prompt: Vec<u32> = case.ids(&format!("prompt_{p}")).iter().map(|&i| i as u32).collect();
-                let want: Vec<u32> = case.ids(&format!("greedy_{p}")).iter().map(|&i| i as u32).collect();
+                let prompt: Vec<u32> = case
+                    .ids(&format!("prompt_{p}"))
+                    .iter()
+                    .map(|&i| i as u32)
+                    .collect();
+                let want: Vec<u32> = case
+                    .ids(&format!("greedy_{p}"))
+                    .iter()
+                    .map(|&i| i as u32)
+                    .collect();
                 let hf_logits = case.tensor(&format!("logits_{p}"));
                 for (mode, cached, prefill) in [
                     ("no cache", false, PrefillMode::PromptByPrompt),
@@ -31,7 +39,8 @@ fn greedy_ids_equal_transformers_in_every_mode() {
                         ..GenerateOptions::default()
                     };
                     let mut cache = cached.then(|| model.new_cache(1, 4));
-                    let g = generate(&model, cache.as_mut(), &prompt, &opts, &mut |_| true).unwrap();
+                    let g =
+                        generate(&model, cache.as_mut(), &prompt, &opts, &mut |_| true).unwrap();
                     assert_eq!(g.tokens, want, "{what}: greedy ids");
                     assert_eq!(g.finish, FinishReason::MaxTokens, "{what}");
                     assert_close(&what, g.prompt_logits.as_ref().unwrap(), hf_logits);

@@ -54,7 +54,9 @@ fn reference(logits: &[f32], history: &[u32], p: &SamplingParams) -> Reference {
     x.iter_mut().for_each(|v| *v = (*v - max) / p.temperature);
     if let Some(k) = p.top_k.filter(|&k| k > 0 && k < x.len()) {
         let kth = x[order_desc(&x)[k - 1]];
-        x.iter_mut().filter(|v| **v < kth).for_each(|v| *v = f64::NEG_INFINITY);
+        x.iter_mut()
+            .filter(|v| **v < kth)
+            .for_each(|v| *v = f64::NEG_INFINITY);
     }
     if let Some(top) = p.top_p.filter(|&t| t < 1.0) {
         // Keep p >= p of the token where the descending cumulative mass first reaches top_p.
@@ -91,26 +93,47 @@ fn reference(logits: &[f32], history: &[u32], p: &SamplingParams) -> Reference {
             }
         }
     }
-    Reference { probs: softmax(&x), margin }
+    Reference {
+        probs: softmax(&x),
+        margin,
+    }
 }
 
 fn time_seed(test: &str) -> u64 {
-    let seed = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64;
+    let seed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
     eprintln!("{test}: seed {seed}");
     seed
 }
 
 fn random_logits(rng: &mut StdRng, vocab: usize, spread: f32) -> Vec<f32> {
-    (0..vocab).map(|_| (rng.gen::<f32>() * 2.0 - 1.0) * spread).collect()
+    (0..vocab)
+        .map(|_| (rng.gen::<f32>() * 2.0 - 1.0) * spread)
+        .collect()
 }
 
 fn param_sets(rng: &mut StdRng) -> Vec<SamplingParams> {
-    let base = SamplingParams { temperature: 0.7 + rng.gen::<f64>(), seed: rng.gen(), ..SamplingParams::greedy() };
+    let base = SamplingParams {
+        temperature: 0.7 + rng.gen::<f64>(),
+        seed: rng.gen(),
+        ..SamplingParams::greedy()
+    };
     vec![
         base.clone(),
-        SamplingParams { top_k: Some(rng.gen_range(1..40)), ..base.clone() },
-        SamplingParams { top_p: Some(rng.gen_range(0.05..0.95)), ..base.clone() },
-        SamplingParams { min_p: Some(rng.gen_range(0.01..0.5)), ..base.clone() },
+        SamplingParams {
+            top_k: Some(rng.gen_range(1..40)),
+            ..base.clone()
+        },
+        SamplingParams {
+            top_p: Some(rng.gen_range(0.05..0.95)),
+            ..base.clone()
+        },
+        SamplingParams {
+            min_p: Some(rng.gen_range(0.01..0.5)),
+            ..base.clone()
+        },
         SamplingParams {
             top_k: Some(rng.gen_range(5..200)),
             top_p: Some(rng.gen_range(0.3..0.95)),
@@ -118,12 +141,20 @@ fn param_sets(rng: &mut StdRng) -> Vec<SamplingParams> {
             repetition_penalty: rng.gen_range(1.05..2.0),
             ..base.clone()
         },
-        SamplingParams { repetition_penalty: rng.gen_range(1.05..2.0), ..SamplingParams::greedy() },
+        SamplingParams {
+            repetition_penalty: rng.gen_range(1.05..2.0),
+            ..SamplingParams::greedy()
+        },
     ]
 }
 
 fn kept(probs: &[f64]) -> BTreeSet<usize> {
-    probs.iter().enumerate().filter(|(_, &p)| p > 0.0).map(|(i, _)| i).collect()
+    probs
+        .iter()
+        .enumerate()
+        .filter(|(_, &p)| p > 0.0)
+        .map(|(i, _)| i)
+        .collect()
 }
 
 /// Kept sets equal and probabilities within `PROB_TOL`, on `device`.
@@ -137,15 +168,35 @@ fn check_distributions_on(device: Device, test: &str) {
         for params in param_sets(&mut rng) {
             let want = reference(&logits, &history, &params);
             if want.margin < MIN_MARGIN {
-                eprintln!("  redraw: decision margin {:.2e} < {MIN_MARGIN:e} for {params:?}", want.margin);
+                eprintln!(
+                    "  redraw: decision margin {:.2e} < {MIN_MARGIN:e} for {params:?}",
+                    want.margin
+                );
                 continue;
             }
             let t = Tensor::from_slice(&logits).to_device(device);
-            let got = Sampler::new(params.clone()).probabilities(&t, &history).unwrap();
-            let got: Vec<f64> = Vec::<f32>::try_from(got.to_device(Device::Cpu)).unwrap().iter().map(|&v| v as f64).collect();
-            assert_eq!(kept(&got), kept(&want.probs), "kept sets differ for {params:?}");
-            let max_diff = got.iter().zip(&want.probs).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
-            assert!(max_diff <= PROB_TOL, "max |p - p_ref| = {max_diff:.3e} > {PROB_TOL:e} for {params:?}");
+            let got = Sampler::new(params.clone())
+                .probabilities(&t, &history)
+                .unwrap();
+            let got: Vec<f64> = Vec::<f32>::try_from(got.to_device(Device::Cpu))
+                .unwrap()
+                .iter()
+                .map(|&v| v as f64)
+                .collect();
+            assert_eq!(
+                kept(&got),
+                kept(&want.probs),
+                "kept sets differ for {params:?}"
+            );
+            let max_diff = got
+                .iter()
+                .zip(&want.probs)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f64::max);
+            assert!(
+                max_diff <= PROB_TOL,
+                "max |p - p_ref| = {max_diff:.3e} > {PROB_TOL:e} for {params:?}"
+            );
             checked += 1;
         }
     }
@@ -174,12 +225,31 @@ fn empirical_frequencies_match_reference_probabilities() {
     let mut rng = StdRng::seed_from_u64(time_seed("frequencies"));
     let vocab = 12;
     let logits = random_logits(&mut rng, vocab, 2.5);
-    let history = vec![rng.gen_range(0..vocab as u32), rng.gen_range(0..vocab as u32)];
+    let history = vec![
+        rng.gen_range(0..vocab as u32),
+        rng.gen_range(0..vocab as u32),
+    ];
     let t = Tensor::from_slice(&logits);
     let sets = [
-        SamplingParams { temperature: 1.0, seed: rng.gen(), ..SamplingParams::greedy() },
-        SamplingParams { temperature: 0.8, top_k: Some(5), top_p: Some(0.8), seed: rng.gen(), ..SamplingParams::greedy() },
-        SamplingParams { temperature: 1.3, min_p: Some(0.15), repetition_penalty: 1.5, seed: rng.gen(), ..SamplingParams::greedy() },
+        SamplingParams {
+            temperature: 1.0,
+            seed: rng.gen(),
+            ..SamplingParams::greedy()
+        },
+        SamplingParams {
+            temperature: 0.8,
+            top_k: Some(5),
+            top_p: Some(0.8),
+            seed: rng.gen(),
+            ..SamplingParams::greedy()
+        },
+        SamplingParams {
+            temperature: 1.3,
+            min_p: Some(0.15),
+            repetition_penalty: 1.5,
+            seed: rng.gen(),
+            ..SamplingParams::greedy()
+        },
     ];
     for params in sets {
         let want = reference(&logits, &history, &params).probs;
@@ -197,7 +267,10 @@ fn empirical_frequencies_match_reference_probabilities() {
                 continue;
             }
             let tol = 5.0 * (p * (1.0 - p) / DRAWS as f64).sqrt() + 1e-3;
-            assert!((f - p).abs() <= tol, "token {id}: frequency {f:.4} vs p {p:.4} (tol {tol:.4}) for {params:?}");
+            assert!(
+                (f - p).abs() <= tol,
+                "token {id}: frequency {f:.4} vs p {p:.4} (tol {tol:.4}) for {params:?}"
+            );
         }
         eprintln!("{params:?}: total variation {tv:.4} over {DRAWS} draws");
     }
@@ -210,19 +283,40 @@ fn empirical_frequencies_match_reference_probabilities() {
 fn top_p_keeps_the_token_that_crosses_the_threshold() {
     // Probabilities 0.9, 0.06, 0.04: top-1 alone exceeds top_p = 0.5.
     let t = Tensor::from_slice(&[0.9f32.ln(), 0.06f32.ln(), 0.04f32.ln()]);
-    let params = SamplingParams { temperature: 1.0, top_p: Some(0.5), seed: 11, ..SamplingParams::greedy() };
-    let probs = Vec::<f32>::try_from(Sampler::new(params.clone()).probabilities(&t, &[]).unwrap()).unwrap();
-    assert_eq!(probs, vec![1.0, 0.0, 0.0], "top-1 must be kept with all the mass");
+    let params = SamplingParams {
+        temperature: 1.0,
+        top_p: Some(0.5),
+        seed: 11,
+        ..SamplingParams::greedy()
+    };
+    let probs =
+        Vec::<f32>::try_from(Sampler::new(params.clone()).probabilities(&t, &[]).unwrap()).unwrap();
+    assert_eq!(
+        probs,
+        vec![1.0, 0.0, 0.0],
+        "top-1 must be kept with all the mass"
+    );
     let mut sampler = Sampler::new(params);
     assert!((0..50).all(|_| sampler.sample(&t, &[]).unwrap() == 0));
 
     // Probabilities 0.5, 0.3, 0.2 with top_p = 0.6: the second token crosses 0.6 and stays.
     let t = Tensor::from_slice(&[0.5f32.ln(), 0.3f32.ln(), 0.2f32.ln()]);
-    let params = SamplingParams { temperature: 1.0, top_p: Some(0.6), ..SamplingParams::greedy() };
+    let params = SamplingParams {
+        temperature: 1.0,
+        top_p: Some(0.6),
+        ..SamplingParams::greedy()
+    };
     let probs = Vec::<f32>::try_from(Sampler::new(params).probabilities(&t, &[]).unwrap()).unwrap();
     let want = [0.625f32, 0.375, 0.0];
-    let diff = probs.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
-    assert!(diff < 1e-6, "got {probs:?}, want {want:?} (max diff {diff:e})");
+    let diff = probs
+        .iter()
+        .zip(want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    assert!(
+        diff < 1e-6,
+        "got {probs:?}, want {want:?} (max diff {diff:e})"
+    );
 }
 
 #[test]
@@ -230,9 +324,16 @@ fn same_seed_gives_the_same_tokens_and_another_seed_does_not() {
     let mut rng = StdRng::seed_from_u64(time_seed("seed"));
     let t = Tensor::from_slice(&random_logits(&mut rng, 500, 1.0));
     let draw = |seed: u64| {
-        let params = SamplingParams { temperature: 1.0, top_p: Some(0.95), seed, ..SamplingParams::greedy() };
+        let params = SamplingParams {
+            temperature: 1.0,
+            top_p: Some(0.95),
+            seed,
+            ..SamplingParams::greedy()
+        };
         let mut s = Sampler::new(params);
-        (0..64).map(|_| s.sample(&t, &[]).unwrap()).collect::<Vec<_>>()
+        (0..64)
+            .map(|_| s.sample(&t, &[]).unwrap())
+            .collect::<Vec<_>>()
     };
     let seed = rng.gen();
     // Torch's global generator must play no part: reseeding it changes nothing.
@@ -240,7 +341,11 @@ fn same_seed_gives_the_same_tokens_and_another_seed_does_not() {
     let first = draw(seed);
     tch::manual_seed(2);
     assert_eq!(first, draw(seed));
-    assert_ne!(first, draw(seed.wrapping_add(1)), "64 draws over ~500 tokens cannot all coincide");
+    assert_ne!(
+        first,
+        draw(seed.wrapping_add(1)),
+        "64 draws over ~500 tokens cannot all coincide"
+    );
 }
 
 #[test]
@@ -249,9 +354,18 @@ fn greedy_with_penalty_matches_reference_arg_max() {
     for _ in 0..20 {
         let logits = random_logits(&mut rng, 200, 3.0);
         let history: Vec<u32> = (0..30).map(|_| rng.gen_range(0..200)).collect();
-        let params = SamplingParams { repetition_penalty: rng.gen_range(1.0..3.0), ..SamplingParams::greedy() };
-        let want = reference(&logits, &history, &params).probs.iter().position(|&p| p == 1.0).unwrap();
-        let got = Sampler::new(params).sample(&Tensor::from_slice(&logits), &history).unwrap();
+        let params = SamplingParams {
+            repetition_penalty: rng.gen_range(1.0..3.0),
+            ..SamplingParams::greedy()
+        };
+        let want = reference(&logits, &history, &params)
+            .probs
+            .iter()
+            .position(|&p| p == 1.0)
+            .unwrap();
+        let got = Sampler::new(params)
+            .sample(&Tensor::from_slice(&logits), &history)
+            .unwrap();
         assert_eq!(got as usize, want);
     }
 }
@@ -259,5 +373,10 @@ fn greedy_with_penalty_matches_reference_arg_max() {
 #[test]
 fn bf16_logits_are_sampled_in_f32() {
     let t = Tensor::from_slice(&[0.25f32, 3.0, -1.0]).to_kind(Kind::BFloat16);
-    assert_eq!(Sampler::new(SamplingParams::greedy()).sample(&t, &[]).unwrap(), 1);
+    assert_eq!(
+        Sampler::new(SamplingParams::greedy())
+            .sample(&t, &[])
+            .unwrap(),
+        1
+    );
 }

@@ -1,0 +1,418 @@
+//! `run2`: chat inference with NVFP4 weights, and the parity tool.
+//!
+//! One prompt (`--prompt TEXT` through the chat template, `--raw` without it,
+//! or `--prompt-ids 1,2,3` with no tokenizer at all), an interactive REPL
+//! (`--chat`), or a scripted conversation (`--script FILE`, one user turn per
+//! line). `--print-ids` and `--dump-logits` make the output comparable with
+//! Hugging Face. Timing goes to stderr.
+//!
+//! ```text
+//! cargo run --release --example run2 -- --model-dir models/qwen3-4b --prompt "Hello!"
+//! cargo run --release --example run2 -- --model-dir DIR --prompt-ids 9707,0 --print-ids --max-tokens 8
+//! cargo run --release --example run2 -- --model-dir DIR --chat --kv-cache true --prefill pbp --temp 0.7
+//! ```
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{ArgAction, Parser};
+use dat_format::DatFile;
+use nvfp4_kernels::ComputePath;
+use qwen3_model::{
+    generate, GenerateOptions, Generation, LoadOptions, PrefillMode, Qwen3Config, Qwen3Model,
+    SamplingParams,
+};
+use qwen3_nvfp4::{
+    dtype_name, init_tracing, parse_device, parse_dtype, write_logits, ChatSession, ModelFiles,
+    TokenizerSource,
+};
+use tch::Device;
+use tokenizer_bridge::{ChatMessage, Qwen3Tokenizer};
+
+/// Qwen3 NVFP4 inference: one prompt, an interactive chat, or a scripted conversation.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// Model directory: config.json, tokenizer files and one `.dat`.
+    #[arg(long, value_name = "DIR")]
+    model_dir: Option<PathBuf>,
+    /// The `.dat` weights (overrides the one in --model-dir).
+    #[arg(long, value_name = "FILE")]
+    weight: Option<PathBuf>,
+    /// config.json (default: the one in --model-dir, else beside --weight).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// tokenizer.json (default: the one in --model-dir, else the bundled Qwen3 tokenizer).
+    #[arg(long, value_name = "FILE")]
+    tokenizer: Option<PathBuf>,
+    /// Device: cpu, cuda or cuda:N (default: cuda when available, else cpu).
+    #[arg(long)]
+    device: Option<String>,
+    /// Compute dtype: f32, bf16 or f16 (default: bf16 on CUDA, f32 on CPU).
+    #[arg(long)]
+    dtype: Option<String>,
+    /// NVFP4 compute path: kernel-only (fail if no kernel), auto, or dequant-matmul.
+    #[arg(long, default_value = "auto")]
+    compute_path: String,
+    /// The user prompt (through the chat template unless --raw).
+    #[arg(long, conflicts_with = "prompt_ids")]
+    prompt: Option<String>,
+    /// Prompt token ids, comma-separated; skips the tokenizer entirely.
+    #[arg(long, value_name = "IDS")]
+    prompt_ids: Option<String>,
+    /// Encode --prompt as is, without the chat template.
+    #[arg(long)]
+    raw: bool,
+    /// Interactive multi-turn chat on stdin with streaming output (/reset, /exit).
+    #[arg(long, conflicts_with_all = ["prompt", "prompt_ids", "script"])]
+    chat: bool,
+    /// Scripted multi-turn conversation: one user turn per non-empty line of FILE.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["prompt", "prompt_ids"])]
+    script: Option<PathBuf>,
+    /// System message for the chat template.
+    #[arg(long)]
+    system: Option<String>,
+    /// Maximum new tokens per reply.
+    #[arg(long, default_value_t = 128)]
+    max_tokens: usize,
+    /// Sampling temperature; 0 = greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temp: f64,
+    /// Nucleus sampling: keep the most likely tokens up to this mass (the crossing token included).
+    #[arg(long)]
+    top_p: Option<f64>,
+    /// Keep only the K most likely tokens (0 = off).
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// Drop tokens less likely than MIN_P times the most likely one.
+    #[arg(long)]
+    min_p: Option<f64>,
+    /// Hugging Face repetition penalty (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    repetition_penalty: f64,
+    /// Seed of the sampler (same seed, same tokens).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// true: one KV cache kept across turns; false: recompute the whole sequence every step.
+    #[arg(long, default_value_t = true, action = ArgAction::Set, value_name = "true|false")]
+    kv_cache: bool,
+    /// Prefill with the KV cache: tbt (token by token) or pbp (whole prompt at once).
+    #[arg(long, default_value = "pbp", value_parser = parse_prefill)]
+    prefill: PrefillMode,
+    /// Write the prompt's logits at every position (f32 [T, vocab], tensor `logits`) as safetensors.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["chat", "script"])]
+    dump_logits: Option<PathBuf>,
+    /// Print `prompt_ids: ...` and `generated_ids: ...` lines.
+    #[arg(long)]
+    print_ids: bool,
+    /// Do not stop on <|im_end|>/<|endoftext|>/eos: always generate --max-tokens tokens.
+    #[arg(long)]
+    no_stop: bool,
+    /// Print the NVFP4 kernel diagnosis (device, driver, NVRTC, kernels) and exit.
+    #[arg(long)]
+    diagnose: bool,
+}
+
+fn parse_prefill(s: &str) -> std::result::Result<PrefillMode, String> {
+    s.parse().map_err(|e: qwen3_model::Error| e.to_string())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_tracing("warn");
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<()> {
+    if args.diagnose {
+        println!("{}", nvfp4_kernels::diagnose());
+        return Ok(());
+    }
+    if args.prompt.is_none() && args.prompt_ids.is_none() && !args.chat && args.script.is_none() {
+        bail!("nothing to do: pass --prompt TEXT, --prompt-ids IDS, --chat or --script FILE");
+    }
+    let device = match &args.device {
+        Some(d) => parse_device(d)?,
+        None => Device::cuda_if_available(),
+    };
+    let runner = Runner::load(&args, device)?;
+    match (&args.script, args.chat) {
+        (Some(script), _) => {
+            let text = std::fs::read_to_string(script)
+                .with_context(|| format!("--script {}", script.display()))?;
+            let turns: Vec<String> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(String::from)
+                .collect();
+            if turns.is_empty() {
+                bail!(
+                    "--script {}: no user turns (one per non-empty line)",
+                    script.display()
+                );
+            }
+            runner.converse(&args, turns.into_iter(), true)
+        }
+        (None, true) => runner.converse(&args, stdin_turns(), false),
+        (None, false) => runner.single(&args),
+    }
+}
+
+/// The loaded model and what goes with it.
+struct Runner {
+    model: Qwen3Model,
+    tokenizer: Option<Qwen3Tokenizer>,
+    options: GenerateOptions,
+}
+
+impl Runner {
+    fn load(args: &Args, device: Device) -> Result<Self> {
+        let dtype = match &args.dtype {
+            Some(d) => parse_dtype(d)?,
+            None => LoadOptions::new(device).dtype,
+        };
+        let compute_path: ComputePath = args.compute_path.parse().context("--compute-path")?;
+        let files = ModelFiles::resolve(
+            args.model_dir.as_deref(),
+            args.weight.as_deref(),
+            args.config.as_deref(),
+            args.tokenizer.as_deref(),
+        )?;
+        let cfg = Qwen3Config::from_file(&files.config)
+            .with_context(|| files.config.display().to_string())?;
+        // Ids need no tokenizer: only an explicitly present one is loaded, for display.
+        let tokenizer = match (args.prompt_ids.is_some(), &files.tokenizer) {
+            (true, TokenizerSource::Bundled) => None,
+            _ => Some(files.load_tokenizer()?),
+        };
+        let start = Instant::now();
+        let dat =
+            DatFile::open(&files.weight).with_context(|| files.weight.display().to_string())?;
+        let load = LoadOptions {
+            device,
+            dtype,
+            compute_path,
+            strict: true,
+        };
+        let model = Qwen3Model::load_dat(&dat, &cfg, &load)
+            .with_context(|| files.weight.display().to_string())?;
+        drop(dat);
+        eprintln!(
+            "loaded {} ({} layers, vocab {}) on {device:?} as {} in {:.2}s; {}",
+            files.weight.display(),
+            model.num_layers(),
+            cfg.vocab_size,
+            dtype_name(dtype),
+            start.elapsed().as_secs_f64(),
+            model.backend().describe()
+        );
+        let options = generate_options(args, &cfg, tokenizer.as_ref());
+        Ok(Self {
+            model,
+            tokenizer,
+            options,
+        })
+    }
+
+    fn tokenizer(&self) -> Result<&Qwen3Tokenizer> {
+        self.tokenizer
+            .as_ref()
+            .context("this mode needs a tokenizer")
+    }
+
+    /// One prompt, one reply.
+    fn single(&self, args: &Args) -> Result<()> {
+        let prompt = match (&args.prompt_ids, &args.prompt) {
+            (Some(ids), _) => parse_ids(ids)?,
+            (None, Some(text)) if args.raw => self.tokenizer()?.encode(text, false)?,
+            (None, Some(text)) => {
+                let tok = self.tokenizer()?;
+                let messages = with_system(args, vec![ChatMessage::user(text.as_str())]);
+                tok.encode(&tok.apply_chat_template(&messages, true)?, false)?
+            }
+            (None, None) => unreachable!("checked in run()"),
+        };
+        let opts = GenerateOptions {
+            keep_prompt_logits: args.dump_logits.is_some(),
+            ..self.options.clone()
+        };
+        let mut cache = args
+            .kv_cache
+            .then(|| self.model.new_cache(1, prompt.len() + opts.max_new_tokens));
+        let generation = self.streamed(|on_token| {
+            Ok(generate(
+                &self.model,
+                cache.as_mut(),
+                &prompt,
+                &opts,
+                on_token,
+            )?)
+        })?;
+        report(args, &prompt, &generation);
+        if let (Some(path), Some(logits)) = (&args.dump_logits, &generation.prompt_logits) {
+            write_logits(path, logits)?;
+            eprintln!(
+                "wrote prompt logits {:?} to {}",
+                logits.size(),
+                path.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// Runs `f` with a callback that prints each token's text as it arrives.
+    fn streamed<T>(&self, f: impl FnOnce(&mut dyn FnMut(u32) -> bool) -> Result<T>) -> Result<T> {
+        let mut decoder = self.tokenizer.as_ref().map(|t| t.stream_decoder());
+        let mut stdout = std::io::stdout();
+        let mut failed = None;
+        let out = f(&mut |id| {
+            if let Some(dec) = decoder.as_mut() {
+                match dec.push(id) {
+                    Ok(Some(text)) => {
+                        let _ = write!(stdout, "{text}");
+                        let _ = stdout.flush();
+                    }
+                    Ok(None) => {}
+                    Err(e) => failed = Some(e),
+                }
+            }
+            failed.is_none()
+        })?;
+        if let Some(text) = decoder.as_mut().map(|d| d.finish()).transpose()?.flatten() {
+            print!("{text}");
+        }
+        if let Some(e) = failed {
+            return Err(e).context("decoding a generated token");
+        }
+        if decoder.is_some() {
+            println!();
+        }
+        Ok(out)
+    }
+
+    /// A multi-turn conversation over `turns`; `echo` prints each user turn.
+    fn converse(&self, args: &Args, turns: impl Iterator<Item = String>, echo: bool) -> Result<()> {
+        let tok = self.tokenizer()?;
+        let new_chat = || ChatSession::new(&self.model, args.system.as_deref(), args.kv_cache);
+        let mut chat = new_chat();
+        for line in turns {
+            match line.as_str() {
+                "/exit" | "/quit" => break,
+                "/reset" => {
+                    chat = new_chat();
+                    eprintln!("(conversation reset)");
+                    continue;
+                }
+                _ => {}
+            }
+            if echo {
+                println!("user: {line}");
+            }
+            print!("assistant: ");
+            let turn = self.streamed(|cb| chat.turn(&self.model, tok, &line, &self.options, cb))?;
+            report(args, &turn.fed, &turn.generation);
+        }
+        Ok(())
+    }
+}
+
+fn generate_options(
+    args: &Args,
+    cfg: &Qwen3Config,
+    tok: Option<&Qwen3Tokenizer>,
+) -> GenerateOptions {
+    let mut stop_ids: Vec<u32> = Vec::new();
+    if !args.no_stop {
+        // <|im_end|>, <|endoftext|> and the config's eos, with or without a tokenizer.
+        stop_ids.extend(
+            tok.map(|t| t.stop_ids().to_vec())
+                .unwrap_or_else(|| vec![151645, 151643]),
+        );
+        stop_ids.extend(&cfg.eos_token_ids);
+        stop_ids.sort_unstable();
+        stop_ids.dedup();
+    }
+    GenerateOptions {
+        max_new_tokens: args.max_tokens,
+        sampling: SamplingParams {
+            temperature: args.temp,
+            top_k: args.top_k,
+            top_p: args.top_p,
+            min_p: args.min_p,
+            repetition_penalty: args.repetition_penalty,
+            seed: args.seed,
+        },
+        stop_ids,
+        prefill: args.prefill,
+        keep_prompt_logits: false,
+    }
+}
+
+fn with_system(args: &Args, mut messages: Vec<ChatMessage>) -> Vec<ChatMessage> {
+    if let Some(system) = &args.system {
+        messages.insert(0, ChatMessage::system(system.as_str()));
+    }
+    messages
+}
+
+fn parse_ids(text: &str) -> Result<Vec<u32>> {
+    let ids = text
+        .split(',')
+        .map(str::trim)
+        .enumerate()
+        .map(|(i, s)| {
+            s.parse::<u32>()
+                .with_context(|| format!("--prompt-ids: item {} ({s:?}) is not a token id", i + 1))
+        })
+        .collect::<Result<Vec<u32>>>()?;
+    if ids.is_empty() {
+        bail!("--prompt-ids: no ids");
+    }
+    Ok(ids)
+}
+
+/// `--print-ids` lines on stdout, timing on stderr.
+fn report(args: &Args, prompt: &[u32], g: &Generation) {
+    if args.print_ids {
+        println!("prompt_ids: {}", join(prompt));
+        println!("generated_ids: {}", join(&g.tokens));
+    }
+    eprintln!(
+        "prefill: {} tokens in {:.3}s ({:.1} tok/s); decode: {} tokens in {:.3}s ({:.1} tok/s); finish: {:?}",
+        g.prompt_len,
+        g.prefill_time.as_secs_f64(),
+        g.prefill_tokens_per_s(),
+        g.tokens.len().saturating_sub(1),
+        g.decode_time.as_secs_f64(),
+        g.decode_tokens_per_s(),
+        g.finish
+    );
+}
+
+fn join(ids: &[u32]) -> String {
+    ids.iter().map(u32::to_string).collect::<Vec<_>>().join(" ")
+}
+
+/// User turns typed on stdin, with a prompt on stderr; ends at EOF.
+fn stdin_turns() -> impl Iterator<Item = String> {
+    let stdin = std::io::stdin();
+    std::iter::from_fn(move || loop {
+        eprint!("user> ");
+        let mut line = String::new();
+        match stdin.lock().read_line(&mut line) {
+            Ok(0) | Err(_) => return None,
+            Ok(_) if line.trim().is_empty() => continue,
+            Ok(_) => return Some(line.trim().to_string()),
+        }
+    })
+}
