@@ -14,8 +14,15 @@ use crate::policy::{ComputePath, Nvfp4Backend};
 pub fn diagnose() -> String {
     let mut out = String::from("NVFP4 diagnose\n");
     let torch_cuda = tch::Cuda::is_available();
-    let count = if torch_cuda { tch::Cuda::device_count() } else { 0 };
-    let _ = writeln!(out, "libtorch: CUDA available: {torch_cuda}, devices: {count}");
+    let count = if torch_cuda {
+        tch::Cuda::device_count()
+    } else {
+        0
+    };
+    let _ = writeln!(
+        out,
+        "libtorch: CUDA available: {torch_cuda}, devices: {count}"
+    );
     match cuda::libraries_present() {
         Ok(()) => report_libraries(&mut out),
         Err(reason) => {
@@ -23,7 +30,10 @@ pub fn diagnose() -> String {
         }
     }
     if count == 0 {
-        let _ = writeln!(out, "no CUDA device: the NVFP4 kernels cannot run; only dequant-matmul on the CPU");
+        let _ = writeln!(
+            out,
+            "no CUDA device: the NVFP4 kernels cannot run; only dequant-matmul on the CPU"
+        );
         report_policies(&mut out, Device::Cpu);
         return out;
     }
@@ -38,7 +48,12 @@ fn report_libraries(out: &mut String) {
     // SAFETY: libcuda is loadable (checked just before); valid out-pointer.
     let driver_ok = unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut driver) };
     if driver_ok == cudarc::driver::sys::CUresult::CUDA_SUCCESS {
-        let _ = writeln!(out, "CUDA driver API version: {}.{}", driver / 1000, (driver % 1000) / 10);
+        let _ = writeln!(
+            out,
+            "CUDA driver API version: {}.{}",
+            driver / 1000,
+            (driver % 1000) / 10
+        );
     } else {
         let _ = writeln!(out, "CUDA driver API version: unknown ({driver_ok:?})");
     }
@@ -98,7 +113,11 @@ fn report_device(out: &mut String, ordinal: usize) {
 }
 
 fn report_policies(out: &mut String, device: Device) {
-    for path in [ComputePath::KernelOnly, ComputePath::Auto, ComputePath::DequantMatmulOnly] {
+    for path in [
+        ComputePath::KernelOnly,
+        ComputePath::Auto,
+        ComputePath::DequantMatmulOnly,
+    ] {
         let line = match Nvfp4Backend::resolve(path, device) {
             Ok(b) => b.describe(),
             Err(e) => format!("refused: {e}"),

@@ -15,6 +15,9 @@
 //!   bit-exact with the reference.
 //! * [`swizzle_scales`] / [`unswizzle_scales`]: the 128x4 blocked scale layout.
 //! * [`ComputePath`] / [`Nvfp4Backend`]: `y = x @ W^T` on the resolved path.
+//! * [`cuda`]: the CUDA kernels (NVRTC-compiled at run time, nothing CUDA
+//!   needed to build): bit-exact quantize / dequantize / fused STE pass, and a
+//!   fused W4A16 matmul for decode; [`diagnose`] reports what runs here.
 //!
 //! ```
 //! use nvfp4_kernels::{dequantize_ref, quant_error_bound, quantize_ref, ScaleMode};

@@ -34,7 +34,11 @@ pub enum KernelModule {
 
 impl KernelModule {
     /// Every module the compute paths need, in the order diagnose reports them.
-    pub const ALL: [KernelModule; 3] = [KernelModule::Quantize, KernelModule::Dequantize, KernelModule::Gemv];
+    pub const ALL: [KernelModule; 3] = [
+        KernelModule::Quantize,
+        KernelModule::Dequantize,
+        KernelModule::Gemv,
+    ];
 
     /// Short name (also the cache-file prefix).
     pub fn name(self) -> &'static str {
@@ -78,10 +82,21 @@ impl Target {
     pub fn for_device(major: i32, minor: i32, supported: &[i32]) -> Target {
         let cc = major * 10 + minor;
         if cc == 90 && supported.contains(&90) {
-            return Target { arch: "sm_90a".into(), cubin: true };
+            return Target {
+                arch: "sm_90a".into(),
+                cubin: true,
+            };
         }
-        let best = supported.iter().copied().filter(|&a| a <= cc).max().unwrap_or(cc);
-        Target { arch: format!("compute_{best}"), cubin: false }
+        let best = supported
+            .iter()
+            .copied()
+            .filter(|&a| a <= cc)
+            .max()
+            .unwrap_or(cc);
+        Target {
+            arch: format!("compute_{best}"),
+            cubin: false,
+        }
     }
 }
 
@@ -126,7 +141,10 @@ pub fn supported_archs() -> Result<Vec<i32>> {
 }
 
 fn cuda_err(op: &str, e: impl std::fmt::Debug) -> Error {
-    Error::Cuda { op: op.to_string(), message: format!("{e:?}") }
+    Error::Cuda {
+        op: op.to_string(),
+        message: format!("{e:?}"),
+    }
 }
 
 /// NVRTC options for `target`. `-lineinfo` keeps compute-sanitizer reports
@@ -151,19 +169,35 @@ pub fn compile(module: KernelModule, target: &Target) -> Result<Compiled> {
     let (major, minor) = nvrtc_version()?;
     let key = cache_key(&source, &opts, major, minor);
     let ext = if target.cubin { "cubin" } else { "ptx" };
-    let cache_file = cache_dir().map(|d| d.join(format!("{}-{}-{key}.{ext}", module.name(), target.arch)));
+    let cache_file =
+        cache_dir().map(|d| d.join(format!("{}-{}-{key}.{ext}", module.name(), target.arch)));
     if let Some(image) = cache_file.as_deref().and_then(read_cached) {
-        return Ok(Compiled { image, cubin: target.cubin, compile_ms: 0.0, cached: true, log: String::new() });
+        return Ok(Compiled {
+            image,
+            cubin: target.cubin,
+            compile_ms: 0.0,
+            cached: true,
+            log: String::new(),
+        });
     }
     let start = Instant::now();
     let (image, log) = run_nvrtc(module, &source, &opts, target)?;
     let compile_ms = start.elapsed().as_secs_f64() * 1e3;
     if let Some(path) = cache_file.as_deref() {
         if let Err(e) = write_atomically(path, &image) {
-            tracing::debug!("nvfp4 kernel cache: could not write {}: {e}", path.display());
+            tracing::debug!(
+                "nvfp4 kernel cache: could not write {}: {e}",
+                path.display()
+            );
         }
     }
-    Ok(Compiled { image, cubin: target.cubin, compile_ms, cached: false, log })
+    Ok(Compiled {
+        image,
+        cubin: target.cubin,
+        compile_ms,
+        cached: false,
+        log,
+    })
 }
 
 fn cache_key(source: &str, opts: &[String], major: i32, minor: i32) -> String {
@@ -174,7 +208,11 @@ fn cache_key(source: &str, opts: &[String], major: i32, minor: i32) -> String {
         h.update(o.as_bytes());
     }
     h.update(format!("\0nvrtc {major}.{minor}").as_bytes());
-    h.finalize().iter().take(12).map(|b| format!("{b:02x}")).collect()
+    h.finalize()
+        .iter()
+        .take(12)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// `$NVFP4_KERNEL_CACHE`, else `$XDG_CACHE_HOME/qwen3-nvfp4/kernels`, else
@@ -199,7 +237,11 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(".{}.{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("k"), std::process::id()));
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("k"),
+        std::process::id()
+    ));
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(bytes)?;
     f.sync_all()?;
@@ -218,14 +260,21 @@ impl Drop for Program {
     }
 }
 
-fn run_nvrtc(module: KernelModule, source: &str, opts: &[String], target: &Target) -> Result<(Vec<u8>, String)> {
+fn run_nvrtc(
+    module: KernelModule,
+    source: &str,
+    opts: &[String],
+    target: &Target,
+) -> Result<(Vec<u8>, String)> {
     let src = CString::new(source).map_err(|_| Error::KernelCompile {
         module: module.name().into(),
         arch: target.arch.clone(),
         log: "source contains a NUL byte".into(),
     })?;
     let name = CString::new(format!("{}.cu", module.name())).expect("module names have no NUL");
-    let prog = Program(nvrtc::create_program(&src, Some(&name)).map_err(|e| cuda_err("nvrtcCreateProgram", e))?);
+    let prog = Program(
+        nvrtc::create_program(&src, Some(&name)).map_err(|e| cuda_err("nvrtcCreateProgram", e))?,
+    );
     // SAFETY: `prog.0` is a live program; options are plain strings.
     let compiled = unsafe { nvrtc::compile_program(prog.0, opts) };
     let log = program_log(&prog);
@@ -236,7 +285,11 @@ fn run_nvrtc(module: KernelModule, source: &str, opts: &[String], target: &Targe
             log: format!("{e:?}\n{log}"),
         });
     }
-    let image = if target.cubin { get_cubin(&prog)? } else { get_ptx(&prog)? };
+    let image = if target.cubin {
+        get_cubin(&prog)?
+    } else {
+        get_ptx(&prog)?
+    };
     Ok((image, log))
 }
 
@@ -244,7 +297,11 @@ fn program_log(prog: &Program) -> String {
     // SAFETY: live program; the log is a NUL-terminated C string.
     match unsafe { nvrtc::get_program_log(prog.0) } {
         Ok(raw) => {
-            let bytes: Vec<u8> = raw.iter().map(|&c| c as u8).take_while(|&b| b != 0).collect();
+            let bytes: Vec<u8> = raw
+                .iter()
+                .map(|&c| c as u8)
+                .take_while(|&b| b != 0)
+                .collect();
             String::from_utf8_lossy(&bytes).into_owned()
         }
         Err(e) => format!("(no NVRTC log: {e:?})"),
@@ -254,7 +311,11 @@ fn program_log(prog: &Program) -> String {
 fn get_ptx(prog: &Program) -> Result<Vec<u8>> {
     // SAFETY: live, successfully compiled program.
     let raw = unsafe { nvrtc::get_ptx(prog.0) }.map_err(|e| cuda_err("nvrtcGetPTX", e))?;
-    Ok(raw.iter().map(|&c| c as u8).take_while(|&b| b != 0).collect())
+    Ok(raw
+        .iter()
+        .map(|&c| c as u8)
+        .take_while(|&b| b != 0)
+        .collect())
 }
 
 fn get_cubin(prog: &Program) -> Result<Vec<u8>> {
@@ -278,10 +339,28 @@ mod tests {
     #[test]
     fn hopper_gets_arch_specific_cubin_and_others_ptx() {
         let sup = [75, 80, 86, 89, 90, 100, 120];
-        assert_eq!(Target::for_device(9, 0, &sup), Target { arch: "sm_90a".into(), cubin: true });
-        assert_eq!(Target::for_device(8, 6, &sup), Target { arch: "compute_86".into(), cubin: false });
+        assert_eq!(
+            Target::for_device(9, 0, &sup),
+            Target {
+                arch: "sm_90a".into(),
+                cubin: true
+            }
+        );
+        assert_eq!(
+            Target::for_device(8, 6, &sup),
+            Target {
+                arch: "compute_86".into(),
+                cubin: false
+            }
+        );
         // A device newer than this NVRTC knows: newest older virtual arch.
-        assert_eq!(Target::for_device(13, 0, &sup), Target { arch: "compute_120".into(), cubin: false });
+        assert_eq!(
+            Target::for_device(13, 0, &sup),
+            Target {
+                arch: "compute_120".into(),
+                cubin: false
+            }
+        );
     }
 
     #[test]
@@ -304,19 +383,33 @@ mod tests {
             println!("SKIPPED (no NVRTC): every_module_compiles_with_nvrtc_where_nvrtc_loads");
             return;
         }
-        let hopper = Target { arch: "sm_90a".into(), cubin: true };
-        let ampere = Target { arch: "compute_80".into(), cubin: false };
+        let hopper = Target {
+            arch: "sm_90a".into(),
+            cubin: true,
+        };
+        let ampere = Target {
+            arch: "compute_80".into(),
+            cubin: false,
+        };
         for m in KernelModule::ALL.into_iter().chain([KernelModule::Timing]) {
             for t in [&hopper, &ampere] {
-                let (image, log) = run_nvrtc(m, &m.source(), &options(t), t).unwrap_or_else(|e| panic!("{e}"));
+                let (image, log) =
+                    run_nvrtc(m, &m.source(), &options(t), t).unwrap_or_else(|e| panic!("{e}"));
                 assert!(!image.is_empty(), "{} {}", m.name(), t.arch);
                 // For reading the SASS (nvdisasm) without a GPU.
                 if let Some(dir) = std::env::var_os("NVFP4_DUMP_DIR") {
                     let ext = if t.cubin { "cubin" } else { "ptx" };
-                    std::fs::write(Path::new(&dir).join(format!("{}.{}.{ext}", m.name(), t.arch)), &image).unwrap();
+                    std::fs::write(
+                        Path::new(&dir).join(format!("{}.{}.{ext}", m.name(), t.arch)),
+                        &image,
+                    )
+                    .unwrap();
                 }
                 println!("{} {}: {} bytes\n{log}", m.name(), t.arch, image.len());
-                let spills = log.lines().filter(|l| l.contains("spill stores")).any(|l| !l.contains(" 0 bytes stack frame, 0 bytes spill stores"));
+                let spills = log
+                    .lines()
+                    .filter(|l| l.contains("spill stores"))
+                    .any(|l| !l.contains(" 0 bytes stack frame, 0 bytes spill stores"));
                 assert!(!spills, "{} {} uses local memory:\n{log}", m.name(), t.arch);
             }
         }
@@ -326,7 +419,11 @@ mod tests {
     fn every_module_source_starts_with_the_common_codecs() {
         for m in KernelModule::ALL.into_iter().chain([KernelModule::Timing]) {
             let s = m.source();
-            assert!(s.contains("f32_to_e4m3") && s.contains("extern \"C\""), "{}", m.name());
+            assert!(
+                s.contains("f32_to_e4m3") && s.contains("extern \"C\""),
+                "{}",
+                m.name()
+            );
         }
     }
 }

@@ -6,7 +6,8 @@
 use tch::{Kind, Tensor};
 
 use super::compile::KernelModule;
-use super::quant::{aligned_q, dequantize_rows_into, fake_quantize};
+use super::dequant::{aligned_q, dequantize_rows_into};
+use super::quant::fake_quantize;
 use super::runtime::{dev_ptr, fresh_copy, runtime, DeviceRuntime, KernelArg};
 use crate::error::{Error, Result};
 use crate::format::ScaleMode;
@@ -34,7 +35,11 @@ pub struct LinearOptions {
 
 impl Default for LinearOptions {
     fn default() -> Self {
-        LinearOptions { quantize_activations: false, gemv_max_rows: GEMV_MAX_ROWS, chunk_elems: 0 }
+        LinearOptions {
+            quantize_activations: false,
+            gemv_max_rows: GEMV_MAX_ROWS,
+            chunk_elems: 0,
+        }
     }
 }
 
@@ -70,12 +75,17 @@ impl GemvConfig {
             4
         };
         let depth = if tiles < 4 * sms { 2 } else { 1 };
-        GemvConfig { row_tiles: 1, k_warps: k_warps.min(chunks), depth }
+        GemvConfig {
+            row_tiles: 1,
+            k_warps: k_warps.min(chunks),
+            depth,
+        }
     }
 
     fn check(self) -> Result<()> {
         let warps = self.row_tiles * self.k_warps;
-        if self.row_tiles == 0 || self.k_warps == 0 || warps > 16 || !(1..=2).contains(&self.depth) {
+        if self.row_tiles == 0 || self.k_warps == 0 || warps > 16 || !(1..=2).contains(&self.depth)
+        {
             return Err(Error::Cuda {
                 op: "gemv config".into(),
                 message: format!("{self:?}: need row_tiles, k_warps >= 1, row_tiles * k_warps <= 16, depth 1 or 2"),
@@ -89,7 +99,11 @@ impl GemvConfig {
 /// aligned contiguous copy (vector loads need aligned bases).
 fn aligned(t: &Tensor, align: u64) -> Result<Tensor> {
     let t = t.f_contiguous()?;
-    Ok(if dev_ptr(&t) % align == 0 { t } else { fresh_copy(&t)? })
+    Ok(if dev_ptr(&t).is_multiple_of(align) {
+        t
+    } else {
+        fresh_copy(&t)?
+    })
 }
 
 /// The fused W4A16 kernel: `x` bf16 `[M, K]` with `1 <= M <= 16` on the
@@ -105,7 +119,11 @@ pub fn gemv(x: &Tensor, w: &Nvfp4Tensor, cfg: Option<GemvConfig>) -> Result<Tens
 /// reuse one buffer; tests poison it to catch unwritten elements).
 pub fn gemv_out(x: &Tensor, w: &Nvfp4Tensor, out: &Tensor, cfg: Option<GemvConfig>) -> Result<()> {
     let size = x.size();
-    let (m, k, n) = (size.first().copied().unwrap_or(0) as usize, w.cols(), w.rows());
+    let (m, k, n) = (
+        size.first().copied().unwrap_or(0) as usize,
+        w.cols(),
+        w.rows(),
+    );
     if size.len() != 2 || size[1] as usize != k || m == 0 || m > GEMV_MAX_ROWS {
         return Err(Error::ShapeMismatch {
             name: "gemv".into(),
@@ -115,17 +133,39 @@ pub fn gemv_out(x: &Tensor, w: &Nvfp4Tensor, out: &Tensor, cfg: Option<GemvConfi
         });
     }
     if x.kind() != Kind::BFloat16 {
-        return Err(Error::WrongKind { name: "gemv".into(), what: "x", expected: "BFloat16", got: x.kind() });
+        return Err(Error::WrongKind {
+            name: "gemv".into(),
+            what: "x",
+            expected: "BFloat16",
+            got: x.kind(),
+        });
     }
     if x.device() != w.device() {
-        return Err(Error::DeviceMismatch { name: "gemv".into(), what: "x", expected: w.device(), got: x.device() });
+        return Err(Error::DeviceMismatch {
+            name: "gemv".into(),
+            what: "x",
+            expected: w.device(),
+            got: x.device(),
+        });
     }
     if n > i32::MAX as usize || k > i32::MAX as usize {
-        return Err(Error::Cuda { op: "gemv".into(), message: format!("weight [{n}, {k}] exceeds i32 indexing") });
+        return Err(Error::Cuda {
+            op: "gemv".into(),
+            message: format!("weight [{n}, {k}] exceeds i32 indexing"),
+        });
     }
     let out_size: Vec<usize> = out.size().iter().map(|&d| d as usize).collect();
-    if out_size != [m, n] || out.kind() != Kind::BFloat16 || !out.is_contiguous() || out.device() != x.device() {
-        return Err(Error::ShapeMismatch { name: "gemv".into(), what: "out (contiguous bf16, same device)", expected: vec![m, n], got: out_size });
+    if out_size != [m, n]
+        || out.kind() != Kind::BFloat16
+        || !out.is_contiguous()
+        || out.device() != x.device()
+    {
+        return Err(Error::ShapeMismatch {
+            name: "gemv".into(),
+            what: "out (contiguous bf16, same device)",
+            expected: vec![m, n],
+            got: out_size,
+        });
     }
     let rt = runtime(x.device())?;
     let cfg = cfg.unwrap_or_else(|| GemvConfig::auto(n, k, rt.sm_count));
@@ -134,7 +174,13 @@ pub fn gemv_out(x: &Tensor, w: &Nvfp4Tensor, out: &Tensor, cfg: Option<GemvConfi
     launch_gemv(&rt, &x, w, out, cfg)
 }
 
-fn launch_gemv(rt: &DeviceRuntime, x: &Tensor, w: &Nvfp4Tensor, y: &Tensor, cfg: GemvConfig) -> Result<()> {
+fn launch_gemv(
+    rt: &DeviceRuntime,
+    x: &Tensor,
+    w: &Nvfp4Tensor,
+    y: &Tensor,
+    cfg: GemvConfig,
+) -> Result<()> {
     let (m, n, k) = (x.size()[0] as usize, w.rows(), w.cols());
     let qdata = aligned(w.qdata(), 16)?;
     // 16-byte code loads need 16-byte rows (K % 32 == 0); else two 8-byte loads.
@@ -181,10 +227,22 @@ fn launch_gemv(rt: &DeviceRuntime, x: &Tensor, w: &Nvfp4Tensor, y: &Tensor, cfg:
 pub fn dequant_matmul(x: &Tensor, w: &Nvfp4Tensor, chunk_elems: usize) -> Result<Tensor> {
     let rt = runtime(w.device())?;
     let kind = x.kind();
-    let wkind = if kind == Kind::BFloat16 { Kind::BFloat16 } else { Kind::Float };
-    let x = if kind == wkind { x.shallow_clone() } else { x.f_to_kind(wkind)? };
+    let wkind = if kind == Kind::BFloat16 {
+        Kind::BFloat16
+    } else {
+        Kind::Float
+    };
+    let x = if kind == wkind {
+        x.shallow_clone()
+    } else {
+        x.f_to_kind(wkind)?
+    };
     let (n, k) = (w.rows(), w.cols());
-    let rows_per_chunk = if chunk_elems == 0 { n } else { (chunk_elems / k.max(1)).clamp(1, n.max(1)) };
+    let rows_per_chunk = if chunk_elems == 0 {
+        n
+    } else {
+        (chunk_elems / k.max(1)).clamp(1, n.max(1))
+    };
     let w = aligned_q(w)?;
     let y = if rows_per_chunk >= n {
         let wd = Tensor::f_empty([n as i64, k as i64], (wkind, w.device()))?;
@@ -248,22 +306,72 @@ mod tests {
 
     #[test]
     fn auto_config_fills_the_gpu_and_respects_the_block_limit() {
-        for (n, k) in [(4096, 2560), (1024, 2560), (2560, 4096), (9728, 2560), (2560, 9728), (151936, 2560), (1000, 2576)] {
+        for (n, k) in [
+            (4096, 2560),
+            (1024, 2560),
+            (2560, 4096),
+            (9728, 2560),
+            (2560, 9728),
+            (151936, 2560),
+            (1000, 2576),
+        ] {
             let c = GemvConfig::auto(n, k, 132);
-            assert!(c.row_tiles * c.k_warps <= 16 && c.k_warps >= 1, "{n}x{k}: {c:?}");
+            assert!(
+                c.row_tiles * c.k_warps <= 16 && c.k_warps >= 1,
+                "{n}x{k}: {c:?}"
+            );
             c.check().unwrap();
         }
-        assert_eq!(GemvConfig::auto(151936, 2560, 132), GemvConfig { row_tiles: 1, k_warps: 4, depth: 1 });
-        assert_eq!(GemvConfig::auto(1024, 2560, 132), GemvConfig { row_tiles: 1, k_warps: 16, depth: 2 });
-        assert_eq!(GemvConfig::auto(2560, 9728, 132), GemvConfig { row_tiles: 1, k_warps: 8, depth: 2 });
+        assert_eq!(
+            GemvConfig::auto(151936, 2560, 132),
+            GemvConfig {
+                row_tiles: 1,
+                k_warps: 4,
+                depth: 1
+            }
+        );
+        assert_eq!(
+            GemvConfig::auto(1024, 2560, 132),
+            GemvConfig {
+                row_tiles: 1,
+                k_warps: 16,
+                depth: 2
+            }
+        );
+        assert_eq!(
+            GemvConfig::auto(2560, 9728, 132),
+            GemvConfig {
+                row_tiles: 1,
+                k_warps: 8,
+                depth: 2
+            }
+        );
         // K shorter than 16 chunks: no idle warps.
         assert_eq!(GemvConfig::auto(64, 256, 132).k_warps, 2);
     }
 
     #[test]
     fn bad_config_is_an_error() {
-        assert!(GemvConfig { row_tiles: 4, k_warps: 8, depth: 1 }.check().is_err());
-        assert!(GemvConfig { row_tiles: 0, k_warps: 1, depth: 1 }.check().is_err());
-        assert!(GemvConfig { row_tiles: 1, k_warps: 1, depth: 3 }.check().is_err());
+        assert!(GemvConfig {
+            row_tiles: 4,
+            k_warps: 8,
+            depth: 1
+        }
+        .check()
+        .is_err());
+        assert!(GemvConfig {
+            row_tiles: 0,
+            k_warps: 1,
+            depth: 1
+        }
+        .check()
+        .is_err());
+        assert!(GemvConfig {
+            row_tiles: 1,
+            k_warps: 1,
+            depth: 3
+        }
+        .check()
+        .is_err());
     }
 }

@@ -26,15 +26,19 @@
 //! ```
 
 mod compile;
+mod dequant;
 mod matmul;
 mod quant;
 mod runtime;
 mod timing;
 
 pub use compile::{cache_dir, KernelModule, Target};
-pub use matmul::{dequant_matmul, gemv, gemv_out, linear, GemvConfig, LinearOptions, GEMV_MAX_ROWS};
+pub use dequant::{dequantize, dequantize_into};
+pub use matmul::{
+    dequant_matmul, gemv, gemv_out, linear, GemvConfig, LinearOptions, GEMV_MAX_ROWS,
+};
 pub use quant::{
-    dequantize, dequantize_into, fake_quantize, fake_quantize_packed, quantize, quantize_named, quantize_trusted, ste,
+    fake_quantize, fake_quantize_packed, quantize, quantize_named, quantize_trusted, ste,
 };
 pub use runtime::MIN_COMPUTE_CAPABILITY;
 pub use timing::time_gpu;

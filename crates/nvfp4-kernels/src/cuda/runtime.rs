@@ -6,7 +6,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use cudarc::driver::{sys as cu, CudaContext, CudaFunction, CudaModule, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    sys as cu, CudaContext, CudaFunction, CudaModule, CudaStream, LaunchConfig, PushKernelArg,
+};
 use cudarc::nvrtc::Ptx;
 use tch::{Device, Tensor};
 
@@ -26,9 +28,11 @@ pub fn libraries_present() -> std::result::Result<(), String> {
     }
     // SAFETY: as above, for libnvrtc.
     if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
-        return Err("NVRTC (libnvrtc.so) cannot be loaded: add the CUDA runtime compiler's lib folder to \
+        return Err(
+            "NVRTC (libnvrtc.so) cannot be loaded: add the CUDA runtime compiler's lib folder to \
                     LD_LIBRARY_PATH"
-            .into());
+                .into(),
+        );
     }
     Ok(())
 }
@@ -71,18 +75,26 @@ pub struct DeviceRuntime {
     statuses: Mutex<Vec<ModuleStatus>>,
 }
 
-fn registry() -> &'static Mutex<HashMap<usize, std::result::Result<Arc<DeviceRuntime>, String>>> {
-    static REG: OnceLock<Mutex<HashMap<usize, std::result::Result<Arc<DeviceRuntime>, String>>>> = OnceLock::new();
+/// Per device ordinal: the runtime, or why the kernels cannot run there.
+type Registry = Mutex<HashMap<usize, std::result::Result<Arc<DeviceRuntime>, String>>>;
+
+fn registry() -> &'static Registry {
+    static REG: OnceLock<Registry> = OnceLock::new();
     REG.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
 /// The runtime of `device`, created on first use; Err explains why kernels
 /// cannot run there (not CUDA, libraries missing, compute capability too old).
 pub fn runtime(device: Device) -> Result<Arc<DeviceRuntime>> {
-    let unavailable = |reason: String| Error::KernelUnavailable { device: format!("{device:?}"), reason };
+    let unavailable = |reason: String| Error::KernelUnavailable {
+        device: format!("{device:?}"),
+        reason,
+    };
     let ordinal = cuda_ordinal(device).map_err(unavailable)?;
     let mut reg = registry().lock().unwrap_or_else(|p| p.into_inner());
-    let entry = reg.entry(ordinal).or_insert_with(|| DeviceRuntime::create(ordinal).map(Arc::new));
+    let entry = reg
+        .entry(ordinal)
+        .or_insert_with(|| DeviceRuntime::create(ordinal).map(Arc::new));
     entry.clone().map_err(unavailable)
 }
 
@@ -95,10 +107,14 @@ impl DeviceRuntime {
         libraries_present()?;
         let count = CudaContext::device_count().map_err(drv("cuDeviceGetCount"))?;
         if ordinal as i32 >= count {
-            return Err(format!("CUDA device {ordinal} does not exist ({count} visible)"));
+            return Err(format!(
+                "CUDA device {ordinal} does not exist ({count} visible)"
+            ));
         }
         let ctx = CudaContext::new(ordinal).map_err(drv("cuDevicePrimaryCtxRetain"))?;
-        let cc = ctx.compute_capability().map_err(drv("cuDeviceGetAttribute"))?;
+        let cc = ctx
+            .compute_capability()
+            .map_err(drv("cuDeviceGetAttribute"))?;
         let name = ctx.name().map_err(drv("cuDeviceGetName"))?;
         if cc < MIN_COMPUTE_CAPABILITY {
             return Err(format!(
@@ -135,9 +151,15 @@ impl DeviceRuntime {
         let loaded = self.load(module);
         let status = ModuleStatus {
             module: module.name(),
-            result: loaded.as_ref().map(|(_, c)| (c.compile_ms, c.cached)).map_err(|e| e.to_string()),
+            result: loaded
+                .as_ref()
+                .map(|(_, c)| (c.compile_ms, c.cached))
+                .map_err(|e| e.to_string()),
         };
-        self.statuses.lock().unwrap_or_else(|p| p.into_inner()).push(status);
+        self.statuses
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(status);
         let entry = loaded.map(|(m, _)| Arc::new(m)).map_err(|e| e.to_string());
         mods.insert(module, entry.clone());
         entry.map_err(|reason| self.unavailable(reason))
@@ -155,13 +177,26 @@ impl DeviceRuntime {
             message: format!("{e:?}"),
         })?;
         if !compiled.log.trim().is_empty() {
-            tracing::debug!("nvfp4 kernels: NVRTC log for {}:\n{}", module.name(), compiled.log);
+            tracing::debug!(
+                "nvfp4 kernels: NVRTC log for {}:\n{}",
+                module.name(),
+                compiled.log
+            );
         }
-        Ok((LoadedModule { module: m, functions: Mutex::new(HashMap::new()) }, compiled))
+        Ok((
+            LoadedModule {
+                module: m,
+                functions: Mutex::new(HashMap::new()),
+            },
+            compiled,
+        ))
     }
 
     fn unavailable(&self, reason: String) -> Error {
-        Error::KernelUnavailable { device: format!("cuda:{} ({})", self.ctx.ordinal(), self.name), reason }
+        Error::KernelUnavailable {
+            device: format!("cuda:{} ({})", self.ctx.ordinal(), self.name),
+            reason,
+        }
     }
 
     /// Compiles and loads every module now (for `diagnose` and for fail-fast
@@ -180,7 +215,10 @@ impl DeviceRuntime {
 
     /// What happened to each module loaded so far.
     pub fn module_statuses(&self) -> Vec<ModuleStatus> {
-        self.statuses.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.statuses
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn function(&self, module: KernelModule, name: &'static str) -> Result<CudaFunction> {
@@ -219,7 +257,10 @@ impl DeviceRuntime {
             };
         }
         let launch_err = |e: cudarc::driver::DriverError| Error::Cuda {
-            op: format!("launch {name} grid {:?} block {:?}", cfg.grid_dim, cfg.block_dim),
+            op: format!(
+                "launch {name} grid {:?} block {:?}",
+                cfg.grid_dim, cfg.block_dim
+            ),
             message: format!("{e:?}"),
         };
         // SAFETY: every caller passes exactly the parameters of the kernel's C
@@ -273,8 +314,14 @@ pub fn fresh_copy(t: &Tensor) -> Result<Tensor> {
 /// A 1-D launch of `threads`-wide blocks, enough to cover `work` items with a
 /// grid-stride loop, capped at `waves` blocks per SM.
 pub fn grid_1d(work: u64, threads: u32, sm_count: u32, waves: u32) -> LaunchConfig {
-    let blocks = work.div_ceil(threads as u64).clamp(1, (sm_count * waves) as u64) as u32;
-    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 }
+    let blocks = work
+        .div_ceil(threads as u64)
+        .clamp(1, (sm_count * waves) as u64) as u32;
+    LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    }
 }
 
 #[cfg(test)]

@@ -25,12 +25,25 @@ const SPIN_NS_MAX: u64 = 500_000_000;
 /// time back-to-back execution. If enqueueing outlasted the spin (the GPU may
 /// have idled), the spin is doubled and the batch repeated. `work` must only
 /// enqueue (no host synchronisation), or the timing includes the CPU.
-pub fn time_gpu(device: Device, iters: usize, mut work: impl FnMut(usize) -> Result<()>) -> Result<f64> {
+pub fn time_gpu(
+    device: Device,
+    iters: usize,
+    mut work: impl FnMut(usize) -> Result<()>,
+) -> Result<f64> {
     let rt = runtime(device)?;
     loop {
         let spin_ns = SPIN_NS.load(Ordering::Relaxed);
-        let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (1, 1, 1), shared_mem_bytes: 0 };
-        rt.launch(KernelModule::Timing, "nvfp4_spin", cfg, &[KernelArg::U64(spin_ns)])?;
+        let cfg = LaunchConfig {
+            grid_dim: (1, 1, 1),
+            block_dim: (1, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        rt.launch(
+            KernelModule::Timing,
+            "nvfp4_spin",
+            cfg,
+            &[KernelArg::U64(spin_ns)],
+        )?;
         let enqueue = Instant::now();
         let start = rt.record_event()?;
         for i in 0..iters {
@@ -38,7 +51,10 @@ pub fn time_gpu(device: Device, iters: usize, mut work: impl FnMut(usize) -> Res
         }
         let end = rt.record_event()?;
         let enqueue_ns = enqueue.elapsed().as_nanos() as u64;
-        let ms = start.elapsed_ms(&end).map_err(|e| Error::Cuda { op: "cuEventElapsedTime".into(), message: format!("{e:?}") })?;
+        let ms = start.elapsed_ms(&end).map_err(|e| Error::Cuda {
+            op: "cuEventElapsedTime".into(),
+            message: format!("{e:?}"),
+        })?;
         // Margin for the time between the spin's launch and its start.
         if enqueue_ns * 10 < spin_ns * 8 || spin_ns >= SPIN_NS_MAX {
             return Ok(ms as f64 * 1e-3);
@@ -52,6 +68,9 @@ impl super::runtime::DeviceRuntime {
     pub(crate) fn record_event(&self) -> Result<cudarc::driver::CudaEvent> {
         self.stream()
             .record_event(Some(cu::CUevent_flags::CU_EVENT_DEFAULT))
-            .map_err(|e| Error::Cuda { op: "cuEventRecord".into(), message: format!("{e:?}") })
+            .map_err(|e| Error::Cuda {
+                op: "cuEventRecord".into(),
+                message: format!("{e:?}"),
+            })
     }
 }
