@@ -16,11 +16,12 @@ fn main() {
         .unwrap_or(&manifest)
         .to_path_buf();
     let torch_lib = root.join(".libtorch").join("lib");
-    for kind in ["tests", "examples", "benches", "bins"] {
-        println!("cargo:rustc-link-arg-{kind}=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
-        println!("cargo:rustc-link-arg-{kind}=-Wl,-rpath,{}", torch_lib.display());
-        // Binaries live three levels below the root (target/<profile>/{deps,examples}).
-        println!("cargo:rustc-link-arg-{kind}=-Wl,-rpath,$ORIGIN/../../../.libtorch/lib");
-    }
+    // Plain `rustc-link-arg` reaches every linked target of the package, unit-test
+    // binaries of the library included (the `-tests` form covers only tests/*.rs
+    // and is an error in a package that has none).
+    println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
+    println!("cargo:rustc-link-arg=-Wl,-rpath,{}", torch_lib.display());
+    // Binaries live three levels below the root (target/<profile>/{deps,examples}).
+    println!("cargo:rustc-link-arg=-Wl,-rpath,$ORIGIN/../../../.libtorch/lib");
     println!("cargo:rerun-if-changed=../../build/torch_link.rs");
 }

@@ -25,7 +25,7 @@ rm -rf .gpu-bundle && mkdir -p .gpu-bundle/bin
 
 collect() { # cargo args... -> copies every produced executable into .gpu-bundle/bin
     # shellcheck disable=SC2068
-    cargo $@ --release --message-format=json 2>/dev/null |
+    cargo $@ --message-format=json 2>/dev/null |
         .venv/bin/python -c '
 import json, sys
 for line in sys.stdin:
@@ -39,8 +39,9 @@ for line in sys.stdin:
         echo "$kind $name" >> .gpu-bundle/manifest
     done
 }
-[ -n "$tests" ] && collect test --no-run $tests
-for e in $examples; do collect build --example "$e"; done
+# `cargo bench` builds with the bench profile (release) and takes no --release.
+if [ -n "$tests" ]; then collect test --release --no-run $tests; fi
+for e in $examples; do collect build --release --example "$e"; done
 for b in $benches; do collect bench --no-run --bench "$b"; done
 
 cat > .gpu-bundle/run-tests.sh <<'RUN'
@@ -52,9 +53,16 @@ torch_lib=/opt/torch/.venv/lib/python3.12/site-packages/torch/lib
 nvrtc_dir="$(dirname "$(find /opt/torch/.venv /usr/local/cuda* -name 'libnvrtc.so*' 2>/dev/null | head -1)")"
 export LD_LIBRARY_PATH="$torch_lib:$nvrtc_dir:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
 export OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
+# Test binaries find fixtures through the absolute CARGO_MANIFEST_DIR they were
+# built under; recreate that path when the tree sits elsewhere here.
+built_root="$(cat "$here/built_root")"
+repo="$(cd "$here/.." && pwd)"
+if [ "$repo" != "$built_root" ] && [ ! -e "$built_root" ]; then
+    mkdir -p "$(dirname "$built_root")" && ln -s "$repo" "$built_root"
+fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 fail=0
-for t in "$here"/bin/test-*; do
+for t in "$here"/bin/test-* "$here"/bin/lib-*; do
     [ -e "$t" ] || continue
     name="$(basename "$t")"
     log="/tmp/$name.log"
@@ -69,4 +77,5 @@ done
 exit $fail
 RUN
 chmod +x .gpu-bundle/run-tests.sh
+pwd > .gpu-bundle/built_root
 du -sh .gpu-bundle

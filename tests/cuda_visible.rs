@@ -14,7 +14,10 @@ fn libtorch_sees_cuda_when_a_gpu_is_present() {
         println!("SKIPPED (no CUDA): libtorch_sees_cuda_when_a_gpu_is_present (no /dev/nvidia0 on this machine)");
         return;
     }
-    assert!(tch::Cuda::is_available(), "a GPU is present but libtorch sees no CUDA: libtorch_cuda.so not linked?");
+    assert!(
+        tch::Cuda::is_available(),
+        "a GPU is present but libtorch sees no CUDA: libtorch_cuda.so not linked?"
+    );
     assert!(tch::Cuda::device_count() >= 1);
     let x = tch::Tensor::from_slice(&[1.0f32, 2.0, 3.0]).to_device(tch::Device::Cuda(0));
     let sum = f64::try_from((&x * 2.0).sum(tch::Kind::Float)).expect("scalar");

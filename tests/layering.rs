@@ -8,12 +8,21 @@ use std::process::Command;
 
 /// Which sibling crates each workspace crate may depend on (any dependency kind).
 fn allowed() -> BTreeMap<&'static str, Vec<&'static str>> {
-    let chain = ["nvfp4-kernels", "dat-format", "qwen3-model", "checkpoint", "trainer"];
+    let chain = [
+        "nvfp4-kernels",
+        "dat-format",
+        "qwen3-model",
+        "checkpoint",
+        "trainer",
+    ];
     let mut allowed: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for (i, name) in chain.iter().enumerate() {
         allowed.insert(name, chain[..i].to_vec());
     }
-    allowed.get_mut("trainer").expect("in chain").push("tokenizer-bridge");
+    allowed
+        .get_mut("trainer")
+        .expect("in chain")
+        .push("tokenizer-bridge");
     allowed.insert("tokenizer-bridge", vec![]);
     allowed
 }
@@ -21,11 +30,21 @@ fn allowed() -> BTreeMap<&'static str, Vec<&'static str>> {
 #[test]
 fn crates_depend_strictly_downward() {
     let out = Command::new(env!("CARGO"))
-        .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .expect("cargo metadata runs");
-    assert!(out.status.success(), "cargo metadata failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "cargo metadata failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let meta: serde_json::Value = serde_json::from_slice(&out.stdout).expect("metadata is JSON");
     let allowed = allowed();
     let packages = meta["packages"].as_array().expect("packages array");
@@ -33,9 +52,14 @@ fn crates_depend_strictly_downward() {
     let mut violations = Vec::new();
     for package in packages {
         let name = package["name"].as_str().expect("package name");
-        let Some(may_use) = allowed.get(name) else { continue };
+        let Some(may_use) = allowed.get(name) else {
+            continue;
+        };
         seen += 1;
-        for dep in package["dependencies"].as_array().expect("dependencies array") {
+        for dep in package["dependencies"]
+            .as_array()
+            .expect("dependencies array")
+        {
             let dep_name = dep["name"].as_str().expect("dependency name");
             let is_sibling = allowed.contains_key(dep_name);
             if is_sibling && !may_use.contains(&dep_name) {
@@ -43,7 +67,11 @@ fn crates_depend_strictly_downward() {
             }
         }
     }
-    assert_eq!(seen, allowed.len(), "every layered crate is in the workspace");
+    assert_eq!(
+        seen,
+        allowed.len(),
+        "every layered crate is in the workspace"
+    );
     assert!(violations.is_empty(), "layering violated: {violations:?}");
 }
 

@@ -81,7 +81,8 @@ def main():
                 dt, _ = timed(step, reps=3)
                 peak = torch.cuda.max_memory_allocated()
                 emit(metric="train_step", batch=b, seq=args.train_seq, step_s=dt,
-                     tok_s=b * args.train_seq / dt, peak_gib=peak / 2**30, master="bf16", moments="bf16",
+                     tok_s=b * args.train_seq / dt, peak_gib=peak / 2**30,
+                     peak_reserved_gib=torch.cuda.max_memory_reserved() / 2**30, master="bf16", moments="bf16",
                      grad_checkpointing=True)
             except torch.cuda.OutOfMemoryError as e:
                 emit(metric="train_step", batch=b, seq=args.train_seq, error="OOM: " + str(e)[:200])

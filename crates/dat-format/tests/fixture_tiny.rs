@@ -124,7 +124,8 @@ fn scalar_reference_quantizer_agrees_with_the_python_writer() {
     for pair in dat.nvfp4_pairs() {
         let key = pair.weight_key();
         let w = source_weight(&key);
-        let ours = nvfp4_kernels::quantize_ref(&w, pair.rows, pair.cols, ScaleMode::Single).unwrap();
+        let ours =
+            nvfp4_kernels::quantize_ref(&w, pair.rows, pair.cols, ScaleMode::Single).unwrap();
         let theirs = dat.pair(pair).unwrap();
         assert_eq!(ours.scale.as_slice(), theirs.scale, "{key}: scales");
         assert_eq!(ours.qdata.as_slice(), theirs.qdata, "{key}: codes");

@@ -44,7 +44,9 @@ impl FromStr for ComputePath {
             "kernel-only" => Ok(ComputePath::KernelOnly),
             "auto" => Ok(ComputePath::Auto),
             "dequant-matmul" => Ok(ComputePath::DequantMatmulOnly),
-            other => Err(Error::UnknownComputePath { got: other.to_string() }),
+            other => Err(Error::UnknownComputePath {
+                got: other.to_string(),
+            }),
         }
     }
 }
@@ -75,7 +77,10 @@ pub struct Nvfp4Backend {
 fn kernel_unavailable_reason(device: Device) -> Option<String> {
     match device {
         Device::Cuda(_) => cuda::check_available(device).err(),
-        other => Some(format!("no NVFP4 kernel for {} (the kernels need a CUDA device)", device_name(other))),
+        other => Some(format!(
+            "no NVFP4 kernel for {} (the kernels need a CUDA device)",
+            device_name(other)
+        )),
     }
 }
 
@@ -95,7 +100,12 @@ impl Nvfp4Backend {
         let resolved = match path {
             ComputePath::KernelOnly => match kernel_unavailable_reason(device) {
                 None => ResolvedPath::Kernels,
-                Some(reason) => return Err(Error::KernelUnavailable { device: device_name(device), reason }),
+                Some(reason) => {
+                    return Err(Error::KernelUnavailable {
+                        device: device_name(device),
+                        reason,
+                    })
+                }
             },
             ComputePath::DequantMatmulOnly => ResolvedPath::DequantMatmul,
             ComputePath::Auto => match kernel_unavailable_reason(device) {
@@ -113,7 +123,12 @@ impl Nvfp4Backend {
                 }
             },
         };
-        Ok(Self { requested: path, device, path: resolved, quantize_activations: false })
+        Ok(Self {
+            requested: path,
+            device,
+            path: resolved,
+            quantize_activations: false,
+        })
     }
 
     /// Also quantize the activations to NVFP4 (16 along `cols`, single scale)
@@ -155,8 +170,16 @@ impl Nvfp4Backend {
                 "NVFP4 CUDA kernels (fused W4A16 for <= 16 bf16 rows, kernel dequantize + cuBLAS above)"
             }
         };
-        let act = if self.quantize_activations { ", activations fake-quantized to NVFP4 (W4A4)" } else { "" };
-        format!("nvfp4 backend on {}: requested {}, using {resolved}{act}", device_name(self.device), self.requested)
+        let act = if self.quantize_activations {
+            ", activations fake-quantized to NVFP4 (W4A4)"
+        } else {
+            ""
+        };
+        format!(
+            "nvfp4 backend on {}: requested {}, using {resolved}{act}",
+            device_name(self.device),
+            self.requested
+        )
     }
 
     /// `y = x @ W^T`. `x`: `[..., cols]` f32/bf16/f16 on the weight's device;
@@ -164,7 +187,12 @@ impl Nvfp4Backend {
     pub fn linear(&self, x: &Tensor, w: &Nvfp4Tensor) -> Result<Tensor> {
         let kind = x.f_kind()?;
         if !matches!(kind, Kind::Float | Kind::BFloat16 | Kind::Half) {
-            return Err(Error::WrongKind { name: "linear".into(), what: "x", expected: "Float, BFloat16 or Half", got: kind });
+            return Err(Error::WrongKind {
+                name: "linear".into(),
+                what: "x",
+                expected: "Float, BFloat16 or Half",
+                got: kind,
+            });
         }
         let size: Vec<usize> = x.size().iter().map(|&d| d as usize).collect();
         if size.last() != Some(&w.cols()) {
@@ -173,19 +201,36 @@ impl Nvfp4Backend {
                 Some(last) => *last = w.cols(),
                 None => expected.push(w.cols()),
             }
-            return Err(Error::ShapeMismatch { name: "linear".into(), what: "x", expected, got: size });
+            return Err(Error::ShapeMismatch {
+                name: "linear".into(),
+                what: "x",
+                expected,
+                got: size,
+            });
         }
         if x.device() != w.device() {
-            return Err(Error::DeviceMismatch { name: "linear".into(), what: "x", expected: w.device(), got: x.device() });
+            return Err(Error::DeviceMismatch {
+                name: "linear".into(),
+                what: "x",
+                expected: w.device(),
+                got: x.device(),
+            });
         }
         match self.path {
             ResolvedPath::DequantMatmul => {
-                let x = if self.quantize_activations { f_fake_quantize(x, ScaleMode::Single)? } else { x.shallow_clone() };
+                let x = if self.quantize_activations {
+                    f_fake_quantize(x, ScaleMode::Single)?
+                } else {
+                    x.shallow_clone()
+                };
                 let wd = f_dequantize(w, kind)?; // [rows, cols]
                 Ok(x.f_matmul(&wd.f_tr()?)?)
             }
             ResolvedPath::Kernels => {
-                let opts = cuda::LinearOptions { quantize_activations: self.quantize_activations, ..Default::default() };
+                let opts = cuda::LinearOptions {
+                    quantize_activations: self.quantize_activations,
+                    ..Default::default()
+                };
                 cuda::linear(x, w, &opts)
             }
         }
@@ -198,7 +243,11 @@ mod tests {
 
     #[test]
     fn compute_path_parses_the_three_spellings() {
-        for p in [ComputePath::KernelOnly, ComputePath::Auto, ComputePath::DequantMatmulOnly] {
+        for p in [
+            ComputePath::KernelOnly,
+            ComputePath::Auto,
+            ComputePath::DequantMatmulOnly,
+        ] {
             assert_eq!(p.to_string().parse::<ComputePath>().unwrap(), p);
         }
         let err = "fast".parse::<ComputePath>().unwrap_err();
@@ -216,7 +265,11 @@ mod tests {
         for p in [ComputePath::Auto, ComputePath::DequantMatmulOnly] {
             let b = Nvfp4Backend::resolve(p, Device::Cpu).unwrap();
             assert!(!b.uses_kernels());
-            assert!(b.describe().contains("dequantize-then-matmul"), "{}", b.describe());
+            assert!(
+                b.describe().contains("dequantize-then-matmul"),
+                "{}",
+                b.describe()
+            );
         }
     }
 }

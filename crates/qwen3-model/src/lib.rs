@@ -58,5 +58,7 @@ pub use model::{LoadOptions, Qwen3Model};
 pub use nvfp4_kernels::ComputePath;
 pub use train::WeightRef;
 // --- generation (helper G): `pub use sampling::..; pub use generate::..;` go here ---
-pub use generate::{generate, Conversation, FinishReason, GenerateOptions, Generation, PrefillMode};
+pub use generate::{
+    generate, Conversation, FinishReason, GenerateOptions, Generation, PrefillMode,
+};
 pub use sampling::{Sampler, SamplingParams};

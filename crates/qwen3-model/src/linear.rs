@@ -65,7 +65,13 @@ impl Linear {
         match &self.weight {
             LinearWeight::Packed(q) => Ok(self.backend.linear(x, q)?),
             LinearWeight::Master(w) => {
-                let wq = nvfp4_kernels::ste(w, self.mode).to_kind(x.kind());
+                // On CUDA with kernels: one fused pass (read W, write dequant(quant(W))
+                // in the compute kind) instead of ~20 tch ops over the weight.
+                let wq = if self.backend.uses_kernels() && w.device().is_cuda() {
+                    nvfp4_kernels::cuda::ste(w, self.mode, x.kind())?
+                } else {
+                    nvfp4_kernels::ste(w, self.mode).to_kind(x.kind())
+                };
                 Ok(x.f_linear::<Tensor>(&wq, None)?)
             }
         }

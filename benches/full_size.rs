@@ -1,0 +1,299 @@
+//! Full-size Qwen3-4B on one GPU: load, decode, prefill, memory (and training,
+//! through the trainer's own step) of THIS project, printed as JSON lines that
+//! `scripts/bench/full_size.sh` merges with the Hugging Face baseline measured in
+//! the same run on the same card. Not a criterion bench: each figure is one
+//! long, synchronized measurement of a whole pipeline (seconds, not microseconds).
+//!
+//! Weights are random (speed and memory do not depend on the values), built on
+//! the GPU, written as a real NVFP4 `.dat` and loaded back from it, so the load
+//! figure is the real path: page cache -> mmap index -> one copy per tensor.
+//!
+//! Env: FULL_SIZE_CONFIG (default: the bundled Qwen3-4B config.json),
+//! FULL_SIZE_DIR (where the .dat goes; default a temp dir), FULL_SIZE_SKIP
+//! (comma list of load,decode,prefill,train), FULL_SIZE_PATH (compute path, default auto).
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use dat_format::DatFile;
+use qwen3_model::{generate, ComputePath, GenerateOptions, LoadOptions, Qwen3Config, Qwen3Model};
+use qwen3_nvfp4::MemoryProbe;
+use serde_json::json;
+use tch::{Device, Kind};
+
+fn emit(value: serde_json::Value) {
+    let mut obj = value;
+    obj["system"] = json!("qwen3-nvfp4");
+    println!("{obj}");
+}
+
+fn skip(what: &str) -> bool {
+    std::env::var("FULL_SIZE_SKIP")
+        .unwrap_or_default()
+        .split(',')
+        .any(|s| s == what)
+}
+
+fn sync(device: Device) {
+    if let Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
+}
+
+fn main() -> Result<()> {
+    if std::env::args().any(|a| a == "--list") {
+        return Ok(()); // `cargo bench -- --list` probes; nothing to list
+    }
+    if !tch::Cuda::is_available() {
+        println!("SKIPPED (no CUDA): full_size bench needs a GPU");
+        return Ok(());
+    }
+    let device = Device::Cuda(0);
+    let cfg_path = std::env::var("FULL_SIZE_CONFIG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| tokenizer_bridge::bundled_asset_dir().join("config.json"));
+    let cfg = Qwen3Config::from_file(&cfg_path)
+        .with_context(|| format!("config {}", cfg_path.display()))?;
+    let path: ComputePath = std::env::var("FULL_SIZE_PATH")
+        .unwrap_or("auto".into())
+        .parse()?;
+    let dir = match std::env::var("FULL_SIZE_DIR") {
+        Ok(d) => PathBuf::from(d),
+        Err(_) => std::env::temp_dir().join("qwen3-full-size"),
+    };
+    std::fs::create_dir_all(&dir)?;
+    let dat_path = dir.join("model.dat");
+    let opts = LoadOptions {
+        device,
+        dtype: Kind::BFloat16,
+        compute_path: path,
+        strict: true,
+    };
+    let probe = MemoryProbe::new(device)?;
+    let base_mem = probe.bytes_in_use()?;
+
+    if !dat_path.exists() {
+        let t = Instant::now();
+        let model = Qwen3Model::random(&cfg, &opts, 1)?;
+        checkpoint::export_dat(&model, &dat_path, None)?;
+        drop(model);
+        emit(json!({"metric": "generate_random_dat_s", "value": t.elapsed().as_secs_f64()}));
+    }
+    let file_bytes = std::fs::metadata(&dat_path)?.len();
+    // Warm the page cache so the figure is "from the page cache" as specified.
+    std::fs::read(&dat_path).map(drop)?;
+
+    let t = Instant::now();
+    let dat = DatFile::open(&dat_path)?;
+    let index_s = t.elapsed().as_secs_f64();
+    let model = Qwen3Model::load_dat(&dat, &cfg, &opts)?;
+    sync(device);
+    let load_s = t.elapsed().as_secs_f64();
+    drop(dat);
+    emit(
+        json!({"metric": "load", "file_bytes": file_bytes, "index_s": index_s, "load_s": load_s,
+                "gb_per_s": file_bytes as f64 / load_s / 1e9, "backend": model.backend().describe()}),
+    );
+
+    let weights_mem = probe.bytes_in_use()? - base_mem;
+    let cache = model.new_cache(1, 4096);
+    let cache_bytes = cache.memory_bytes();
+    drop(cache);
+    emit(
+        json!({"metric": "memory_at_rest", "weights_gib": weights_mem as f64 / 2f64.powi(30),
+                "kv_cache_4k_gib": cache_bytes as f64 / 2f64.powi(30),
+                "total_gib": (weights_mem + cache_bytes as u64) as f64 / 2f64.powi(30)}),
+    );
+
+    if let Ok(spec) = std::env::var("FULL_SIZE_TRAIN") {
+        // One training configuration per process, so the caching allocator's
+        // reserved memory (what `bytes_in_use` sees) is this configuration's peak.
+        return train(model, &spec, &probe, base_mem);
+    }
+    if std::env::var("FULL_SIZE_PROFILE").is_ok() {
+        return profile_decode(&model);
+    }
+    if !skip("decode") {
+        decode(&model, 512, 256)?;
+    }
+    if !skip("prefill") {
+        prefill(&model, 2048)?;
+    }
+    Ok(())
+}
+
+/// `spec` = "master,moments,batch[,seq]", e.g. "f32,f32,1" or "bf16,int8,4,2048".
+fn train(model: Qwen3Model, spec: &str, probe: &MemoryProbe, base_mem: u64) -> Result<()> {
+    let parts: Vec<&str> = spec.split(',').collect();
+    let [master, moments, batch, rest @ ..] = parts.as_slice() else {
+        bail!("FULL_SIZE_TRAIN={spec}: want master,moments,batch[,seq]");
+    };
+    let batch: usize = batch.parse()?;
+    let seq: usize = rest.first().map(|s| s.parse()).transpose()?.unwrap_or(2048);
+    let mut cfg = trainer::TrainConfig {
+        batch_size: batch,
+        seq_len: seq,
+        steps: Some(4),
+        warmup: 0,
+        master_dtype: master.parse()?,
+        activation_checkpointing: true,
+        progress: false,
+        ..trainer::TrainConfig::default()
+    };
+    cfg.adamw.state = match *moments {
+        "f32" => trainer::OptimStateKind::F32,
+        "bf16" => trainer::OptimStateKind::BF16,
+        "int8" => trainer::OptimStateKind::Int8Block,
+        other => bail!("moments {other}: want f32, bf16 or int8"),
+    };
+    let vocab = model.config().vocab_size;
+    let examples = (0..batch * 4)
+        .map(|i| {
+            let tokens = prompt(seq, vocab)
+                .into_iter()
+                .map(|t| (t + i as u32) % vocab as u32)
+                .collect::<Vec<_>>();
+            let mut is_target = vec![true; seq];
+            is_target[0] = false;
+            trainer::Example {
+                tokens,
+                is_target,
+                prompt_ids: Vec::new(),
+                prompt: String::new(),
+                response: String::new(),
+                line: i + 1,
+            }
+        })
+        .collect();
+    let data = trainer::Dataset {
+        path: PathBuf::from("synthetic"),
+        examples,
+        stats: trainer::DataStats::default(),
+    };
+    let mut t = trainer::Trainer::new(model, cfg, data, 0)?;
+    let first = t.step()?; // warm-up: kernel compiles, optimizer state allocation
+    let mut times = Vec::new();
+    for _ in 0..3 {
+        times.push(t.step()?.step_s);
+    }
+    times.sort_by(f64::total_cmp);
+    let step_s = times[1];
+    let peak = probe.bytes_in_use()? - base_mem;
+    emit(
+        json!({"metric": "train_step", "master": master, "moments": moments, "batch": batch, "seq": seq,
+                "step_s": step_s, "tok_s": (batch * seq) as f64 / step_s, "first_step_s": first.step_s,
+                "loss": first.loss, "peak_reserved_gib": peak as f64 / 2f64.powi(30),
+                "activation_checkpointing": true}),
+    );
+    Ok(())
+}
+
+/// Where a decode step's time goes: one cached single-token forward at several
+/// context lengths, the blocks alone (no cache), the head alone, the sampler.
+fn profile_decode(model: &Qwen3Model) -> Result<()> {
+    let device = model.device();
+    let vocab = model.config().vocab_size;
+    let time = |n: usize, f: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
+        f()?;
+        sync(device);
+        let t = Instant::now();
+        for _ in 0..n {
+            f()?;
+        }
+        sync(device);
+        Ok(t.elapsed().as_secs_f64() * 1e3 / n as f64)
+    };
+    for ctx in [64usize, 512, 1024] {
+        let ids = prompt(ctx, vocab);
+        let mut cache = model.new_cache(1, ctx + 64);
+        let ids_t = tch::Tensor::from_slice(&ids.iter().map(|&i| i as i64).collect::<Vec<_>>())
+            .view([1, -1]);
+        tch::no_grad(|| model.forward(&ids_t.to_device(device), Some(&mut cache)))?;
+        let one = tch::Tensor::from_slice(&[17i64])
+            .view([1, 1])
+            .to_device(device);
+        let ms = time(20, &mut || {
+            cache.truncate(ctx)?;
+            tch::no_grad(|| model.forward(&one, Some(&mut cache)))?;
+            Ok(())
+        })?;
+        emit(json!({"metric": "profile_forward_cached_ms", "context": ctx, "value": ms}));
+    }
+    let h = tch::Tensor::randn(
+        [1, 1, model.config().hidden_size as i64],
+        (Kind::BFloat16, device),
+    );
+    let layers = model.num_layers();
+    let ms = time(5, &mut || {
+        let mut x = h.shallow_clone();
+        for l in 0..layers {
+            x = tch::no_grad(|| model.block_forward(l, &x, 100))?;
+        }
+        Ok(())
+    })?;
+    emit(json!({"metric": "profile_blocks_no_cache_ms", "value": ms}));
+    let ms = time(20, &mut || {
+        tch::no_grad(|| model.head(&h))
+            .map(drop)
+            .map_err(Into::into)
+    })?;
+    emit(json!({"metric": "profile_head_ms", "value": ms}));
+    let logits = tch::no_grad(|| model.head(&h))?.view([-1]);
+    let mut sampler = qwen3_model::Sampler::new(qwen3_model::SamplingParams::greedy());
+    let hist = prompt(512, vocab);
+    let ms = time(20, &mut || {
+        sampler.sample(&logits, &hist).map(drop).map_err(Into::into)
+    })?;
+    emit(json!({"metric": "profile_sampler_greedy_ms", "value": ms}));
+    Ok(())
+}
+
+fn prompt(len: usize, vocab: usize) -> Vec<u32> {
+    qwen3_nvfp4::synthetic_prompt(len, vocab, 7)
+}
+
+fn decode(model: &Qwen3Model, prompt_len: usize, new: usize) -> Result<()> {
+    let ids = prompt(prompt_len, model.config().vocab_size);
+    let opts = GenerateOptions {
+        max_new_tokens: new,
+        ..GenerateOptions::default()
+    };
+    let run = |n: usize| -> Result<qwen3_model::Generation> {
+        let mut cache = model.new_cache(1, prompt_len + n + 1);
+        let o = GenerateOptions {
+            max_new_tokens: n,
+            ..opts.clone()
+        };
+        Ok(tch::no_grad(|| {
+            generate(model, Some(&mut cache), &ids, &o, &mut |_| true)
+        })?)
+    };
+    run(8)?; // warm-up: kernel compile, allocator, cuBLAS handles
+    let g = run(new)?;
+    if g.tokens.len() != new {
+        bail!("decode produced {} tokens, asked {new}", g.tokens.len());
+    }
+    emit(
+        json!({"metric": "decode_tok_s", "value": g.decode_tokens_per_s(), "prompt": prompt_len,
+                "new": new, "prefill_tok_s": g.prefill_tokens_per_s()}),
+    );
+    Ok(())
+}
+
+fn prefill(model: &Qwen3Model, len: usize) -> Result<()> {
+    let ids = prompt(len, model.config().vocab_size);
+    let opts = GenerateOptions {
+        max_new_tokens: 1,
+        ..GenerateOptions::default()
+    };
+    let mut best = f64::MAX;
+    for _ in 0..3 {
+        let mut cache = model.new_cache(1, len + 2);
+        let g = tch::no_grad(|| generate(model, Some(&mut cache), &ids, &opts, &mut |_| true))?;
+        best = best.min(g.prefill_time.as_secs_f64());
+    }
+    emit(
+        json!({"metric": "prefill_tok_s", "value": len as f64 / best, "tokens": len, "seconds": best}),
+    );
+    Ok(())
+}

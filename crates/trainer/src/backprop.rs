@@ -1,0 +1,137 @@
+//! Loss and backward pass of one micro-batch, with or without activation
+//! checkpointing.
+//!
+//! Loss: next-token cross-entropy summed over target positions only (the
+//! labels carry [`IGNORE_INDEX`] elsewhere). Only the target rows of the
+//! final hidden state go through the head, so a 151936-word lm_head costs
+//! nothing for prompt and padding positions.
+//!
+//! Activation checkpointing (libtorch has no checkpoint API): run the blocks
+//! without a graph, keeping each block's input; then from the last block
+//! down, recompute the block with a graph from its detached input (which
+//! requires grad), push the upstream gradient `g` through it with
+//! `(out * g).sum().backward()` (whose gradient with respect to `out` is
+//! exactly `g`), and read the input's gradient as the next `g`. Peak memory
+//! is one block's graph plus one hidden state per block.
+//!
+//! With `--train-last-layers`, the frozen blocks below (and the embedding
+//! lookup) run without a graph: a tied embedding then learns through its
+//! use as the head only, since its input path would need a backward pass
+//! through every frozen block.
+
+use tch::{Kind, Reduction, Tensor};
+
+use qwen3_model::Qwen3Model;
+
+use crate::batch::IGNORE_INDEX;
+use crate::error::Result;
+
+/// Which part of the model trains, and how the backward runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackpropPlan {
+    /// First block with trainable weights; blocks below it (and the
+    /// embedding lookup) run without a graph.
+    pub first_trained_layer: usize,
+    /// Recompute blocks in the backward pass.
+    pub checkpointing: bool,
+}
+
+/// Sum of cross-entropies over the target positions of `hidden` [B, T, H]
+/// (labels [B, T]); a 0-dim f32 tensor attached to the graph.
+pub fn masked_ce_sum(model: &Qwen3Model, hidden: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    let h = hidden.size()[2];
+    let flat_labels = labels.reshape([-1]);
+    let rows = flat_labels.ne(IGNORE_INDEX).nonzero().squeeze_dim(1); // [N]
+    let picked = hidden.reshape([-1, h]).index_select(0, &rows).unsqueeze(0); // [1, N, H]
+    let logits = model.head(&picked)?.squeeze_dim(0); // [N, V] f32
+    let targets = flat_labels.index_select(0, &rows);
+    Ok(logits.f_cross_entropy_loss::<Tensor>(&targets, None, Reduction::Sum, IGNORE_INDEX, 0.0)?)
+}
+
+/// Reference for tests: the full forward's logits at every position, then
+/// cross-entropy with `ignore_index` (summed). Same value as [`masked_ce_sum`]
+/// on the model's last hidden state.
+pub fn reference_ce_sum(model: &Qwen3Model, input_ids: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    let logits = model.forward(input_ids, None)?; // [B, T, V]
+    let v = logits.size()[2];
+    Ok(logits.reshape([-1, v]).f_cross_entropy_loss::<Tensor>(
+        &labels.reshape([-1]),
+        None,
+        Reduction::Sum,
+        IGNORE_INDEX,
+        0.0,
+    )?)
+}
+
+/// Forward and backward of one micro-batch: gradients of `ce_sum / denom`
+/// are *added* to the parameters' `.grad`. Returns the micro-batch's CE sum.
+pub fn forward_backward(
+    model: &Qwen3Model,
+    input_ids: &Tensor,
+    labels: &Tensor,
+    denom: f64,
+    plan: BackpropPlan,
+) -> Result<f64> {
+    let frozen_prefix = |ids: &Tensor| -> Result<Tensor> {
+        tch::no_grad(|| {
+            let mut h = model.embed(ids);
+            for l in 0..plan.first_trained_layer {
+                h = model.block_forward(l, &h, 0)?;
+            }
+            Ok(h)
+        })
+    };
+    let x0 = if plan.first_trained_layer > 0 {
+        frozen_prefix(input_ids)?
+    } else {
+        model.embed(input_ids)
+    };
+    if plan.checkpointing {
+        checkpointed(model, x0, labels, denom, plan.first_trained_layer)
+    } else {
+        let mut h = x0;
+        for l in plan.first_trained_layer..model.num_layers() {
+            h = model.block_forward(l, &h, 0)?;
+        }
+        let ce = masked_ce_sum(model, &h, labels)?;
+        (&ce / denom).f_backward()?;
+        Ok(ce.double_value(&[]))
+    }
+}
+
+fn checkpointed(
+    model: &Qwen3Model,
+    x0: Tensor,
+    labels: &Tensor,
+    denom: f64,
+    first: usize,
+) -> Result<f64> {
+    // 1. Forward without a graph, keeping each trained block's input.
+    let mut inputs = Vec::with_capacity(model.num_layers() - first);
+    let last = tch::no_grad(|| -> Result<Tensor> {
+        let mut h = x0.detach();
+        for l in first..model.num_layers() {
+            let next = model.block_forward(l, &h, 0)?;
+            inputs.push(h);
+            h = next;
+        }
+        Ok(h)
+    })?;
+    // 2. Head and loss with a graph from the last hidden state.
+    let top = last.detach().set_requires_grad(true);
+    let ce = masked_ce_sum(model, &top, labels)?;
+    (&ce / denom).f_backward()?;
+    let mut g = top.grad();
+    // 3. Blocks in reverse: recompute with a graph, backpropagate g.
+    for (l, input) in (first..model.num_layers()).zip(inputs).rev() {
+        let x = input.detach().set_requires_grad(true);
+        let out = model.block_forward(l, &x, 0)?;
+        (out * &g).sum(Kind::Float).f_backward()?;
+        g = x.grad();
+    }
+    // 4. The embedding lookup, when it trains.
+    if x0.requires_grad() {
+        (x0 * &g).sum(Kind::Float).f_backward()?;
+    }
+    Ok(ce.double_value(&[]))
+}

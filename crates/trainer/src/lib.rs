@@ -1,0 +1,75 @@
+//! NVFP4 quantization-aware full-parameter training of Qwen3.
+//!
+//! Every projection trains as an f32 (or bf16) *master* weight that the
+//! forward pass sees through `nvfp4_kernels::ste`: dequant(quant(W)) going
+//! forward, the identity going backward. The optimizer ([`AdamW`], moments
+//! in f32, bf16 or block-wise 8 bits) updates the masters and never
+//! re-quantizes them, so updates smaller than one FP4 step accumulate;
+//! export (`checkpoint::export_dat`) quantizes once at the end.
+//!
+//! Key types:
+//! - [`TrainConfig`]: every knob of `examples/train.rs`; [`Trainer`]: the loop
+//!   (micro-batches, accumulation, clipping, [`NonFinitePolicy`], activation
+//!   checkpointing, checkpoints and exact resume);
+//! - [`Dataset`] from [`load_tsv`] / [`load_jsonl`]: targets are the
+//!   assistant turns plus `<|im_end|>`, prompts masked with [`IGNORE_INDEX`];
+//! - [`Schedule`] (warmup + constant/cosine), [`MetricsLog`], [`plot_loss_curve`];
+//! - [`run_job`] (a whole job) and [`run_default`] (the embedded default run).
+//!
+//! ```no_run
+//! use trainer::{run_default, DefaultRunOptions};
+//!
+//! # fn main() -> trainer::Result<()> {
+//! let report = run_default(&DefaultRunOptions { run_dir: "runs/default".into(), progress: true, steps: None })?;
+//! let eval = report.job.eval.expect("the default run evaluates");
+//! println!("exact_match: {}/{}", eval.matched, eval.total);
+//! # Ok(())
+//! # }
+//! ```
+#![deny(missing_docs)]
+
+mod alloc;
+mod backprop;
+mod batch;
+mod config;
+mod data;
+mod demo;
+mod error;
+mod eval;
+mod fsutil;
+mod grad;
+mod job;
+mod metrics;
+mod optim;
+mod plot;
+mod progress;
+mod resume;
+mod schedule;
+mod trainer;
+
+pub use alloc::keep_freed_memory;
+pub use backprop::{forward_backward, masked_ce_sum, reference_ce_sum, BackpropPlan};
+pub use batch::{inputs_and_labels, make_batch, Batch, DataCursor, DataOrder, IGNORE_INDEX};
+pub use config::{MasterDtype, NonFinitePolicy, TrainConfig};
+pub use data::{
+    load_data, load_jsonl, load_tsv, load_tsv_str, parse_jsonl_line, parse_tsv_line, tokenize,
+    BadLinePolicy, Conversation, DataOptions, DataStats, Dataset, Example,
+};
+pub use demo::{
+    default_model_config, default_train_config, run_default, write_default_base, DefaultRunOptions,
+    DefaultRunReport, DEFAULT_MODEL_CONFIG, DEFAULT_TRAIN_TSV, DEFAULT_WEIGHTS_SEED,
+};
+pub use error::{Error, Result};
+pub use eval::{exact_match, greedy_answers, EvalReport, EvalSample, GreedyAnswer};
+pub use fsutil::write_atomic;
+pub use grad::{clip_grad_norm, global_grad_norm};
+pub use job::{
+    resolve_model_dir, run_job, DataSource, JobReport, JobSpec, ResumeFrom, WeightsSource,
+};
+pub use metrics::{human_bytes, memory_in_use, MetricsLog, StepMetrics};
+pub use optim::{
+    default_decay, dynamic_map, AdamW, AdamWConfig, OptimStateKind, QuantMap, QUANT_BLOCK,
+};
+pub use plot::plot_loss_curve;
+pub use schedule::{Schedule, ScheduleKind};
+pub use trainer::{TrainReport, Trainer};

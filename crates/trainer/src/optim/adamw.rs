@@ -1,0 +1,341 @@
+//! AdamW (Loshchilov & Hutter) with decoupled weight decay, bias correction
+//! and moments kept in f32, bf16 or block-wise 8 bits. The state belongs to
+//! this struct (not to libtorch), so it can be checkpointed and restored
+//! exactly.
+//!
+//! The optimizer updates the *master* weights it is given and nothing else:
+//! it never re-quantizes them, so updates smaller than one FP4 step
+//! accumulate until they cross a quantization boundary (the original
+//! re-quantized to FP4 every step and lost them).
+
+use tch::{Kind, Tensor};
+
+use super::moments::{Moment, MomentStore, OptimStateKind};
+use super::quant8::QuantMap;
+use crate::error::{Error, Result};
+
+/// AdamW hyper-parameters other than the learning rate (which the schedule
+/// passes to every [`AdamW::step`]).
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AdamWConfig {
+    /// First-moment decay.
+    pub beta1: f64,
+    /// Second-moment decay.
+    pub beta2: f64,
+    /// Added to `sqrt(v_hat)` in the denominator.
+    pub eps: f64,
+    /// Decoupled weight decay (multiplies `lr`), applied to decayed params only.
+    pub weight_decay: f64,
+    /// Precision of the moments between steps.
+    pub state: OptimStateKind,
+}
+
+impl Default for AdamWConfig {
+    fn default() -> Self {
+        AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            state: OptimStateKind::F32,
+        }
+    }
+}
+
+impl AdamWConfig {
+    /// Rejects betas outside `[0, 1)`, a non-positive eps or a negative decay.
+    pub fn validate(&self) -> Result<()> {
+        for (name, b) in [("beta1", self.beta1), ("beta2", self.beta2)] {
+            if !(0.0..1.0).contains(&b) {
+                return Err(Error::config(name, "a number in [0, 1)", b));
+            }
+        }
+        if self.eps.is_nan() || self.eps <= 0.0 {
+            return Err(Error::config("eps", "a positive number", self.eps));
+        }
+        if self.weight_decay.is_nan() || self.weight_decay < 0.0 {
+            return Err(Error::config(
+                "weight_decay",
+                "a non-negative number",
+                self.weight_decay,
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Default weight-decay rule: decay projections (and an untied lm_head), but
+/// not norms or embeddings, whose scale is meaningful on its own.
+pub fn default_decay(name: &str) -> bool {
+    !(name.contains("norm") || name.contains("embed_tokens"))
+}
+
+#[derive(Debug)]
+struct Slot {
+    name: String,
+    param: Tensor,
+    decay: bool,
+    m: MomentStore,
+    v: MomentStore,
+}
+
+/// The optimizer: one [`Slot`] per trainable tensor.
+#[derive(Debug)]
+pub struct AdamW {
+    cfg: AdamWConfig,
+    slots: Vec<Slot>,
+    steps: u64,
+    signed_map: QuantMap,
+    unsigned_map: QuantMap,
+    /// f32 work buffer as large as the largest tensor (see `update_slot`).
+    scratch: Tensor,
+}
+
+impl AdamW {
+    /// An optimizer over `params` (shallow clones of leaf tensors that
+    /// require grad); `decay(name)` says which ones get weight decay.
+    pub fn new(
+        params: Vec<(String, Tensor)>,
+        cfg: AdamWConfig,
+        decay: impl Fn(&str) -> bool,
+    ) -> Result<Self> {
+        cfg.validate()?;
+        let device = params
+            .first()
+            .map(|(_, p)| p.device())
+            .unwrap_or(tch::Device::Cpu);
+        let signed_map = QuantMap::new(true, device);
+        let unsigned_map = QuantMap::new(false, device);
+        let mut slots = Vec::with_capacity(params.len());
+        for (name, param) in params {
+            if !param.requires_grad() {
+                return Err(Error::TensorMismatch {
+                    name,
+                    expected: "requires_grad".into(),
+                    got: "frozen".into(),
+                });
+            }
+            if !param.is_floating_point() {
+                return Err(Error::TensorMismatch {
+                    name,
+                    expected: "a float tensor".into(),
+                    got: format!("{:?}", param.kind()),
+                });
+            }
+            let m = MomentStore::zeros(cfg.state, &param, &signed_map);
+            let v = MomentStore::zeros(cfg.state, &param, &unsigned_map);
+            slots.push(Slot {
+                decay: decay(&name),
+                name,
+                param,
+                m,
+                v,
+            });
+        }
+        let largest = slots.iter().map(|s| s.param.numel()).max().unwrap_or(0);
+        let scratch = Tensor::zeros([largest as i64], (Kind::Float, device));
+        Ok(AdamW {
+            cfg,
+            slots,
+            steps: 0,
+            signed_map,
+            unsigned_map,
+            scratch,
+        })
+    }
+
+    /// The hyper-parameters.
+    pub fn config(&self) -> &AdamWConfig {
+        &self.cfg
+    }
+
+    /// Updates applied so far (the bias-correction step count).
+    pub fn steps_taken(&self) -> u64 {
+        self.steps
+    }
+
+    /// Names of the optimized tensors and whether each gets weight decay.
+    pub fn param_names(&self) -> Vec<(&str, bool)> {
+        self.slots
+            .iter()
+            .map(|s| (s.name.as_str(), s.decay))
+            .collect()
+    }
+
+    /// Bytes of moment state held (what `--optim-state` trades; the f32
+    /// work buffer of the largest tensor's size comes on top).
+    pub fn state_bytes(&self) -> usize {
+        self.slots.iter().map(|s| s.m.nbytes() + s.v.nbytes()).sum()
+    }
+
+    /// One update with learning rate `lr` from the gradients in `param.grad()`.
+    /// Tensors without a gradient (unused this step) are left alone, as in PyTorch.
+    pub fn step(&mut self, lr: f64) {
+        self.steps += 1;
+        let t = self.steps as i32;
+        let bc1 = 1.0 - self.cfg.beta1.powi(t);
+        let bc2 = 1.0 - self.cfg.beta2.powi(t);
+        let cfg = self.cfg;
+        let maps = (&self.signed_map, &self.unsigned_map);
+        let scratch = &self.scratch;
+        tch::no_grad(|| {
+            for slot in &mut self.slots {
+                let grad = slot.param.grad();
+                if grad.defined() {
+                    update_slot(slot, &grad, lr, bc1, bc2, &cfg, maps, scratch);
+                }
+            }
+        });
+    }
+
+    /// Clears every gradient (sets it to zero, keeping its buffer).
+    pub fn zero_grad(&mut self) {
+        for slot in &mut self.slots {
+            slot.param.zero_grad();
+        }
+    }
+
+    /// The moment tensors, named `optim.<param>.m` / `.v` (plus `.codes` /
+    /// `.absmax` for 8-bit state), for a checkpoint.
+    pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        for s in &self.slots {
+            out.extend(s.m.tensors(&format!("optim.{}.m", s.name)));
+            out.extend(s.v.tensors(&format!("optim.{}.v", s.name)));
+        }
+        out
+    }
+
+    /// Restores the moments written by [`AdamW::state_tensors`] and the step count.
+    pub fn restore(
+        &mut self,
+        steps: u64,
+        get: &mut dyn FnMut(&str) -> Option<Tensor>,
+    ) -> Result<()> {
+        for s in &mut self.slots {
+            s.m.restore(&format!("optim.{}.m", s.name), get)?;
+            s.v.restore(&format!("optim.{}.v", s.name), get)?;
+        }
+        self.steps = steps;
+        Ok(())
+    }
+}
+
+/// The AdamW update of one tensor, in f32 whatever the storage precisions.
+/// `scratch` is a reusable f32 buffer of at least the tensor's size: the
+/// update allocates nothing for f32 masters and moments (fresh multi-MB
+/// temporaries cost page faults on every step).
+#[allow(clippy::too_many_arguments)]
+fn update_slot(
+    slot: &mut Slot,
+    grad: &Tensor,
+    lr: f64,
+    bc1: f64,
+    bc2: f64,
+    cfg: &AdamWConfig,
+    maps: (&QuantMap, &QuantMap),
+    scratch: &Tensor,
+) {
+    let g = grad.to_kind(Kind::Float);
+    let master_is_f32 = slot.param.kind() == Kind::Float;
+    let mut p = if master_is_f32 {
+        slot.param.shallow_clone()
+    } else {
+        slot.param.to_kind(Kind::Float)
+    };
+    if slot.decay && cfg.weight_decay > 0.0 {
+        let _ = p.g_mul_scalar_(1.0 - lr * cfg.weight_decay);
+    }
+    let mut s = scratch.narrow(0, 0, g.numel() as i64).view_(g.size());
+    // m <- b1 m + (1 - b1) g
+    let mut m = slot.m.load(Moment::First, maps.0);
+    let _ = m.lerp_(&g, 1.0 - cfg.beta1);
+    // v <- b2 v + (1 - b2) g^2, as b2 v + (sqrt(1 - b2) g)^2
+    let mut v = slot.v.load(Moment::Second, maps.1);
+    s.copy_(&g);
+    let _ = s.g_mul_scalar_((1.0 - cfg.beta2).sqrt());
+    let _ = v.g_mul_scalar_(cfg.beta2);
+    let _ = v.addcmul_(&s, &s);
+    // p <- p - lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps)   (PyTorch's AdamW),
+    // as p + m / s with s = -(bc1/lr) (sqrt(v)/sqrt(bc2) + eps).
+    if lr > 0.0 {
+        let _ = v.sqrt_out(&s);
+        let _ = s.g_mul_scalar_(-bc1 / (lr * bc2.sqrt()));
+        let _ = s.g_add_scalar_(-cfg.eps * bc1 / lr);
+        let _ = p.addcdiv_(&m, &s);
+    }
+    if !master_is_f32 {
+        slot.param.copy_(&p);
+    }
+    slot.m.store(&m, Moment::First, maps.0);
+    slot.v.store(&v, Moment::Second, maps.1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Device;
+
+    #[test]
+    fn default_decay_skips_norms_and_embeddings() {
+        assert!(default_decay("model.layers.0.self_attn.q_proj.weight"));
+        assert!(default_decay("lm_head.weight"));
+        assert!(!default_decay("model.layers.3.input_layernorm.weight"));
+        assert!(!default_decay("model.layers.3.self_attn.k_norm.weight"));
+        assert!(!default_decay("model.norm.weight"));
+        assert!(!default_decay("model.embed_tokens.weight"));
+    }
+
+    #[test]
+    fn frozen_tensor_is_rejected_by_name() {
+        let p = Tensor::ones([4], (Kind::Float, Device::Cpu));
+        let e =
+            AdamW::new(vec![("w".into(), p)], AdamWConfig::default(), default_decay).unwrap_err();
+        assert!(
+            e.to_string().contains("tensor w") && e.to_string().contains("frozen"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_hyperparameters_are_rejected() {
+        let cfg = AdamWConfig {
+            beta2: 1.0,
+            ..Default::default()
+        };
+        assert!(cfg.validate().unwrap_err().to_string().contains("beta2"));
+        let cfg = AdamWConfig {
+            eps: 0.0,
+            ..Default::default()
+        };
+        assert!(cfg.validate().unwrap_err().to_string().contains("eps"));
+    }
+
+    #[test]
+    fn int8_state_is_a_byte_per_element_plus_block_absmax() {
+        let p = Tensor::randn([1024, 64], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let mk = |state| {
+            AdamW::new(
+                vec![("w".into(), p.shallow_clone())],
+                AdamWConfig {
+                    state,
+                    ..Default::default()
+                },
+                default_decay,
+            )
+            .unwrap()
+        };
+        let f32b = mk(OptimStateKind::F32).state_bytes();
+        let bf16b = mk(OptimStateKind::BF16).state_bytes();
+        let i8b = mk(OptimStateKind::Int8Block).state_bytes();
+        assert_eq!(f32b, 2 * 4 * 1024 * 64);
+        assert_eq!(bf16b, f32b / 2);
+        // Per moment: one byte per element plus one f32 absmax per 256-element block.
+        let n = 1024 * 64;
+        assert_eq!(
+            i8b,
+            2 * (n + 4 * n / 256),
+            "int8 state {i8b} bytes vs f32 {f32b}"
+        );
+    }
+}

@@ -1,0 +1,325 @@
+//! The training loop: one optimizer step = `grad_accum` micro-batches of
+//! forward/backward, clipping, the non-finite policy, an AdamW update.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use tch::Tensor;
+
+use checkpoint::CheckpointManager;
+use qwen3_model::Qwen3Model;
+
+use crate::backprop::{forward_backward, BackpropPlan};
+use crate::batch::{make_batch, Batch, DataCursor, DataOrder};
+use crate::config::{NonFinitePolicy, TrainConfig};
+use crate::data::Dataset;
+use crate::error::{Error, Result};
+use crate::grad::{clip_grad_norm, global_grad_norm};
+use crate::metrics::{memory_in_use, MetricsLog, StepMetrics};
+use crate::optim::{default_decay, AdamW};
+use crate::progress::Progress;
+use crate::schedule::Schedule;
+
+/// What a [`Trainer::train`] call did.
+#[derive(Clone, Debug)]
+pub struct TrainReport {
+    /// Steps run by this call.
+    pub steps_run: u64,
+    /// Optimizer step reached (equals the total when the run is complete).
+    pub step: u64,
+    /// Loss of the first step of this call.
+    pub first_loss: f64,
+    /// Loss of the last step.
+    pub final_loss: f64,
+    /// Steps skipped by the non-finite policy (whole run, resumes included).
+    pub skipped: u64,
+    /// Wall time of this call, seconds.
+    pub wall_s: f64,
+    /// Checkpoint written at the end, if any.
+    pub last_checkpoint: Option<PathBuf>,
+}
+
+/// Quantization-aware trainer of a [`Qwen3Model`] on a [`Dataset`].
+#[derive(Debug)]
+pub struct Trainer {
+    pub(crate) model: Qwen3Model,
+    pub(crate) cfg: TrainConfig,
+    pub(crate) data: Dataset,
+    pub(crate) names: Vec<String>,
+    pub(crate) params: Vec<Tensor>,
+    pub(crate) optim: AdamW,
+    schedule: Schedule,
+    order: DataOrder,
+    pub(crate) cursor: DataCursor,
+    pub(crate) step: u64,
+    pub(crate) skipped: u64,
+    total_steps: u64,
+    pad_id: u32,
+    plan: BackpropPlan,
+    pub(crate) ckpt: Option<CheckpointManager>,
+    log: Option<MetricsLog>,
+    pub(crate) append_log: bool,
+    history: Vec<StepMetrics>,
+    pub(crate) run_args: serde_json::Value,
+}
+
+impl Trainer {
+    /// Makes `model` trainable (master weights of `cfg.master_dtype`, the
+    /// last `cfg.train_last_layers` blocks or all) and sets up the optimizer
+    /// over exactly the trainable tensors. `pad_id` fills padded positions
+    /// (any id: they are masked).
+    pub fn new(model: Qwen3Model, cfg: TrainConfig, data: Dataset, pad_id: u32) -> Result<Self> {
+        cfg.validate()?;
+        let layers = model.num_layers();
+        if let Some(k) = cfg.train_last_layers.filter(|&k| k > layers) {
+            return Err(Error::config(
+                "train-last-layers",
+                format!("at most the model's {layers} layers"),
+                k,
+            ));
+        }
+        let model = model.into_trainable(cfg.master_dtype.kind(), cfg.train_last_layers)?;
+        let named = model.named_parameters();
+        if named.is_empty() {
+            return Err(Error::config(
+                "train-last-layers",
+                "a setting that leaves something to train",
+                "no trainable tensor",
+            ));
+        }
+        let (names, params): (Vec<String>, Vec<Tensor>) = named
+            .iter()
+            .map(|(n, t)| (n.clone(), t.shallow_clone()))
+            .unzip();
+        let all = cfg.decay_norms_and_embeddings;
+        let optim = AdamW::new(named, cfg.adamw, |n| all || default_decay(n))?;
+        let total_steps = cfg.total_steps(data.examples.len());
+        let schedule = cfg
+            .schedule
+            .build(cfg.warmup, total_steps, cfg.min_lr_ratio)?;
+        let plan = BackpropPlan {
+            first_trained_layer: layers - cfg.train_last_layers.unwrap_or(layers),
+            checkpointing: cfg.activation_checkpointing,
+        };
+        let ckpt = match &cfg.checkpoint_dir {
+            Some(dir) => Some(CheckpointManager::new(dir, cfg.keep_last)?),
+            None => None,
+        };
+        let order = DataOrder::new(cfg.seed, data.examples.len(), cfg.shuffle);
+        Ok(Trainer {
+            model,
+            data,
+            names,
+            params,
+            optim,
+            schedule,
+            order,
+            cursor: DataCursor::default(),
+            step: 0,
+            skipped: 0,
+            total_steps,
+            pad_id,
+            plan,
+            ckpt,
+            log: None,
+            append_log: false,
+            history: Vec::new(),
+            run_args: serde_json::Value::Null,
+            cfg,
+        })
+    }
+
+    /// The model being trained.
+    pub fn model(&self) -> &Qwen3Model {
+        &self.model
+    }
+
+    /// Hands the trained model back (e.g. for export).
+    pub fn into_model(self) -> Qwen3Model {
+        self.model
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &TrainConfig {
+        &self.cfg
+    }
+
+    /// The optimizer (state size, step count).
+    pub fn optimizer(&self) -> &AdamW {
+        &self.optim
+    }
+
+    /// Trainable tensor names, in optimizer order.
+    pub fn param_names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// Optimizer steps done (resumes included).
+    pub fn step_count(&self) -> u64 {
+        self.step
+    }
+
+    /// Steps the run will take in all.
+    pub fn total_steps(&self) -> u64 {
+        self.total_steps
+    }
+
+    /// Steps skipped by the non-finite policy.
+    pub fn skipped_steps(&self) -> u64 {
+        self.skipped
+    }
+
+    /// Where the data stream stands.
+    pub fn cursor(&self) -> DataCursor {
+        self.cursor
+    }
+
+    /// Metrics of the steps run by this process.
+    pub fn history(&self) -> &[StepMetrics] {
+        &self.history
+    }
+
+    /// Arguments recorded in checkpoints (e.g. the command line, as JSON).
+    pub fn set_run_args(&mut self, args: serde_json::Value) {
+        self.run_args = args;
+    }
+
+    /// One optimizer step on the next `batch_size * grad_accum` examples.
+    pub fn step(&mut self) -> Result<StepMetrics> {
+        let start = Instant::now();
+        let batches = self.next_batches();
+        let targets: usize = batches.iter().map(|b| b.target_tokens).sum();
+        let tokens: usize = batches.iter().map(|b| b.tokens).sum();
+        let denom = targets.max(1) as f64;
+        self.optim.zero_grad();
+        let mut ce = 0.0;
+        for b in &batches {
+            ce += forward_backward(&self.model, &b.input_ids, &b.labels, denom, self.plan)?;
+        }
+        let loss = ce / denom;
+        let grad_norm = match self.cfg.clip {
+            Some(max) => clip_grad_norm(&self.params, max),
+            None => global_grad_norm(&self.params),
+        };
+        let lr = self.schedule.lr(self.cfg.lr, self.step);
+        let skipped = self.apply_update(loss, grad_norm, lr)?;
+        self.step += 1;
+        let step_s = start.elapsed().as_secs_f64();
+        let m = StepMetrics {
+            step: self.step,
+            epoch: self.cursor.epoch,
+            loss,
+            lr,
+            grad_norm,
+            tokens,
+            target_tokens: targets,
+            tokens_per_s: tokens as f64 / step_s.max(1e-9),
+            step_s,
+            skipped,
+            mem_bytes: memory_in_use(self.model.device()),
+        };
+        self.record(&m)?;
+        Ok(m)
+    }
+
+    fn next_batches(&mut self) -> Vec<Batch> {
+        let idx = self
+            .order
+            .take(&mut self.cursor, self.cfg.examples_per_step());
+        let examples: Vec<_> = idx.iter().map(|&i| &self.data.examples[i]).collect();
+        let device = self.model.device();
+        examples
+            .chunks(self.cfg.batch_size)
+            .map(|c| make_batch(c, self.pad_id, device))
+            .collect()
+    }
+
+    /// The non-finite policy, then the update; returns whether the step was skipped.
+    fn apply_update(&mut self, loss: f64, grad_norm: f64, lr: f64) -> Result<bool> {
+        let bad = if !loss.is_finite() {
+            Some(("loss", loss))
+        } else if !grad_norm.is_finite() {
+            Some(("gradient norm", grad_norm))
+        } else {
+            None
+        };
+        match (bad, self.cfg.on_nonfinite) {
+            (None, _) => {
+                self.optim.step(lr);
+                Ok(false)
+            }
+            (Some((what, value)), NonFinitePolicy::Stop) => {
+                self.optim.zero_grad();
+                Err(Error::NonFinite {
+                    step: self.step,
+                    what,
+                    value,
+                })
+            }
+            (Some((what, value)), NonFinitePolicy::Skip) => {
+                self.optim.zero_grad();
+                self.skipped += 1;
+                tracing::warn!(
+                    "step {}: non-finite {what} ({value}); update skipped ({} so far)",
+                    self.step,
+                    self.skipped
+                );
+                Ok(true)
+            }
+        }
+    }
+
+    fn record(&mut self, m: &StepMetrics) -> Result<()> {
+        if self.log.is_none() {
+            if let Some(path) = &self.cfg.metrics {
+                self.log = Some(MetricsLog::open(path, self.append_log)?);
+            }
+        }
+        if let Some(log) = &mut self.log {
+            log.write(m)?;
+        }
+        self.history.push(m.clone());
+        Ok(())
+    }
+
+    /// Runs steps until the total is reached, with a progress bar, periodic
+    /// checkpoints (`save_every`) and a final one (when a checkpoint
+    /// directory is set).
+    pub fn train(&mut self) -> Result<TrainReport> {
+        let start = Instant::now();
+        let first = self.step;
+        let progress = Progress::new(self.total_steps, self.step, self.cfg.progress);
+        let mut first_loss = f64::NAN;
+        let mut final_loss = f64::NAN;
+        let mut last_checkpoint = None;
+        while self.step < self.total_steps {
+            let m = self.step()?;
+            if self.step == first + 1 {
+                first_loss = m.loss;
+            }
+            final_loss = m.loss;
+            progress.update(&m, self.total_steps);
+            if self
+                .cfg
+                .save_every
+                .is_some_and(|k| self.step.is_multiple_of(k))
+                && self.step < self.total_steps
+            {
+                last_checkpoint = self.save_checkpoint()?;
+            }
+        }
+        if self.step > first || last_checkpoint.is_none() {
+            last_checkpoint = self.save_checkpoint()?;
+        }
+        progress.finish();
+        Ok(TrainReport {
+            steps_run: self.step - first,
+            step: self.step,
+            first_loss,
+            final_loss,
+            skipped: self.skipped,
+            wall_s: start.elapsed().as_secs_f64(),
+            last_checkpoint,
+        })
+    }
+}

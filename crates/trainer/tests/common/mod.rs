@@ -1,0 +1,73 @@
+//! Helpers shared by the trainer's integration tests: a tiny Qwen3 with a
+//! small vocabulary and random examples over it (no tokenizer needed).
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use qwen3_model::{LoadOptions, Qwen3Config, Qwen3Model};
+use tch::Device;
+use trainer::{DataStats, Dataset, Example};
+
+/// A seed from the clock, printed so a failure can be replayed.
+pub fn seed() -> u64 {
+    let s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64;
+    println!("seed {s}");
+    s
+}
+
+/// Two blocks, hidden 32, vocabulary `vocab`.
+pub fn tiny_config(vocab: usize, tied: bool) -> Qwen3Config {
+    let json = format!(
+        r#"{{"vocab_size": {vocab}, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "rms_norm_eps": 1e-6,
+            "rope_theta": 5000000.0, "max_position_embeddings": 128, "tie_word_embeddings": {tied},
+            "bos_token_id": 1, "eos_token_id": 2}}"#
+    );
+    Qwen3Config::from_json_str(&json).unwrap()
+}
+
+/// A synthetic NVFP4 model on the CPU in f32. `Qwen3Model::random` seeds
+/// libtorch's *global* generator, which tests running in parallel threads
+/// share: the lock makes two calls with one seed give the same weights.
+pub fn tiny_model(cfg: &Qwen3Config, seed: u64) -> Qwen3Model {
+    static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    Qwen3Model::random(cfg, &LoadOptions::new(Device::Cpu), seed).unwrap()
+}
+
+/// `n` examples of 6..=12 random tokens each; the last 2..=4 are targets.
+pub fn random_dataset(n: usize, vocab: u32, seed: u64) -> Dataset {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let examples: Vec<Example> = (0..n)
+        .map(|i| {
+            let len = rng.gen_range(6..=12);
+            let targets = rng.gen_range(2..=4);
+            let tokens: Vec<u32> = (0..len).map(|_| rng.gen_range(3..vocab)).collect();
+            Example {
+                is_target: (0..len).map(|k| k >= len - targets).collect(),
+                prompt_ids: tokens[..len - targets].to_vec(),
+                prompt: String::new(),
+                response: String::new(),
+                tokens,
+                line: i + 1,
+            }
+        })
+        .collect();
+    let target_tokens = examples
+        .iter()
+        .map(|e| e.is_target.iter().filter(|t| **t).count())
+        .sum();
+    Dataset {
+        path: PathBuf::from("random"),
+        stats: DataStats {
+            examples: n,
+            target_tokens,
+            ..Default::default()
+        },
+        examples,
+    }
+}
