@@ -219,6 +219,33 @@ fn profile_decode(model: &Qwen3Model) -> Result<()> {
         })?;
         emit(json!({"metric": "profile_forward_cached_ms", "context": ctx, "value": ms}));
     }
+    // The decode loop by hand: forward of one token, argmax, read the id back.
+    let ids = prompt(512, vocab);
+    let mut cache = model.new_cache(1, 512 + 128);
+    let ids_t =
+        tch::Tensor::from_slice(&ids.iter().map(|&i| i as i64).collect::<Vec<_>>()).view([1, -1]);
+    let logits = tch::no_grad(|| model.forward(&ids_t.to_device(device), Some(&mut cache)))?;
+    let mut next = logits.get(0).get(-1).argmax(0, false).int64_value(&[]);
+    let t = Instant::now();
+    for _ in 0..64 {
+        let one = tch::Tensor::from_slice(&[next])
+            .view([1, 1])
+            .to_device(device);
+        let l = tch::no_grad(|| model.forward(&one, Some(&mut cache)))?;
+        next = l.get(0).get(-1).argmax(0, false).int64_value(&[]);
+    }
+    emit(
+        json!({"metric": "profile_manual_decode_ms_per_token", "value": t.elapsed().as_secs_f64() * 1e3 / 64.0}),
+    );
+    let opts = GenerateOptions {
+        max_new_tokens: 64,
+        ..GenerateOptions::default()
+    };
+    let mut cache = model.new_cache(1, 512 + 128);
+    let g = tch::no_grad(|| generate(model, Some(&mut cache), &ids, &opts, &mut |_| true))?;
+    emit(
+        json!({"metric": "profile_generate_ms_per_token", "value": 1e3 / g.decode_tokens_per_s()}),
+    );
     let h = tch::Tensor::randn(
         [1, 1, model.config().hidden_size as i64],
         (Kind::BFloat16, device),
