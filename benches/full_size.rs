@@ -208,13 +208,14 @@ fn profile_decode(model: &Qwen3Model) -> Result<()> {
         let mut cache = model.new_cache(1, ctx + 64);
         let ids_t = tch::Tensor::from_slice(&ids.iter().map(|&i| i as i64).collect::<Vec<_>>())
             .view([1, -1]);
-        tch::no_grad(|| model.forward(&ids_t.to_device(device), Some(&mut cache)))?;
+        let _prefilled =
+            tch::no_grad(|| model.forward(&ids_t.to_device(device), Some(&mut cache)))?;
         let one = tch::Tensor::from_slice(&[17i64])
             .view([1, 1])
             .to_device(device);
         let ms = time(20, &mut || {
             cache.truncate(ctx)?;
-            tch::no_grad(|| model.forward(&one, Some(&mut cache)))?;
+            let _logits = tch::no_grad(|| model.forward(&one, Some(&mut cache)))?;
             Ok(())
         })?;
         emit(json!({"metric": "profile_forward_cached_ms", "context": ctx, "value": ms}));

@@ -17,7 +17,6 @@
 //! ```
 #![deny(missing_docs)]
 
-mod atomic;
 mod chat;
 mod device;
 mod logging;
@@ -35,7 +34,6 @@ fn heavy_test_lock() -> std::sync::MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-pub use atomic::write_atomic;
 pub use chat::{ChatSession, ChatTurn};
 pub use device::{device_name, dtype_name, parse_device, parse_dtype};
 pub use logging::init_tracing;
@@ -46,3 +44,4 @@ pub use stress::{
     run_stress, run_stress_with, synthetic_prompt, write_synthetic_model, StressCase, StressOptions,
 };
 pub use stress_report::{RunRecord, StressReport, CHILD_REPORT_PREFIX};
+pub use trainer::write_atomic;

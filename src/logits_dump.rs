@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use safetensors::tensor::{Dtype, TensorView};
 use tch::{Device, Kind, Tensor};
 
-use crate::atomic::write_atomic;
+use crate::write_atomic;
 
 /// Name of the one tensor in the file.
 pub const LOGITS_KEY: &str = "logits";

@@ -21,9 +21,9 @@ use qwen3_model::{
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind};
 
-use crate::atomic::write_atomic;
 use crate::memory::MemoryProbe;
 use crate::stress_report::{RunRecord, StressReport};
+use crate::write_atomic;
 
 /// One cell of the stress matrix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
