@@ -12,11 +12,10 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use dat_format::{DatFile, DatWriter, ElemType};
+use dat_format::DatFile;
 use nvfp4_kernels::ComputePath;
 use qwen3_model::{
     generate, GenerateOptions, LoadOptions, PrefillMode, Qwen3Config, Qwen3Model, SamplingParams,
-    WeightRef,
 };
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind};
@@ -195,31 +194,11 @@ pub fn write_synthetic_model(
     let model = Qwen3Model::random(cfg, &opts, seed).context("building the synthetic model")?;
     let weight = dir.join("model.dat");
     let config = dir.join("config.json");
-    write_model_dat(&model, &weight).with_context(|| format!("writing {}", weight.display()))?;
+    // The export the trainer uses: original keys, NVFP4 pairs, raw embeddings and norms.
+    checkpoint::export_dat(&model, &weight, None)
+        .with_context(|| format!("writing {}", weight.display()))?;
     write_atomic(&config, cfg.to_json_string().as_bytes())?;
     Ok((weight, config))
-}
-
-/// Every weight of `model` in the original `.dat` layout: NVFP4 pairs as
-/// `{key}.qdata`/`{key}.scale`, dense tensors (embeddings, norms) as f32.
-fn write_model_dat(model: &Qwen3Model, path: &Path) -> Result<()> {
-    let weights = model.named_weights();
-    // A packed weight is qdata + scale, plus a global scale in two-level mode.
-    let count = weights
-        .iter()
-        .map(|(_, w)| match w {
-            WeightRef::Packed(q) => 2 + usize::from(q.global_scale().is_some()),
-            WeightRef::Dense(_) => 1,
-        })
-        .sum();
-    let mut writer = DatWriter::create(path, count)?;
-    for (key, weight) in &weights {
-        match weight {
-            WeightRef::Packed(q) => writer.write_nvfp4(key, &q.to_host().as_ref())?,
-            WeightRef::Dense(t) => writer.write_tensor(key, ElemType::F32, t)?,
-        }
-    }
-    Ok(writer.finish()?)
 }
 
 /// `len` prompt ids drawn from a fixed LCG below `vocab` (the same every run

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{entries_of, random_ids, tiny_cfg, write_dat};
+use common::{entries_of, random_ids, rel_diff, tiny_cfg, write_dat, BF16_REL_TOL};
 use dat_format::DatFile;
 use qwen3_model::{ComputePath, LoadOptions, Qwen3Model};
 use tch::{Device, Kind, Tensor};
@@ -15,15 +15,6 @@ fn cuda_or_skip(name: &str) -> Option<Device> {
         println!("SKIPPED (no CUDA): {name}");
         None
     }
-}
-
-/// bf16 activations carry ~3 significant digits through every layer.
-const BF16_REL_TOL: f64 = 3e-2;
-
-fn rel_diff(got: &Tensor, want: &Tensor) -> f64 {
-    let got = got.to_device(Device::Cpu).to_kind(Kind::Double);
-    let want = want.to_kind(Kind::Double);
-    (&got - &want).abs().max().double_value(&[]) / want.abs().max().double_value(&[])
 }
 
 #[test]

@@ -7,17 +7,9 @@
 
 mod common;
 
-use common::{cases, row};
+use common::{cases, rel_diff, row, BF16_REL_TOL};
 use qwen3_model::{ComputePath, LoadOptions, Qwen3Model};
-use tch::{Device, Kind, Tensor};
-
-const BF16_REL_TOL: f64 = 3e-2;
-
-fn rel_diff(got: &Tensor, want: &Tensor) -> f64 {
-    let got = got.to_device(Device::Cpu).to_kind(Kind::Double);
-    let want = want.to_kind(Kind::Double);
-    (&got - &want).abs().max().double_value(&[]) / want.abs().max().double_value(&[])
-}
+use tch::{Device, Kind};
 
 #[test]
 fn parity_fixtures_in_bf16_on_cuda_on_every_path() {

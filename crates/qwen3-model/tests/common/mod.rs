@@ -166,3 +166,15 @@ pub fn random_ids(vocab: usize, batch: i64, len: i64) -> Tensor {
     tch::manual_seed(fresh_seed() as i64);
     Tensor::randint(vocab as i64, [batch, len], (Kind::Int64, Device::Cpu))
 }
+
+/// bf16 activations carry ~3 significant digits through every layer.
+#[allow(dead_code)]
+pub const BF16_REL_TOL: f64 = 3e-2;
+
+/// max |got - want| / max |want|, in f64 on the CPU.
+#[allow(dead_code)]
+pub fn rel_diff(got: &Tensor, want: &Tensor) -> f64 {
+    let got = got.to_device(Device::Cpu).to_kind(Kind::Double);
+    let want = want.to_device(Device::Cpu).to_kind(Kind::Double);
+    (&got - &want).abs().max().double_value(&[]) / want.abs().max().double_value(&[])
+}
