@@ -245,8 +245,26 @@ fn profile_decode(model: &Qwen3Model) -> Result<()> {
     let mut cache = model.new_cache(1, 512 + 128);
     let g = tch::no_grad(|| generate(model, Some(&mut cache), &ids, &opts, &mut |_| true))?;
     emit(
-        json!({"metric": "profile_generate_ms_per_token", "value": 1e3 / g.decode_tokens_per_s()}),
+        json!({"metric": "profile_generate_ms_per_token", "value": 1e3 / g.decode_tokens_per_s(),
+                "fused": g.fused_decode}),
     );
+    for graph in [false, true] {
+        let mut cache = model.new_cache(1, 512 + 128);
+        let logits = tch::no_grad(|| model.forward(&ids_t.to_device(device), Some(&mut cache)))?;
+        let mut next = logits.get(0).get(-1).argmax(0, false).int64_value(&[]) as u32;
+        let mut dec = qwen3_model::FusedDecoder::new(model)?.with_graph(graph);
+        let mut step = |token: u32| -> Result<u32> {
+            let l = tch::no_grad(|| dec.step(model, &mut cache, token))?;
+            Ok(l.argmax(0, false).int64_value(&[]) as u32)
+        };
+        next = step(next)?; // the eager first step (and the recording)
+        let t = Instant::now();
+        for _ in 0..64 {
+            next = step(next)?;
+        }
+        emit(json!({"metric": "profile_fused_ms_per_token", "graph": graph,
+                     "value": t.elapsed().as_secs_f64() * 1e3 / 64.0}));
+    }
     let h = tch::Tensor::randn(
         [1, 1, model.config().hidden_size as i64],
         (Kind::BFloat16, device),
@@ -282,28 +300,37 @@ fn prompt(len: usize, vocab: usize) -> Vec<u32> {
 
 fn decode(model: &Qwen3Model, prompt_len: usize, new: usize) -> Result<()> {
     let ids = prompt(prompt_len, model.config().vocab_size);
-    let opts = GenerateOptions {
-        max_new_tokens: new,
-        ..GenerateOptions::default()
-    };
-    let run = |n: usize| -> Result<qwen3_model::Generation> {
+    let run = |n: usize, fused: bool| -> Result<qwen3_model::Generation> {
         let mut cache = model.new_cache(1, prompt_len + n + 1);
         let o = GenerateOptions {
             max_new_tokens: n,
-            ..opts.clone()
+            fused_decode: fused,
+            ..GenerateOptions::default()
         };
-        Ok(tch::no_grad(|| {
-            generate(model, Some(&mut cache), &ids, &o, &mut |_| true)
-        })?)
+        let g = tch::no_grad(|| generate(model, Some(&mut cache), &ids, &o, &mut |_| true))?;
+        if g.tokens.len() != n {
+            bail!("decode produced {} tokens, asked {n}", g.tokens.len());
+        }
+        if g.fused_decode != fused {
+            bail!("asked fused decode = {fused}, generate ran fused = {}", g.fused_decode);
+        }
+        Ok(g)
     };
-    run(8)?; // warm-up: kernel compile, allocator, cuBLAS handles
-    let g = run(new)?;
-    if g.tokens.len() != new {
-        bail!("decode produced {} tokens, asked {new}", g.tokens.len());
-    }
+    run(8, true)?; // warm-up: kernel compile, allocator, cuBLAS handles
+    let fused = run(new, true)?;
+    let reference = run(new, false)?;
+    // Greedy on both paths: the same tokens until a near-tie flips one.
+    let same_prefix = fused
+        .tokens
+        .iter()
+        .zip(&reference.tokens)
+        .take_while(|(a, b)| a == b)
+        .count();
     emit(
-        json!({"metric": "decode_tok_s", "value": g.decode_tokens_per_s(), "prompt": prompt_len,
-                "new": new, "prefill_tok_s": g.prefill_tokens_per_s()}),
+        json!({"metric": "decode_tok_s", "value": fused.decode_tokens_per_s(), "prompt": prompt_len,
+                "new": new, "prefill_tok_s": fused.prefill_tokens_per_s(), "path": "fused+graph",
+                "reference_tok_s": reference.decode_tokens_per_s(),
+                "tokens_equal_to_reference": same_prefix}),
     );
     Ok(())
 }

@@ -111,6 +111,10 @@ struct Args {
     /// Do not stop on <|im_end|>/<|endoftext|>/eos: always generate --max-tokens tokens.
     #[arg(long)]
     no_stop: bool,
+    /// Decode through the per-op forward instead of the fused CUDA-graph step
+    /// (the reference; the fused step only runs on CUDA with packed weights).
+    #[arg(long)]
+    no_fused_decode: bool,
     /// Print the NVFP4 kernel diagnosis (device, driver, NVRTC, kernels) and exit.
     #[arg(long)]
     diagnose: bool,
@@ -355,6 +359,7 @@ fn generate_options(
         stop_ids,
         prefill: args.prefill,
         keep_prompt_logits: false,
+        fused_decode: !args.no_fused_decode,
     }
 }
 

@@ -150,6 +150,7 @@ fn run_once(opts: &StressOptions, case: StressCase) -> Result<RunRecord> {
             PrefillMode::PromptByPrompt
         },
         keep_prompt_logits: false,
+        fused_decode: true,
     };
     let mut cache = (case != StressCase::NoCache)
         .then(|| model.new_cache(1, opts.prompt.len() + opts.max_new_tokens));

@@ -164,7 +164,7 @@ __device__ __forceinline__ void compute_chunk(float (&acc)[MT][4], const Chunk<M
 template <int MT, bool VEC16, int DEPTH>
 __device__ __forceinline__ void gemv_body(const u16* __restrict__ x, const u8* __restrict__ qdata,
                                           const u8* __restrict__ scale, u16* __restrict__ y, int M, int N, int K,
-                                          float out_mul, int RB) {
+                                          float out_mul, int RB, int tile_block) {
     __shared__ float red[GEMV_MAX_WARPS * MT * 128];
     __shared__ u32 slut[256];
     for (int i = threadIdx.x; i < 256; i += blockDim.x) slut[i] = scale_bf16x2_adj((u32)i);
@@ -172,7 +172,7 @@ __device__ __forceinline__ void gemv_body(const u16* __restrict__ x, const u8* _
     const int WK = (blockDim.x >> 5) / RB;
     const int rt = warp % RB, kw = warp / RB;
     const int g = lane >> 2, t = lane & 3;
-    const int row0 = (blockIdx.x * RB + rt) * 16 + g;
+    const int row0 = (tile_block * RB + rt) * 16 + g;
     const int nchunks = (K + 127) >> 7;
 
     Cursor<MT> cur;
@@ -228,7 +228,7 @@ __device__ __forceinline__ void gemv_body(const u16* __restrict__ x, const u8* _
         float sum = 0.0f;
         for (int k = 0; k < WK; ++k) sum += red[(k * RB + r) * PER_WARP + rem];
         const int ln = rem & 31, i = (rem >> 5) & 3, mt = rem >> 7;
-        const int row = (blockIdx.x * RB + r) * 16 + (ln >> 2) + ((i & 2) ? 8 : 0);
+        const int row = (tile_block * RB + r) * 16 + (ln >> 2) + ((i & 2) ? 8 : 0);
         const int tok = mt * 8 + 2 * (ln & 3) + (i & 1);
         if (row < N && tok < M) y[(u64)tok * (u64)N + row] = (u16)f32_to_bf16(sum * out_mul);
     }
@@ -237,7 +237,7 @@ __device__ __forceinline__ void gemv_body(const u16* __restrict__ x, const u8* _
 #define GEMV_KERNEL(NAME, MT, VEC16, DEPTH)                                                                     \
     extern "C" __global__ void __launch_bounds__(GEMV_MAX_WARPS * 32)                                          \
         NAME(const u16* x, const u8* qdata, const u8* scale, u16* y, int M, int N, int K, float out_mul, int RB) { \
-        gemv_body<MT, VEC16, DEPTH>(x, qdata, scale, y, M, N, K, out_mul, RB);                                  \
+        gemv_body<MT, VEC16, DEPTH>(x, qdata, scale, y, M, N, K, out_mul, RB, blockIdx.x);                      \
     }
 
 GEMV_KERNEL(nvfp4_gemv_m8_v16_d1, 1, true, 1)
@@ -248,3 +248,39 @@ GEMV_KERNEL(nvfp4_gemv_m8_v16_d2, 1, true, 2)
 GEMV_KERNEL(nvfp4_gemv_m8_v8_d2, 1, false, 2)
 // No depth-2 variant for 16 tokens: its 3 buffers exceed the 128 registers
 // a thread has at 512 threads a block (ptxas spills).
+
+// Grouped launch: up to three weights that share the activations x (q/k/v,
+// gate/up) in one grid. Blocks [0, b0) compute weight 0, the next b1 weight
+// 1, and so on (b_i = ceil(N_i / (16 RB))); N_i = 0 ends the group. One
+// launch instead of three fills the GPU better than the small k/v matrices
+// alone and saves the launch gaps.
+template <bool VEC16, int DEPTH>
+__device__ __forceinline__ void gemv_group(const u16* x, int M, int K, int RB, const u8* q0, const u8* s0,
+                                           u16* y0, int n0, float m0, const u8* q1, const u8* s1, u16* y1,
+                                           int n1, float m1, const u8* q2, const u8* s2, u16* y2, int n2,
+                                           float m2) {
+    const int rows_per_block = 16 * RB;
+    const int b0 = (n0 + rows_per_block - 1) / rows_per_block;
+    const int b1 = (n1 + rows_per_block - 1) / rows_per_block;
+    int b = blockIdx.x;
+    if (b < b0) {
+        gemv_body<1, VEC16, DEPTH>(x, q0, s0, y0, M, n0, K, m0, RB, b);
+    } else if ((b -= b0) < b1) {
+        gemv_body<1, VEC16, DEPTH>(x, q1, s1, y1, M, n1, K, m1, RB, b);
+    } else {
+        gemv_body<1, VEC16, DEPTH>(x, q2, s2, y2, M, n2, K, m2, RB, b - b1);
+    }
+}
+
+#define GEMV_GROUP_KERNEL(NAME, VEC16, DEPTH)                                                                  \
+    extern "C" __global__ void __launch_bounds__(GEMV_MAX_WARPS * 32)                                          \
+        NAME(const u16* x, int M, int K, int RB, const u8* q0, const u8* s0, u16* y0, int n0, float m0,      \
+             const u8* q1, const u8* s1, u16* y1, int n1, float m1, const u8* q2, const u8* s2, u16* y2,      \
+             int n2, float m2) {                                                                               \
+        gemv_group<VEC16, DEPTH>(x, M, K, RB, q0, s0, y0, n0, m0, q1, s1, y1, n1, m1, q2, s2, y2, n2, m2);   \
+    }
+
+GEMV_GROUP_KERNEL(nvfp4_gemv_group_m8_v16_d1, true, 1)
+GEMV_GROUP_KERNEL(nvfp4_gemv_group_m8_v8_d1, false, 1)
+GEMV_GROUP_KERNEL(nvfp4_gemv_group_m8_v16_d2, true, 2)
+GEMV_GROUP_KERNEL(nvfp4_gemv_group_m8_v8_d2, false, 2)

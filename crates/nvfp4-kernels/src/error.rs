@@ -46,6 +46,17 @@ pub enum Error {
         got: Vec<usize>,
     },
 
+    /// A tensor a kernel indexes as flat memory is not contiguous.
+    #[error("{name}: {what} must be contiguous, has strides {strides:?}")]
+    NotContiguous {
+        /// Tensor (or caller) name.
+        name: String,
+        /// Which tensor.
+        what: &'static str,
+        /// Its strides.
+        strides: Vec<i64>,
+    },
+
     /// A tensor has the wrong number of dimensions.
     #[error("{name}: {what} has shape {got:?} ({} dims), expected {expected} dims", got.len())]
     WrongRank {

@@ -76,6 +76,70 @@ fn gemv_matches_f64_matmul_on_odd_shapes() {
 }
 
 #[test]
+fn grouped_gemv_computes_each_weight_as_its_own_launch() {
+    let Some(dev) = cuda_or_skip("grouped_gemv_computes_each_weight_as_its_own_launch") else {
+        return;
+    };
+    fresh_seed("grouped_gemv_computes_each_weight_as_its_own_launch");
+    let stream = cuda::KernelStream::eager(dev).unwrap();
+    // q/k/v-like (rows not multiples of 16, mixed global scales), gate/up-like.
+    for (rows, k) in [
+        (vec![1000usize, 17, 250], 2560usize),
+        (vec![700, 700], 2576),
+    ] {
+        let ws: Vec<Nvfp4Tensor> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| random_weight(n, k, (i == 1).then_some(0.0371f32), dev))
+            .collect();
+        for m in [1usize, 5] {
+            let x = Tensor::randn([m as i64, k as i64], (Kind::BFloat16, dev));
+            let nan =
+                |n: usize| Tensor::full([m as i64, n as i64], f64::NAN, (Kind::BFloat16, dev));
+            let outs: Vec<Tensor> = rows.iter().map(|&n| nan(n)).collect();
+            let parts: Vec<(&Nvfp4Tensor, &Tensor)> = ws.iter().zip(&outs).collect();
+            let cfg = cuda::GemvConfig {
+                row_tiles: 1,
+                k_warps: 8,
+                depth: 2,
+            };
+            cuda::gemv_group_on(&stream, &x, &parts, Some(cfg)).unwrap();
+            for (i, (w, out)) in parts.iter().enumerate() {
+                check_matmul(
+                    &format!("group part {i} M={m} [{},{k}]", w.rows()),
+                    out,
+                    &x,
+                    w,
+                    Accum::F32,
+                );
+                // Same launch shape alone: the same bits.
+                let alone = nan(w.rows());
+                cuda::gemv_out(&x, w, &alone, Some(cfg)).unwrap();
+                let diff = (&alone.to_kind(Kind::Float) - out.to_kind(Kind::Float))
+                    .abs()
+                    .max();
+                assert_eq!(
+                    diff.double_value(&[]),
+                    0.0,
+                    "part {i}: grouped and alone differ"
+                );
+            }
+        }
+    }
+    let w = random_weight(64, 256, None, dev);
+    let x = Tensor::randn([9, 256], (Kind::BFloat16, dev));
+    let out = Tensor::zeros([9, 64], (Kind::BFloat16, dev));
+    assert!(
+        cuda::gemv_group_on(&stream, &x, &[(&w, &out)], None).is_err(),
+        "9 rows"
+    );
+    assert!(
+        cuda::gemv_group_on(&stream, &x.narrow(0, 0, 1), &[], None).is_err(),
+        "no weights"
+    );
+}
+
+#[test]
 fn gemv_block_shapes_all_agree_with_f64() {
     let Some(dev) = cuda_or_skip("gemv_block_shapes_all_agree_with_f64") else {
         return;

@@ -100,6 +100,14 @@ pub enum Error {
         reason: String,
     },
 
+    /// The fused decode step cannot run this model (it then decodes through
+    /// the per-op forward); names the first unmet requirement.
+    #[error("fused decode unavailable: {reason}")]
+    FusedDecodeUnsupported {
+        /// The unmet requirement.
+        reason: String,
+    },
+
     /// An error from the NVFP4 crate (quantizer, compute path).
     #[error(transparent)]
     Nvfp4(#[from] nvfp4_kernels::Error),

@@ -18,7 +18,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
 use crate::sampling::{out_of_vocab, Sampler, SamplingParams};
-use crate::{KvCache, Qwen3Model};
+use crate::{FusedDecoder, KvCache, Qwen3Model};
 
 /// How the prompt is fed into a KV cache before decoding.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -68,6 +68,10 @@ pub struct GenerateOptions {
     pub prefill: PrefillMode,
     /// Return the prompt's logits at every position in [`Generation::prompt_logits`].
     pub keep_prompt_logits: bool,
+    /// Decode through [`FusedDecoder`] (fused kernels replayed as a CUDA
+    /// graph) when there is a cache and the model allows it; `false` forces
+    /// the per-op forward, the reference.
+    pub fused_decode: bool,
 }
 
 impl Default for GenerateOptions {
@@ -78,6 +82,7 @@ impl Default for GenerateOptions {
             stop_ids: Vec::new(),
             prefill: PrefillMode::PromptByPrompt,
             keep_prompt_logits: false,
+            fused_decode: true,
         }
     }
 }
@@ -106,6 +111,8 @@ pub struct Generation {
     pub finish: FinishReason,
     /// Number of prompt tokens fed by this call.
     pub prompt_len: usize,
+    /// Whether the tokens after the first came from [`FusedDecoder`].
+    pub fused_decode: bool,
     /// Wall time of the prefill and the first token's draw (device synchronized).
     pub prefill_time: Duration,
     /// Wall time of the remaining decode steps.
@@ -166,6 +173,10 @@ fn generate_after(
     let all_logits = prefill(model, cache.as_deref_mut(), prompt, opts)?;
     let mut last = all_logits.f_get(-1)?;
     let prompt_logits = opts.keep_prompt_logits.then_some(all_logits);
+    let mut fused = match cache.as_deref_mut() {
+        Some(c) if opts.fused_decode && opts.max_new_tokens > 1 => fused_decoder(model, c, opts)?,
+        _ => None,
+    };
     let mut prefill_time = None;
     let mut tokens = Vec::new();
     let mut finish = FinishReason::MaxTokens;
@@ -186,9 +197,10 @@ fn generate_after(
         if tokens.len() == opts.max_new_tokens {
             break;
         }
-        last = match cache.as_deref_mut() {
-            Some(c) => forward_last(model, Some(c), &[token])?,
-            None => forward_last(model, None, &history[context.len()..])?,
+        last = match (cache.as_deref_mut(), fused.as_mut()) {
+            (Some(c), Some(f)) => tch::no_grad(|| f.step(model, c, token))?,
+            (Some(c), None) => forward_last(model, Some(c), &[token])?,
+            (None, _) => forward_last(model, None, &history[context.len()..])?,
         };
     }
     synchronize(model.device());
@@ -201,9 +213,31 @@ fn generate_after(
         prompt_logits,
         finish,
         prompt_len: prompt.len(),
+        fused_decode: fused.is_some(),
         prefill_time,
         decode_time,
     })
+}
+
+/// A fused decoder for `model` with `cache` grown to hold every token to
+/// come (a recorded step is tied to the cache's buffers), or None when the
+/// model does not allow one (the reason is logged).
+fn fused_decoder(
+    model: &Qwen3Model,
+    cache: &mut KvCache,
+    opts: &GenerateOptions,
+) -> Result<Option<FusedDecoder>> {
+    match FusedDecoder::new(model) {
+        Ok(f) => {
+            cache.reserve(opts.max_new_tokens)?;
+            Ok(Some(f))
+        }
+        Err(Error::FusedDecodeUnsupported { reason }) => {
+            tracing::debug!("decoding through the per-op forward: {reason}");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Rejects what would fail half-way: empty prompt, ids outside the vocabulary,

@@ -194,6 +194,16 @@ impl KvCache {
     }
 
     /// Marks `t` appended positions as cached.
+    /// The (k, v) buffers of `layer`, each `[B, kv_heads, capacity, head_dim]`
+    /// (rows `len()..` hold stale or zero values).
+    ///
+    /// # Panics
+    /// If `layer >= num_layers()`.
+    pub fn layer_buffers(&self, layer: usize) -> (&Tensor, &Tensor) {
+        let (k, v) = &self.layers[layer];
+        (k, v)
+    }
+
     pub(crate) fn commit(&mut self, t: usize) {
         self.len += t;
     }

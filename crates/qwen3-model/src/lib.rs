@@ -36,6 +36,7 @@ mod attention;
 mod block;
 mod config;
 mod error;
+mod fused_decode;
 mod hf;
 mod kv_cache;
 mod linear;
@@ -52,6 +53,7 @@ mod sampling;
 
 pub use config::Qwen3Config;
 pub use error::{Error, Result};
+pub use fused_decode::FusedDecoder;
 pub use kv_cache::{KvCache, DEFAULT_GROW_CHUNK};
 pub use linear::LinearWeight;
 pub use model::{LoadOptions, Qwen3Model};

@@ -3,19 +3,10 @@
 
 mod common;
 
-use common::{entries_of, random_ids, rel_diff, tiny_cfg, write_dat, BF16_REL_TOL};
+use common::{cuda_or_skip, entries_of, random_ids, rel_diff, tiny_cfg, write_dat, BF16_REL_TOL};
 use dat_format::DatFile;
 use qwen3_model::{ComputePath, LoadOptions, Qwen3Model};
 use tch::{Device, Kind, Tensor};
-
-fn cuda_or_skip(name: &str) -> Option<Device> {
-    if tch::Cuda::is_available() {
-        Some(Device::Cuda(0))
-    } else {
-        println!("SKIPPED (no CUDA): {name}");
-        None
-    }
-}
 
 #[test]
 fn cuda_bf16_forward_tracks_cpu_f32_on_every_path() {

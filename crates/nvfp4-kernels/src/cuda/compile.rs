@@ -27,6 +27,12 @@ pub enum KernelModule {
     Dequantize,
     /// `kernels/gemv.cu`: the fused W4A16 matmul for M <= 16.
     Gemv,
+    /// `kernels/decode.cu`: the small fused ops of the batch-1 decode step
+    /// (embedding row, RMSNorm with residual, q/k norm + RoPE + cache append,
+    /// split-K attention, SiLU*up).
+    Decode,
+    /// `kernels/adamw.cu`: the fused AdamW update (f32 / bf16 / 8-bit state).
+    Adamw,
     /// `kernels/timing.cu`: the spin kernel of [`crate::cuda::time_gpu`]
     /// (benchmarks only; not part of [`KernelModule::ALL`]).
     Timing,
@@ -34,10 +40,12 @@ pub enum KernelModule {
 
 impl KernelModule {
     /// Every module the compute paths need, in the order diagnose reports them.
-    pub const ALL: [KernelModule; 3] = [
+    pub const ALL: [KernelModule; 5] = [
         KernelModule::Quantize,
         KernelModule::Dequantize,
         KernelModule::Gemv,
+        KernelModule::Decode,
+        KernelModule::Adamw,
     ];
 
     /// Short name (also the cache-file prefix).
@@ -46,6 +54,8 @@ impl KernelModule {
             KernelModule::Quantize => "quantize",
             KernelModule::Dequantize => "dequantize",
             KernelModule::Gemv => "gemv",
+            KernelModule::Decode => "decode",
+            KernelModule::Adamw => "adamw",
             KernelModule::Timing => "timing",
         }
     }
@@ -55,6 +65,8 @@ impl KernelModule {
             KernelModule::Quantize => include_str!("../../kernels/quantize.cu"),
             KernelModule::Dequantize => include_str!("../../kernels/dequantize.cu"),
             KernelModule::Gemv => include_str!("../../kernels/gemv.cu"),
+            KernelModule::Decode => include_str!("../../kernels/decode.cu"),
+            KernelModule::Adamw => include_str!("../../kernels/adamw.cu"),
             KernelModule::Timing => include_str!("../../kernels/timing.cu"),
         }
     }
@@ -406,11 +418,15 @@ mod tests {
                     .unwrap();
                 }
                 println!("{} {}: {} bytes\n{log}", m.name(), t.arch, image.len());
+                // A stack frame alone is allowed: the accurate sinf/cosf of the
+                // decode module's RoPE keeps a small table in local memory for
+                // its rarely taken large-argument reduction. Register spills
+                // (local traffic on every iteration) are not.
                 let spills = log
                     .lines()
                     .filter(|l| l.contains("spill stores"))
-                    .any(|l| !l.contains(" 0 bytes stack frame, 0 bytes spill stores"));
-                assert!(!spills, "{} {} uses local memory:\n{log}", m.name(), t.arch);
+                    .any(|l| !l.contains(" 0 bytes spill stores, 0 bytes spill loads"));
+                assert!(!spills, "{} {} spills registers:\n{log}", m.name(), t.arch);
             }
         }
     }

@@ -7,8 +7,9 @@ use tch::{Kind, Tensor};
 
 use super::compile::KernelModule;
 use super::dequant::{aligned_q, dequantize_rows_into};
+use super::graph::KernelStream;
 use super::quant::fake_quantize;
-use super::runtime::{dev_ptr, fresh_copy, runtime, DeviceRuntime, KernelArg};
+use super::runtime::{dev_ptr, fresh_copy, runtime, KernelArg};
 use crate::error::{Error, Result};
 use crate::format::ScaleMode;
 use crate::tensor::Nvfp4Tensor;
@@ -118,6 +119,127 @@ pub fn gemv(x: &Tensor, w: &Nvfp4Tensor, cfg: Option<GemvConfig>) -> Result<Tens
 /// [`gemv`] into a preallocated contiguous bf16 `out` `[M, N]` (decode loops
 /// reuse one buffer; tests poison it to catch unwritten elements).
 pub fn gemv_out(x: &Tensor, w: &Nvfp4Tensor, out: &Tensor, cfg: Option<GemvConfig>) -> Result<()> {
+    check_gemv(x, w, out)?;
+    let stream = KernelStream::eager(x.device())?;
+    let x = aligned(x, 16)?;
+    let qdata = aligned(w.qdata(), 16)?;
+    launch_gemv(&stream, &x, w, &qdata, out, cfg)
+}
+
+/// [`gemv_out`] launched on `stream` (which may be recording a graph). It
+/// makes no copies (a copy is a libtorch op, which a graph cannot record):
+/// `x` and the weight codes must already start on 16-byte boundaries.
+pub fn gemv_on(
+    stream: &KernelStream,
+    x: &Tensor,
+    w: &Nvfp4Tensor,
+    out: &Tensor,
+    cfg: Option<GemvConfig>,
+) -> Result<()> {
+    check_gemv(x, w, out)?;
+    for (what, t) in [("x", x), ("weight codes", w.qdata())] {
+        if !t.is_contiguous() || !dev_ptr(t).is_multiple_of(16) {
+            return Err(Error::Cuda {
+                op: "gemv_on".into(),
+                message: format!("{what} must be contiguous and 16-byte aligned"),
+            });
+        }
+    }
+    launch_gemv(stream, x, w, w.qdata(), out, cfg)
+}
+
+/// Most weights one [`gemv_group_on`] launch takes.
+pub const GEMV_GROUP_MAX: usize = 3;
+
+/// `out_i = x @ W_i^T` for up to [`GEMV_GROUP_MAX`] weights sharing `x`
+/// (q/k/v, gate/up) in ONE launch on `stream`: the grid is the weights' row
+/// tiles one after the other. Same operand rules as [`gemv_on`], at most 8
+/// activation rows; `cfg` None = [`GemvConfig::auto`] for the summed rows.
+pub fn gemv_group_on(
+    stream: &KernelStream,
+    x: &Tensor,
+    parts: &[(&Nvfp4Tensor, &Tensor)],
+    cfg: Option<GemvConfig>,
+) -> Result<()> {
+    let bad = |message: String| Error::Cuda {
+        op: "gemv_group_on".into(),
+        message,
+    };
+    if parts.is_empty() || parts.len() > GEMV_GROUP_MAX {
+        return Err(bad(format!(
+            "{} weights, expected 1..={GEMV_GROUP_MAX}",
+            parts.len()
+        )));
+    }
+    let m = x.size().first().copied().unwrap_or(0) as usize;
+    if m > 8 {
+        return Err(bad(format!(
+            "{m} activation rows, the grouped kernel takes at most 8"
+        )));
+    }
+    for (w, out) in parts {
+        check_gemv(x, w, out)?;
+        if !w.qdata().is_contiguous() || !dev_ptr(w.qdata()).is_multiple_of(16) {
+            return Err(bad(
+                "weight codes must be contiguous and 16-byte aligned".into()
+            ));
+        }
+    }
+    if !x.is_contiguous() || !dev_ptr(x).is_multiple_of(16) {
+        return Err(bad("x must be contiguous and 16-byte aligned".into()));
+    }
+    let k = parts[0].0.cols();
+    let total: usize = parts.iter().map(|(w, _)| w.rows()).sum();
+    let cfg = cfg.unwrap_or_else(|| GemvConfig::auto(total, k, stream.rt.sm_count));
+    cfg.check()?;
+    let rows_per_block = 16 * cfg.row_tiles as usize;
+    let blocks: usize = parts
+        .iter()
+        .map(|(w, _)| w.rows().div_ceil(rows_per_block))
+        .sum();
+    let name = match (k.is_multiple_of(32), cfg.depth == 2) {
+        (true, false) => "nvfp4_gemv_group_m8_v16_d1",
+        (false, false) => "nvfp4_gemv_group_m8_v8_d1",
+        (true, true) => "nvfp4_gemv_group_m8_v16_d2",
+        (false, true) => "nvfp4_gemv_group_m8_v8_d2",
+    };
+    let mut args = vec![
+        KernelArg::Ptr(dev_ptr(x)),
+        KernelArg::I32(m as i32),
+        KernelArg::I32(k as i32),
+        KernelArg::I32(cfg.row_tiles as i32),
+    ];
+    for i in 0..GEMV_GROUP_MAX {
+        match parts.get(i) {
+            Some((w, out)) => args.extend([
+                KernelArg::Ptr(dev_ptr(w.qdata())),
+                KernelArg::Ptr(dev_ptr(w.scale())),
+                KernelArg::Ptr(dev_ptr(out)),
+                KernelArg::I32(w.rows() as i32),
+                // The kernel's f32 sums are value * 2^-7 (see gemv.cu).
+                KernelArg::F32(128.0 * w.global_scale().unwrap_or(1.0)),
+            ]),
+            None => args.extend([
+                KernelArg::Ptr(0),
+                KernelArg::Ptr(0),
+                KernelArg::Ptr(0),
+                KernelArg::I32(0),
+                KernelArg::F32(0.0),
+            ]),
+        }
+    }
+    let launch = LaunchConfig {
+        grid_dim: (blocks as u32, 1, 1),
+        block_dim: (32 * cfg.row_tiles * cfg.k_warps, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    stream
+        .rt
+        .launch_on(&stream.stream, KernelModule::Gemv, name, launch, &args)
+}
+
+/// Shape, kind and device checks of the fused kernel's operands.
+fn check_gemv(x: &Tensor, w: &Nvfp4Tensor, out: &Tensor) -> Result<()> {
     let size = x.size();
     let (m, k, n) = (
         size.first().copied().unwrap_or(0) as usize,
@@ -167,22 +289,20 @@ pub fn gemv_out(x: &Tensor, w: &Nvfp4Tensor, out: &Tensor, cfg: Option<GemvConfi
             got: out_size,
         });
     }
-    let rt = runtime(x.device())?;
-    let cfg = cfg.unwrap_or_else(|| GemvConfig::auto(n, k, rt.sm_count));
-    cfg.check()?;
-    let x = aligned(x, 16)?;
-    launch_gemv(&rt, &x, w, out, cfg)
+    Ok(())
 }
 
 fn launch_gemv(
-    rt: &DeviceRuntime,
+    stream: &KernelStream,
     x: &Tensor,
     w: &Nvfp4Tensor,
+    qdata: &Tensor,
     y: &Tensor,
-    cfg: GemvConfig,
+    cfg: Option<GemvConfig>,
 ) -> Result<()> {
     let (m, n, k) = (x.size()[0] as usize, w.rows(), w.cols());
-    let qdata = aligned(w.qdata(), 16)?;
+    let cfg = cfg.unwrap_or_else(|| GemvConfig::auto(n, k, stream.rt.sm_count));
+    cfg.check()?;
     // 16-byte code loads need 16-byte rows (K % 32 == 0); else two 8-byte loads.
     let vec16 = k % 32 == 0;
     // 9..16 tokens always use depth 1 (depth 2 would spill registers).
@@ -202,13 +322,14 @@ fn launch_gemv(
     };
     // The kernel's f32 sums are value * 2^-7 (see gemv.cu): scale back here.
     let out_mul = 128.0f32 * w.global_scale().unwrap_or(1.0);
-    rt.launch(
+    stream.rt.launch_on(
+        &stream.stream,
         KernelModule::Gemv,
         name,
         launch,
         &[
             KernelArg::Ptr(dev_ptr(x)),
-            KernelArg::Ptr(dev_ptr(&qdata)),
+            KernelArg::Ptr(dev_ptr(qdata)),
             KernelArg::Ptr(dev_ptr(w.scale())),
             KernelArg::Ptr(dev_ptr(y)),
             KernelArg::I32(m as i32),

@@ -25,17 +25,28 @@
 //! # let _ = y; Ok(()) }
 //! ```
 
+mod adamw;
+mod checks;
 mod compile;
+mod decode;
 mod dequant;
+mod graph;
 mod matmul;
 mod quant;
 mod runtime;
 mod timing;
 
+pub use adamw::{adamw_int8_blocks, adamw_update, AdamwStep, MomentRef, ADAMW_INT8_BLOCK};
 pub use compile::{cache_dir, KernelModule, Target};
+pub use decode::{
+    attention, embed_row, qk_norm_rope_append, rmsnorm, silu_mul, AttnScratch, HeadLayout, QkvIo,
+    DECODE_HEAD_DIMS, RMSNORM_MAX,
+};
 pub use dequant::{dequantize, dequantize_into};
+pub use graph::{capture_graph, KernelGraph, KernelStream};
 pub use matmul::{
-    dequant_matmul, gemv, gemv_out, linear, GemvConfig, LinearOptions, GEMV_MAX_ROWS,
+    dequant_matmul, gemv, gemv_group_on, gemv_on, gemv_out, linear, GemvConfig, LinearOptions,
+    GEMV_GROUP_MAX, GEMV_MAX_ROWS,
 };
 pub use quant::{
     fake_quantize, fake_quantize_packed, quantize, quantize_named, quantize_trusted, ste,
@@ -59,4 +70,9 @@ pub fn check_available(device: Device) -> std::result::Result<(), String> {
     }
     let rt = runtime(device).map_err(|e| e.to_string())?;
     rt.load_all().map_err(|e| e.to_string())
+}
+
+/// Streaming multiprocessors of `device`'s GPU (sizes split-K launches).
+pub fn sm_count(device: Device) -> crate::Result<u32> {
+    Ok(runtime(device)?.sm_count)
 }

@@ -4,6 +4,7 @@
 
 use tch::{Device, Kind, Tensor};
 
+use super::checks::dims;
 use super::compile::KernelModule;
 use super::runtime::{dev_ptr, fresh_copy, grid_1d, runtime, DeviceRuntime, KernelArg};
 use crate::error::{Error, Result};
@@ -249,10 +250,6 @@ pub fn quantize_trusted(x: &Tensor) -> Result<Nvfp4Tensor> {
         launch_quant(&rt, &input, ScaleMode::Single, kernel, &out, 0, false)?;
     }
     Nvfp4Tensor::new(qdata, scale, None)
-}
-
-fn dims(size: &[i64]) -> Vec<usize> {
-    size.iter().map(|&d| d as usize).collect()
 }
 
 fn fake_quant_kernel(bf16_in: bool, out_kind: Kind, packed: bool) -> &'static str {

@@ -213,6 +213,11 @@ impl DeviceRuntime {
         &self.stream
     }
 
+    /// The CUDA context (the device's primary context, shared with libtorch).
+    pub(crate) fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
     /// What happened to each module loaded so far.
     pub fn module_statuses(&self) -> Vec<ModuleStatus> {
         self.statuses
@@ -246,8 +251,22 @@ impl DeviceRuntime {
         cfg: LaunchConfig,
         args: &[KernelArg],
     ) -> Result<()> {
+        self.launch_on(&self.stream, module, name, cfg, args)
+    }
+
+    /// [`DeviceRuntime::launch`] on `stream` (a capture stream while a CUDA
+    /// graph is recorded; see `graph.rs`). The `NVFP4_SYNC_CHECK` wait is
+    /// skipped while `stream` captures (a capturing stream cannot be waited on).
+    pub(crate) fn launch_on(
+        &self,
+        stream: &Arc<CudaStream>,
+        module: KernelModule,
+        name: &'static str,
+        cfg: LaunchConfig,
+        args: &[KernelArg],
+    ) -> Result<()> {
         let f = self.function(module, name)?;
-        let mut builder = self.stream.launch_builder(&f);
+        let mut builder = stream.launch_builder(&f);
         for a in args {
             match a {
                 KernelArg::Ptr(p) => builder.arg(p),
@@ -269,8 +288,8 @@ impl DeviceRuntime {
         // asynchronous on the stream that also orders libtorch's work on them.
         unsafe { builder.launch(cfg) }.map_err(launch_err)?;
         self.ctx.check_err().map_err(launch_err)?;
-        if sync_check() {
-            self.stream.synchronize().map_err(launch_err)?;
+        if sync_check() && Arc::ptr_eq(stream, &self.stream) {
+            stream.synchronize().map_err(launch_err)?;
         }
         Ok(())
     }

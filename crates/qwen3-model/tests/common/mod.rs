@@ -178,3 +178,13 @@ pub fn rel_diff(got: &Tensor, want: &Tensor) -> f64 {
     let want = want.to_device(Device::Cpu).to_kind(Kind::Double);
     (&got - &want).abs().max().double_value(&[]) / want.abs().max().double_value(&[])
 }
+
+/// `Some(cuda:0)`, or prints `SKIPPED (no CUDA): <name>` and gives None.
+pub fn cuda_or_skip(name: &str) -> Option<Device> {
+    if tch::Cuda::is_available() {
+        Some(Device::Cuda(0))
+    } else {
+        println!("SKIPPED (no CUDA): {name}");
+        None
+    }
+}
