@@ -7,8 +7,15 @@
 //! it never re-quantizes them, so updates smaller than one FP4 step
 //! accumulate until they cross a quantization boundary (the original
 //! re-quantized to FP4 every step and lost them).
+//!
+//! Two implementations of one update: on CUDA (when the NVFP4 kernels can
+//! run there) one fused kernel per tensor, `nvfp4_kernels::cuda::adamw_update`,
+//! which reads and writes each parameter and moment once; elsewhere, or with
+//! `NVFP4_ADAMW_REFERENCE=1`, the same math as tch ops ([`update_slot`], the
+//! reference). Both keep the same state layout, so checkpoints do not care.
 
-use tch::{Kind, Tensor};
+use nvfp4_kernels::cuda::{self, AdamwStep};
+use tch::{Device, Kind, Tensor};
 
 use super::moments::{Moment, MomentStore, OptimStateKind};
 use super::quant8::QuantMap;
@@ -77,9 +84,22 @@ struct Slot {
     decay: bool,
     m: MomentStore,
     v: MomentStore,
+    /// Whether the fused kernel takes this tensor (f32/bf16, contiguous,
+    /// on CUDA); cleared if it ever fails on it.
+    fusable: bool,
 }
 
-/// The optimizer: one [`Slot`] per trainable tensor.
+/// Environment switch forcing the tch-op update on CUDA (to compare or
+/// benchmark against the fused kernel): `NVFP4_ADAMW_REFERENCE=1`.
+const REFERENCE_ENV: &str = "NVFP4_ADAMW_REFERENCE";
+
+/// The optimizer: one slot (weight, moments, decay flag) per trainable tensor.
+///
+/// On CUDA each tensor is updated by one fused kernel when the NVFP4 kernels
+/// can run on the device (decided once, in [`AdamW::new`]); otherwise, with
+/// `NVFP4_ADAMW_REFERENCE=1` in the environment, or after
+/// [`AdamW::use_reference_path`], by tch ops. The two agree to f32 rounding
+/// (see the trainer's `fused_adamw` test).
 #[derive(Debug)]
 pub struct AdamW {
     cfg: AdamWConfig,
@@ -87,8 +107,38 @@ pub struct AdamW {
     steps: u64,
     signed_map: QuantMap,
     unsigned_map: QuantMap,
-    /// f32 work buffer as large as the largest tensor (see `update_slot`).
-    scratch: Tensor,
+    /// Whether fusable slots use the fused kernel.
+    fused: bool,
+    /// f32 work buffer of the tch-op path, as large as the largest tensor
+    /// that takes that path (see `update_slot`); none while none does.
+    scratch: Option<Tensor>,
+}
+
+/// Whether the fused kernel should run on `device`: CUDA, the kernels load
+/// there, and [`REFERENCE_ENV`] does not ask for the tch ops.
+fn fused_on(device: Device) -> bool {
+    if !device.is_cuda() {
+        return false;
+    }
+    if std::env::var(REFERENCE_ENV).is_ok_and(|v| v == "1") {
+        tracing::info!("AdamW: tch-op update ({REFERENCE_ENV}=1)");
+        return false;
+    }
+    match cuda::check_available(device) {
+        Ok(()) => true,
+        Err(reason) => {
+            tracing::warn!(
+                "AdamW: fused CUDA update unavailable on {device:?} ({reason}); using tch ops"
+            );
+            false
+        }
+    }
+}
+
+/// An f32 buffer of `numel` elements on `device` (zeroed: fresh multi-MB
+/// allocations are touched once here, not on every step).
+fn work_buffer(numel: usize, device: Device) -> Tensor {
+    Tensor::zeros([numel as i64], (Kind::Float, device))
 }
 
 impl AdamW {
@@ -124,24 +174,66 @@ impl AdamW {
             }
             let m = MomentStore::zeros(cfg.state, &param, &signed_map);
             let v = MomentStore::zeros(cfg.state, &param, &unsigned_map);
+            let fusable = param.device().is_cuda()
+                && matches!(param.kind(), Kind::Float | Kind::BFloat16)
+                && param.is_contiguous();
             slots.push(Slot {
                 decay: decay(&name),
                 name,
                 param,
                 m,
                 v,
+                fusable,
             });
         }
-        let largest = slots.iter().map(|s| s.param.numel()).max().unwrap_or(0);
-        let scratch = Tensor::zeros([largest as i64], (Kind::Float, device));
-        Ok(AdamW {
+        let mut opt = AdamW {
             cfg,
             slots,
             steps: 0,
             signed_map,
             unsigned_map,
-            scratch,
-        })
+            fused: fused_on(device),
+            scratch: None,
+        };
+        opt.reserve_scratch(device);
+        Ok(opt)
+    }
+
+    /// Allocates the work buffer for the largest tensor on the tch-op path.
+    fn reserve_scratch(&mut self, device: Device) {
+        let fused = self.fused;
+        let largest = self
+            .slots
+            .iter()
+            .filter(|s| !(fused && s.fusable))
+            .map(|s| s.param.numel())
+            .max();
+        if let Some(n) = largest {
+            if self.scratch.as_ref().is_none_or(|t| t.numel() < n) {
+                self.scratch = Some(work_buffer(n, device));
+            }
+        }
+    }
+
+    /// Whether updates run as the fused CUDA kernel (one per tensor) rather
+    /// than as tch ops.
+    pub fn is_fused(&self) -> bool {
+        self.fused && self.slots.iter().any(|s| s.fusable)
+    }
+
+    /// Uses the tch-op update from now on, even where the fused kernel
+    /// could run (the reference, to compare or benchmark against).
+    pub fn use_reference_path(&mut self) {
+        self.fused = false;
+        let device = self.scratch_device();
+        self.reserve_scratch(device);
+    }
+
+    fn scratch_device(&self) -> Device {
+        self.slots
+            .first()
+            .map(|s| s.param.device())
+            .unwrap_or(Device::Cpu)
     }
 
     /// The hyper-parameters.
@@ -162,8 +254,9 @@ impl AdamW {
             .collect()
     }
 
-    /// Bytes of moment state held (what `--optim-state` trades; the f32
-    /// work buffer of the largest tensor's size comes on top).
+    /// Bytes of moment state held (what `--optim-state` trades; on the
+    /// tch-op path an f32 work buffer of the largest tensor's size comes on
+    /// top, the fused kernel needs none).
     pub fn state_bytes(&self) -> usize {
         self.slots.iter().map(|s| s.m.nbytes() + s.v.nbytes()).sum()
     }
@@ -176,14 +269,36 @@ impl AdamW {
         let bc1 = 1.0 - self.cfg.beta1.powi(t);
         let bc2 = 1.0 - self.cfg.beta2.powi(t);
         let cfg = self.cfg;
+        let fused = self.fused;
         let maps = (&self.signed_map, &self.unsigned_map);
-        let scratch = &self.scratch;
+        let scratch = &mut self.scratch;
         tch::no_grad(|| {
             for slot in &mut self.slots {
                 let grad = slot.param.grad();
-                if grad.defined() {
-                    update_slot(slot, &grad, lr, bc1, bc2, &cfg, maps, scratch);
+                if !grad.defined() {
+                    continue;
                 }
+                if fused && slot.fusable {
+                    match fused_update(slot, &grad, lr, bc1, bc2, &cfg, maps) {
+                        Ok(()) => continue,
+                        // The argument checks run before the launch and a
+                        // failed launch starts nothing: the tensors are as
+                        // they were, so the tch ops do this update.
+                        Err(e) => {
+                            tracing::warn!(
+                                "AdamW: fused update of {} failed ({e}); using tch ops for it",
+                                slot.name
+                            );
+                            slot.fusable = false;
+                        }
+                    }
+                }
+                let n = slot.param.numel();
+                if scratch.as_ref().is_none_or(|s| s.numel() < n) {
+                    *scratch = Some(work_buffer(n, slot.param.device()));
+                }
+                let s = scratch.as_ref().expect("work buffer allocated above");
+                update_slot(slot, &grad, lr, bc1, bc2, &cfg, maps, s);
             }
         });
     }
@@ -221,7 +336,40 @@ impl AdamW {
     }
 }
 
-/// The AdamW update of one tensor, in f32 whatever the storage precisions.
+/// The fused CUDA update of one tensor: the math of [`update_slot`] in one
+/// kernel that updates the parameter and both moments in place.
+fn fused_update(
+    slot: &Slot,
+    grad: &Tensor,
+    lr: f64,
+    bc1: f64,
+    bc2: f64,
+    cfg: &AdamWConfig,
+    maps: (&QuantMap, &QuantMap),
+) -> nvfp4_kernels::Result<()> {
+    let step = AdamwStep {
+        lr,
+        beta1: cfg.beta1,
+        beta2: cfg.beta2,
+        eps: cfg.eps,
+        weight_decay: if slot.decay { cfg.weight_decay } else { 0.0 },
+        bc1,
+        bc2,
+    };
+    // A no-op for the gradients autograd accumulates for a contiguous leaf.
+    let grad = grad.f_contiguous()?;
+    cuda::adamw_update(
+        &slot.name,
+        &slot.param,
+        &grad,
+        slot.m.kernel_ref(maps.0),
+        slot.v.kernel_ref(maps.1),
+        &step,
+    )
+}
+
+/// The AdamW update of one tensor as tch ops (the reference, and the path
+/// off CUDA), in f32 whatever the storage precisions.
 /// `scratch` is a reusable f32 buffer of at least the tensor's size: the
 /// update allocates nothing for f32 masters and moments (fresh multi-MB
 /// temporaries cost page faults on every step).

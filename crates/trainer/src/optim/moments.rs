@@ -6,6 +6,7 @@
 
 use std::str::FromStr;
 
+use nvfp4_kernels::cuda::MomentRef;
 use tch::{Kind, Tensor};
 
 use super::quant8::QuantMap;
@@ -20,7 +21,7 @@ pub enum OptimStateKind {
     /// 4 bytes per parameter (round to nearest even on store).
     BF16,
     /// About 2 bytes per parameter: block-wise 8-bit with a dynamic map,
-    /// see [`crate::quant8`](super::quant8) for the layout and map choice.
+    /// see [`QuantMap`](crate::QuantMap) for the layout and map choice.
     Int8Block,
 }
 
@@ -131,6 +132,19 @@ impl MomentStore {
         }
     }
 
+    /// The moment as the fused kernel takes it (updated in place there).
+    pub fn kernel_ref<'a>(&'a self, map: &'a QuantMap) -> MomentRef<'a> {
+        match self {
+            Self::Dense(t) => MomentRef::Dense(t),
+            Self::Int8 { codes, absmax, .. } => MomentRef::Int8 {
+                codes,
+                absmax,
+                values: map.values(),
+                boundaries: map.boundaries(),
+            },
+        }
+    }
+
     /// Bytes held on the device.
     pub fn nbytes(&self) -> usize {
         let size = |t: &Tensor| t.numel() * t.kind().elt_size_in_bytes();
@@ -170,7 +184,8 @@ impl MomentStore {
                     got: format!("{:?} {:?}", t.kind(), t.size()),
                 });
             }
-            Ok(t.to_device(like.device()))
+            // Contiguous: the fused kernel updates the codes in place.
+            Ok(t.to_device(like.device()).contiguous())
         };
         match self {
             Self::Dense(t) => {

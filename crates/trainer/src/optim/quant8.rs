@@ -19,6 +19,10 @@ use tch::{Device, Kind, Tensor};
 /// Elements per quantization block (one f32 absmax each).
 pub const QUANT_BLOCK: usize = 256;
 
+// The fused CUDA update (nvfp4_kernels::cuda::adamw_update) runs one
+// 256-thread block per quantization block.
+const _: () = assert!(QUANT_BLOCK == nvfp4_kernels::cuda::ADAMW_INT8_BLOCK);
+
 /// The 256 sorted values of the bitsandbytes dynamic map
 /// (`create_dynamic_map(signed, max_exponent_bits = 7, total_bits = 8)`).
 ///
@@ -74,6 +78,18 @@ impl QuantMap {
     /// Whether the map holds negative values.
     pub fn signed(&self) -> bool {
         self.signed
+    }
+
+    /// The 256 sorted map values (f32, on the map's device): code `i`
+    /// means `values[i] * absmax`.
+    pub fn values(&self) -> &Tensor {
+        &self.values
+    }
+
+    /// The 255 rounding boundaries (f32): the midpoints between neighbouring
+    /// values, computed in f32 (what `quantize` bucketizes against).
+    pub fn boundaries(&self) -> &Tensor {
+        &self.boundaries
     }
 
     /// Quantizes the flat f32 tensor `x` (any length). Returns the codes
