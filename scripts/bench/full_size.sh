@@ -28,7 +28,7 @@ echo "== baseline: HF transformers"
 PYTHONUNBUFFERED=1 timeout 300 python3 scripts/bench/hf_baseline.py --config "$cfg" 2>"$OUT/hf_stderr.txt" | tee -a "$log"
 if [ -x .gpu-bundle/bin/example-stress ]; then
     echo "== stress (FR-11) on the full-size model"
-    timeout 240 .gpu-bundle/bin/example-stress --weight "$FULL_SIZE_DIR/model.dat" --config "$cfg" --device cuda \
+    timeout ${STRESS_TIMEOUT:-240} .gpu-bundle/bin/example-stress --weight "$FULL_SIZE_DIR/model.dat" --config "$cfg" --device cuda \
         --iterations 3 --processes 2 --prompt-len 64 --max-tokens 16 2>&1 | tail -25 | tee "$OUT/stress.txt"
 fi
 python3 scripts/bench/table.py "$log" | tee "$OUT/full_size.md"

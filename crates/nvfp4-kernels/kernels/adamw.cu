@@ -1,6 +1,7 @@
 // Fused AdamW update (PyTorch's AdamW, decoupled weight decay): one pass over
 // a tensor reads param, grad, m and v once and writes param, m and v once.
 //
+//   g <- gscale * g                         (gradient clipping's coefficient, 1: none)
 //   p <- p - decay * p                      (decay = lr * weight_decay)
 //   m <- b1 m + (1 - b1) g
 //   v <- b2 v + (1 - b2) g^2
@@ -18,11 +19,12 @@
 #define ADAMW_QBLOCK 256
 
 struct AdamwConsts {
-    float decay, b1, omb1, b2, omb2, step_size, sqrt_bc2, eps;
+    float gscale, decay, b1, omb1, b2, omb2, step_size, sqrt_bc2, eps;
 };
 
 // The update of one element, in place on (p, m, v).
 __device__ __forceinline__ void adamw_elem(float& p, float g, float& m, float& v, const AdamwConsts& c) {
+    g *= c.gscale;  // exact for the usual gscale == 1
     // One rounding for the decay (skipped when there is none, so p stays exact).
     if (c.decay != 0.0f) p = fmaf(-c.decay, p, p);
     m = fmaf(c.b1, m, c.omb1 * g);
@@ -108,8 +110,9 @@ __device__ __forceinline__ void adamw_dense_body(P* __restrict__ p, const G* __r
 }
 
 #define ADAMW_CONST_PARAMS                                                                                  \
-    float decay, float b1, float omb1, float b2, float omb2, float step_size, float sqrt_bc2, float eps
-#define ADAMW_CONSTS {decay, b1, omb1, b2, omb2, step_size, sqrt_bc2, eps}
+    float gscale, float decay, float b1, float omb1, float b2, float omb2, float step_size, float sqrt_bc2,     \
+        float eps
+#define ADAMW_CONSTS {gscale, decay, b1, omb1, b2, omb2, step_size, sqrt_bc2, eps}
 
 #define ADAMW_DENSE(NAME, P, G, S)                                                                          \
     extern "C" __global__ void __launch_bounds__(256)                                                       \

@@ -22,14 +22,24 @@ pub fn global_grad_norm(params: &[Tensor]) -> f64 {
         .double_value(&[])
 }
 
+/// What clipping multiplies the gradients by: `max_norm / (norm + 1e-6)`
+/// when a finite `norm` exceeds `max_norm`, else 1 (no clipping, or a
+/// non-finite norm that the non-finite policy handles).
+pub fn clip_coefficient(norm: f64, max_norm: Option<f64>) -> f64 {
+    match max_norm {
+        Some(max) if norm.is_finite() && norm > max => max / (norm + 1e-6),
+        _ => 1.0,
+    }
+}
+
 /// Scales every gradient by `max_norm / norm` when the global norm exceeds
 /// `max_norm`; returns the norm *before* clipping. A non-finite norm is
 /// returned untouched and nothing is scaled (the caller's non-finite policy
 /// decides what happens to the step).
 pub fn clip_grad_norm(params: &[Tensor], max_norm: f64) -> f64 {
     let norm = global_grad_norm(params);
-    if norm.is_finite() && norm > max_norm {
-        let coef = max_norm / (norm + 1e-6);
+    let coef = clip_coefficient(norm, Some(max_norm));
+    if coef != 1.0 {
         tch::no_grad(|| {
             for p in params {
                 let mut g = p.grad();

@@ -62,7 +62,7 @@ pub use demo::{
 pub use error::{Error, Result};
 pub use eval::{exact_match, greedy_answers, EvalReport, EvalSample, GreedyAnswer};
 pub use fsutil::write_atomic;
-pub use grad::{clip_grad_norm, global_grad_norm};
+pub use grad::{clip_coefficient, clip_grad_norm, global_grad_norm};
 pub use job::{
     resolve_model_dir, run_job, DataSource, JobReport, JobSpec, ResumeFrom, WeightsSource,
 };

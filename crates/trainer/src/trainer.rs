@@ -14,7 +14,7 @@ use crate::batch::{make_batch, Batch, DataCursor, DataOrder};
 use crate::config::{NonFinitePolicy, TrainConfig};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::grad::{clip_grad_norm, global_grad_norm};
+use crate::grad::{clip_coefficient, global_grad_norm};
 use crate::metrics::{memory_in_use, MetricsLog, StepMetrics};
 use crate::optim::{default_decay, AdamW};
 use crate::progress::Progress;
@@ -197,12 +197,12 @@ impl Trainer {
             ce += forward_backward(&self.model, &b.input_ids, &b.labels, denom, self.plan)?;
         }
         let loss = ce / denom;
-        let grad_norm = match self.cfg.clip {
-            Some(max) => clip_grad_norm(&self.params, max),
-            None => global_grad_norm(&self.params),
-        };
+        // Clipping happens inside the update (AdamW::step_scaled): the fused
+        // kernel scales each gradient as it reads it.
+        let grad_norm = global_grad_norm(&self.params);
+        let grad_scale = clip_coefficient(grad_norm, self.cfg.clip);
         let lr = self.schedule.lr(self.cfg.lr, self.step);
-        let skipped = self.apply_update(loss, grad_norm, lr)?;
+        let skipped = self.apply_update(loss, grad_norm, lr, grad_scale)?;
         self.step += 1;
         let step_s = start.elapsed().as_secs_f64();
         let m = StepMetrics {
@@ -235,7 +235,13 @@ impl Trainer {
     }
 
     /// The non-finite policy, then the update; returns whether the step was skipped.
-    fn apply_update(&mut self, loss: f64, grad_norm: f64, lr: f64) -> Result<bool> {
+    fn apply_update(
+        &mut self,
+        loss: f64,
+        grad_norm: f64,
+        lr: f64,
+        grad_scale: f64,
+    ) -> Result<bool> {
         let bad = if !loss.is_finite() {
             Some(("loss", loss))
         } else if !grad_norm.is_finite() {
@@ -245,7 +251,7 @@ impl Trainer {
         };
         match (bad, self.cfg.on_nonfinite) {
             (None, _) => {
-                self.optim.step(lr);
+                self.optim.step_scaled(lr, grad_scale);
                 Ok(false)
             }
             (Some((what, value)), NonFinitePolicy::Stop) => {

@@ -57,13 +57,17 @@ pub struct AdamwStep {
     pub bc1: f64,
     /// Second bias correction, `1 - beta2^t`.
     pub bc2: f64,
+    /// Multiplies the gradient before the update (gradient clipping's
+    /// coefficient, so the clipped gradient is never written; 1: none).
+    pub grad_scale: f64,
 }
 
 impl AdamwStep {
     /// The kernel's f32 constants, in the order of its parameters:
-    /// decay, b1, 1 - b1, b2, 1 - b2, step size, sqrt(bc2), eps.
-    fn kernel_args(&self) -> [KernelArg; 8] {
+    /// grad scale, decay, b1, 1 - b1, b2, 1 - b2, step size, sqrt(bc2), eps.
+    fn kernel_args(&self) -> [KernelArg; 9] {
         [
+            self.grad_scale,
             self.lr * self.weight_decay,
             self.beta1,
             1.0 - self.beta1,
@@ -380,6 +384,7 @@ mod tests {
             weight_decay: 0.1,
             bc1: 0.1,
             bc2: 0.001,
+            grad_scale: 0.5,
         }
     }
 
@@ -389,14 +394,24 @@ mod tests {
             KernelArg::F32(x) => x as f64,
             other => panic!("constants are f32, got {other:?}"),
         });
-        let want = [1e-4, 0.9, 0.1, 0.999, 0.001, 1e-2, 0.001f64.sqrt(), 1e-8];
+        let want = [
+            0.5,
+            1e-4,
+            0.9,
+            0.1,
+            0.999,
+            0.001,
+            1e-2,
+            0.001f64.sqrt(),
+            1e-8,
+        ];
         for (a, w) in args.iter().zip(want) {
             // Within one f32 rounding of the exact value.
             assert!((a - w).abs() <= w * f32::EPSILON as f64 / 2.0, "{a} vs {w}");
         }
         // 1 - 0.999 rounded once, not 1 - 0.999f32 (1.3e-5 relative off).
         let naive = (1.0 - 0.999f32) as f64;
-        assert!((args[4] - 0.001).abs() < (naive - 0.001).abs() / 100.0);
+        assert!((args[5] - 0.001).abs() < (naive - 0.001).abs() / 100.0);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use tch::{Device, Kind, Tensor};
 
-use super::checks::dims;
+use super::checks::{check_tensor, dims};
 use super::compile::KernelModule;
 use super::runtime::{dev_ptr, fresh_copy, grid_1d, runtime, DeviceRuntime, KernelArg};
 use crate::error::{Error, Result};
@@ -284,37 +284,61 @@ pub(super) fn direct_kind(kind: Kind) -> Result<Kind> {
 /// history; blocks holding a NaN or an infinity come out as NaN (as
 /// [`crate::fake_quantize`]). `x`: any rank, last dim a multiple of 16.
 pub fn fake_quantize(x: &Tensor, mode: ScaleMode, out_kind: Kind) -> Result<Tensor> {
-    let input = prepare_input("x", x)?;
-    let rt = runtime(x.device())?;
     let direct = direct_kind(out_kind)?;
     let out = Tensor::f_empty(x.size().as_slice(), (direct, x.device()))?;
-    if input.x.numel() > 0 {
-        // Only two-level mode reads the stats (the tensor amax).
-        let stats = match mode {
-            ScaleMode::TwoLevel => Some(stats_buffer(x.device())?),
-            ScaleMode::Single => None,
-        };
-        let ptrs = QuantOutputs {
-            qdata: 0,
-            scale: 0,
-            deq: dev_ptr(&out),
-        };
-        let kernel = fake_quant_kernel(input.bf16, direct, false);
-        launch_quant(
-            &rt,
-            &input,
-            mode,
-            kernel,
-            &ptrs,
-            stats.as_ref().map_or(0, dev_ptr),
-            false,
-        )?;
-    }
+    fake_quantize_into(x, mode, &out)?;
     Ok(if direct == out_kind {
         out
     } else {
         out.f_to_kind(out_kind)?
     })
+}
+
+/// [`fake_quantize`] into `out`: contiguous, `x`'s shape, bf16 or f32.
+pub fn fake_quantize_into(x: &Tensor, mode: ScaleMode, out: &Tensor) -> Result<()> {
+    let input = prepare_input("x", x)?;
+    let rt = runtime(x.device())?;
+    let direct = direct_kind(out.kind())?;
+    if direct != out.kind() {
+        return Err(Error::WrongKind {
+            name: "fake_quantize_into".into(),
+            what: "out",
+            expected: "BFloat16 or Float",
+            got: out.kind(),
+        });
+    }
+    check_tensor(
+        "fake_quantize_into",
+        "out",
+        out,
+        direct,
+        x.numel(),
+        x.device(),
+    )?;
+    if out.size() != x.size() {
+        return Err(Error::ShapeMismatch {
+            name: "fake_quantize_into".into(),
+            what: "out",
+            expected: dims(&x.size()),
+            got: dims(&out.size()),
+        });
+    }
+    if input.x.numel() == 0 {
+        return Ok(());
+    }
+    // Only two-level mode reads the stats (the tensor amax).
+    let stats = match mode {
+        ScaleMode::TwoLevel => Some(stats_buffer(x.device())?),
+        ScaleMode::Single => None,
+    };
+    let ptrs = QuantOutputs {
+        qdata: 0,
+        scale: 0,
+        deq: dev_ptr(out),
+    };
+    let kernel = fake_quant_kernel(input.bf16, direct, false);
+    let stats_ptr = stats.as_ref().map_or(0, dev_ptr);
+    launch_quant(&rt, &input, mode, kernel, &ptrs, stats_ptr, false)
 }
 
 /// [`fake_quantize`] of a `[rows, cols]` weight that also returns the packed
@@ -363,19 +387,27 @@ pub fn fake_quantize_packed(
 /// exactly [`fake_quantize`]`(x, mode, out_kind)`, the gradient reaches `x`
 /// unchanged (cast back to `x.kind()`), as [`crate::ste`].
 pub fn ste(x: &Tensor, mode: ScaleMode, out_kind: Kind) -> Result<Tensor> {
-    let fq = fake_quantize(x, mode, out_kind)?;
-    if !x.requires_grad() {
-        return Ok(fq);
+    // A view made now requires grad only if autograd is recording (not
+    // under no_grad) and x requires grad: only then is there a gradient to carry.
+    if !x.f_alias()?.requires_grad() {
+        return fake_quantize(x, mode, out_kind);
     }
-    // fq - (+0) keeps every bit of fq, -0 included (fq + 0 would turn -0
-    // into +0); the zero carries x's identity gradient.
-    let zero = x.f_detach()?.f_sub(x)?;
-    let zero = if zero.kind() == out_kind {
-        zero
-    } else {
-        zero.f_to_kind(out_kind)?
-    };
-    Ok(fq.f_sub(&zero)?)
+    if direct_kind(out_kind)? != out_kind {
+        // fq - (+0) keeps every bit of fq, -0 included (fq + 0 would turn -0
+        // into +0); the zero carries x's identity gradient.
+        let fq = fake_quantize(x, mode, out_kind)?;
+        let zero = x.f_detach()?.f_sub(x)?.f_to_kind(out_kind)?;
+        return Ok(fq.f_sub(&zero)?);
+    }
+    // A differentiable copy of x in out_kind: its backward casts the
+    // gradient back to x.kind() (the straight-through identity) and keeps
+    // nothing of the copy's values, so they are replaced by the fake-quantized
+    // ones in place. One read of x and one write more than the kernel alone,
+    // against four elementwise passes (and two in the backward) for the
+    // subtraction trick above.
+    let y = x.f_to_dtype(out_kind, false, true)?;
+    fake_quantize_into(x, mode, &y)?;
+    Ok(y)
 }
 
 #[cfg(test)]

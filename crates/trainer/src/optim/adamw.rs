@@ -264,6 +264,13 @@ impl AdamW {
     /// One update with learning rate `lr` from the gradients in `param.grad()`.
     /// Tensors without a gradient (unused this step) are left alone, as in PyTorch.
     pub fn step(&mut self, lr: f64) {
+        self.step_scaled(lr, 1.0);
+    }
+
+    /// [`AdamW::step`] on the gradients times `grad_scale` (gradient
+    /// clipping's coefficient). The fused kernel scales as it reads, so the
+    /// clipped gradients are never written; the tch-op path scales them in place.
+    pub fn step_scaled(&mut self, lr: f64, grad_scale: f64) {
         self.steps += 1;
         let t = self.steps as i32;
         let bc1 = 1.0 - self.cfg.beta1.powi(t);
@@ -279,7 +286,8 @@ impl AdamW {
                     continue;
                 }
                 if fused && slot.fusable {
-                    match fused_update(slot, &grad, lr, bc1, bc2, &cfg, maps) {
+                    let step = kernel_step(slot, lr, (bc1, bc2), &cfg, grad_scale);
+                    match fused_update(slot, &grad, &step, maps) {
                         Ok(()) => continue,
                         // The argument checks run before the launch and a
                         // failed launch starts nothing: the tensors are as
@@ -298,6 +306,9 @@ impl AdamW {
                     *scratch = Some(work_buffer(n, slot.param.device()));
                 }
                 let s = scratch.as_ref().expect("work buffer allocated above");
+                if grad_scale != 1.0 {
+                    let _ = grad.shallow_clone().g_mul_scalar_(grad_scale);
+                }
                 update_slot(slot, &grad, lr, bc1, bc2, &cfg, maps, s);
             }
         });
@@ -336,18 +347,15 @@ impl AdamW {
     }
 }
 
-/// The fused CUDA update of one tensor: the math of [`update_slot`] in one
-/// kernel that updates the parameter and both moments in place.
-fn fused_update(
+/// The fused kernel's constants for `slot` at this step.
+fn kernel_step(
     slot: &Slot,
-    grad: &Tensor,
     lr: f64,
-    bc1: f64,
-    bc2: f64,
+    (bc1, bc2): (f64, f64),
     cfg: &AdamWConfig,
-    maps: (&QuantMap, &QuantMap),
-) -> nvfp4_kernels::Result<()> {
-    let step = AdamwStep {
+    grad_scale: f64,
+) -> AdamwStep {
+    AdamwStep {
         lr,
         beta1: cfg.beta1,
         beta2: cfg.beta2,
@@ -355,7 +363,18 @@ fn fused_update(
         weight_decay: if slot.decay { cfg.weight_decay } else { 0.0 },
         bc1,
         bc2,
-    };
+        grad_scale,
+    }
+}
+
+/// The fused CUDA update of one tensor: the math of [`update_slot`] in one
+/// kernel that updates the parameter and both moments in place.
+fn fused_update(
+    slot: &Slot,
+    grad: &Tensor,
+    step: &AdamwStep,
+    maps: (&QuantMap, &QuantMap),
+) -> nvfp4_kernels::Result<()> {
     // A no-op for the gradients autograd accumulates for a contiguous leaf.
     let grad = grad.f_contiguous()?;
     cuda::adamw_update(
@@ -364,7 +383,7 @@ fn fused_update(
         &grad,
         slot.m.kernel_ref(maps.0),
         slot.v.kernel_ref(maps.1),
-        &step,
+        step,
     )
 }
 
