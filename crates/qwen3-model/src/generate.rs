@@ -273,7 +273,8 @@ fn check_request(
     Ok(())
 }
 
-/// Feeds the prompt; returns its logits f32 `[prompt_len, vocab]`.
+/// Feeds the prompt; returns its logits f32 `[prompt_len, vocab]` (only the
+/// last row unless `keep_prompt_logits`).
 fn prefill(
     model: &Qwen3Model,
     cache: Option<&mut KvCache>,
@@ -296,16 +297,26 @@ fn prefill(
             }
             Ok(Tensor::f_cat(&rows, 0)?)
         }
-        (cache, _) => forward_all(model, cache, prompt),
+        (cache, _) if opts.keep_prompt_logits => forward_all(model, cache, prompt),
+        (cache, _) => {
+            let input = ids_tensor(model, prompt)?;
+            let logits = tch::no_grad(|| model.forward_last(&input, cache))?; // [1, 1, vocab]
+            Ok(logits.f_get(0)?)
+        }
     }
+}
+
+/// i64 `[1, ids.len()]` on the model's device.
+fn ids_tensor(model: &Qwen3Model, ids: &[u32]) -> Result<Tensor> {
+    let ids: Vec<i64> = ids.iter().map(|&id| i64::from(id)).collect();
+    Ok(Tensor::f_from_slice(&ids)?
+        .f_view([1, -1])?
+        .f_to_device(model.device())?)
 }
 
 /// Logits f32 `[ids.len(), vocab]` of one forward call.
 fn forward_all(model: &Qwen3Model, cache: Option<&mut KvCache>, ids: &[u32]) -> Result<Tensor> {
-    let ids: Vec<i64> = ids.iter().map(|&id| i64::from(id)).collect();
-    let input = Tensor::f_from_slice(&ids)?
-        .f_view([1, -1])?
-        .f_to_device(model.device())?;
+    let input = ids_tensor(model, ids)?;
     // Generation never needs gradients, even on a trainable (QAT) model.
     let logits = tch::no_grad(|| model.forward(&input, cache))?; // [1, T, vocab]
     Ok(logits.f_get(0)?.f_to_kind(Kind::Float)?)

@@ -127,6 +127,21 @@ impl Qwen3Model {
     /// `cache.len()`, K/V are appended, and each query of the chunk sees the
     /// cache plus the chunk positions up to its own. Returns logits [B, T, vocab] f32.
     pub fn forward(&self, input_ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let x = self.hidden_states(input_ids, cache)?;
+        self.head(&x)
+    }
+
+    /// [`Qwen3Model::forward`] that projects only the last position: logits
+    /// `[B, 1, vocab]` f32. What generation needs after a prompt, without
+    /// the `[T, vocab]` head matmul and its f32 copy for the other positions.
+    pub fn forward_last(&self, input_ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let x = self.hidden_states(input_ids, cache)?;
+        let t = x.size()[1];
+        self.head(&x.f_narrow(1, t - 1, 1)?)
+    }
+
+    /// Embedding and every block (the final norm excluded): `[B, T, H]`.
+    fn hidden_states(&self, input_ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
         let (b, t) = self.check_ids(input_ids)?;
         let mut x = self.embed(&input_ids.to_device(self.device)); // [B, T, H]
         match cache {
@@ -155,7 +170,7 @@ impl Qwen3Model {
                 cache.commit(t);
             }
         }
-        self.head(&x)
+        Ok(x)
     }
 
     /// Checks kind, rank and id range (an out-of-range id would otherwise

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{random_ids, tiny_cfg};
+use common::{fresh_seed, random_ids, rel_diff, tiny_cfg, REL_TOL};
 use qwen3_model::{Error, LoadOptions, Qwen3Model};
 use tch::{Device, Kind, Tensor};
 
@@ -167,4 +167,29 @@ fn repeated_runs_with_and_without_cache_are_identical() {
             );
         }
     })
+}
+
+#[test]
+fn forward_last_is_the_last_row_of_forward_with_and_without_cache() {
+    let cfg = tiny_cfg(false);
+    let model = Qwen3Model::random(&cfg, &LoadOptions::new(Device::Cpu), fresh_seed()).unwrap();
+    let ids = random_ids(cfg.vocab_size, 2, 9);
+    let full = model.forward(&ids, None).unwrap();
+    let last = model.forward_last(&ids, None).unwrap();
+    assert_eq!(last.size(), [2, 1, cfg.vocab_size as i64]);
+    // The same blocks; only the head matmul's row count (BLAS blocking) differs.
+    let r = rel_diff(&last, &full.narrow(1, 8, 1));
+    assert!(r <= REL_TOL, "uncached: {r:e}");
+    let (mut a, mut b) = (model.new_cache(2, 16), model.new_cache(2, 16));
+    let _ = model.forward(&ids.narrow(1, 0, 5), Some(&mut a)).unwrap();
+    let _ = model
+        .forward_last(&ids.narrow(1, 0, 5), Some(&mut b))
+        .unwrap();
+    let want = model.forward(&ids.narrow(1, 5, 4), Some(&mut a)).unwrap();
+    let got = model
+        .forward_last(&ids.narrow(1, 5, 4), Some(&mut b))
+        .unwrap();
+    assert_eq!(b.len(), 9, "forward_last feeds every position to the cache");
+    let r = rel_diff(&got, &want.narrow(1, 3, 1));
+    assert!(r <= REL_TOL, "cached: {r:e}");
 }

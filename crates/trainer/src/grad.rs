@@ -10,7 +10,8 @@ pub fn global_grad_norm(params: &[Tensor]) -> f64 {
         .iter()
         .map(|p| p.grad())
         .filter(|g| g.defined())
-        .map(|g| g.to_kind(Kind::Float).norm().to_kind(Kind::Double))
+        // f32 accumulation straight from the gradient's kind (no f32 copy of bf16 gradients).
+        .map(|g| g.norm_scalaropt_dtype(2, Kind::Float).to_kind(Kind::Double))
         .collect();
     if norms.is_empty() {
         return 0.0;
