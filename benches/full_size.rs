@@ -117,6 +117,13 @@ fn main() -> Result<()> {
         return train(model, &spec, &probe, base_mem);
     }
     if std::env::var("FULL_SIZE_PROFILE").is_ok() {
+        let twin = LoadOptions {
+            dtype: Kind::Float,
+            ..opts
+        };
+        let twin = Qwen3Model::load_dat(&DatFile::open(&dat_path)?, &cfg, &twin)?;
+        fused_vs_per_op(&model, &twin)?;
+        drop(twin);
         return profile_decode(&model);
     }
     if !skip("decode") {
@@ -268,8 +275,10 @@ fn profile_decode(model: &Qwen3Model) -> Result<()> {
         for _ in 0..64 {
             next = step(next)?;
         }
-        emit(json!({"metric": "profile_fused_ms_per_token", "graph": graph,
-                     "value": t.elapsed().as_secs_f64() * 1e3 / 64.0}));
+        emit(
+            json!({"metric": "profile_fused_ms_per_token", "graph": graph,
+                     "value": t.elapsed().as_secs_f64() * 1e3 / 64.0}),
+        );
     }
     let h = tch::Tensor::randn(
         [1, 1, model.config().hidden_size as i64],
@@ -300,6 +309,59 @@ fn profile_decode(model: &Qwen3Model) -> Result<()> {
     Ok(())
 }
 
+/// Teacher-forced decode of 32 tokens after a 512-token prompt on the fused
+/// step, the per-op bf16 forward and `twin` (the same weights with f32
+/// activations): each bf16 path's worst logits error against the twin
+/// relative to max |logit|, how often the two bf16 paths' argmax agree, and
+/// the median gap between the twin's two best logits (random weights give
+/// near-flat logits, so greedy paths part at near-ties).
+fn fused_vs_per_op(model: &Qwen3Model, twin: &Qwen3Model) -> Result<()> {
+    let ids = prompt(512, model.config().vocab_size);
+    let ids: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
+    let prompt = tch::Tensor::from_slice(&ids)
+        .view([1, -1])
+        .to_device(model.device());
+    let last =
+        |m: &Qwen3Model, x: &tch::Tensor, c: &mut qwen3_model::KvCache| -> Result<tch::Tensor> {
+            Ok(tch::no_grad(|| m.forward_last(x, Some(c)))?
+                .view([-1])
+                .to_kind(Kind::Float))
+        };
+    let (mut a, mut b, mut c) = (
+        model.new_cache(1, 600),
+        model.new_cache(1, 600),
+        twin.new_cache(1, 600),
+    );
+    let _ = last(model, &prompt, &mut a)?;
+    let _ = last(model, &prompt, &mut b)?;
+    let mut reference = last(twin, &prompt, &mut c)?;
+    let mut dec = qwen3_model::FusedDecoder::new(model)?;
+    let (mut fused_err, mut per_op_err, mut agree, mut gaps) = (0f64, 0f64, 0usize, Vec::new());
+    for _ in 0..32 {
+        let token = reference.argmax(0, false).int64_value(&[]);
+        let fused = tch::no_grad(|| dec.step(model, &mut b, token as u32))?;
+        let one = tch::Tensor::from_slice(&[token])
+            .view([1, 1])
+            .to_device(model.device());
+        let per_op = last(model, &one, &mut a)?;
+        reference = last(twin, &one, &mut c)?;
+        let scale = reference.abs().max().double_value(&[]);
+        let err = |x: &tch::Tensor| (x - &reference).abs().max().double_value(&[]) / scale;
+        fused_err = fused_err.max(err(&fused));
+        per_op_err = per_op_err.max(err(&per_op));
+        agree += usize::from(fused.argmax(0, false) == per_op.argmax(0, false));
+        let (top, _) = reference.topk(2, 0, true, true);
+        gaps.push((top.double_value(&[0]) - top.double_value(&[1])) / scale);
+    }
+    gaps.sort_by(f64::total_cmp);
+    emit(
+        json!({"metric": "profile_fused_vs_per_op", "steps": 32, "fused_err_vs_f32": fused_err,
+                "per_op_err_vs_f32": per_op_err, "argmax_agree": agree,
+                "median_top2_gap_rel": gaps[16]}),
+    );
+    Ok(())
+}
+
 fn prompt(len: usize, vocab: usize) -> Vec<u32> {
     qwen3_nvfp4::synthetic_prompt(len, vocab, 7)
 }
@@ -318,7 +380,10 @@ fn decode(model: &Qwen3Model, prompt_len: usize, new: usize) -> Result<()> {
             bail!("decode produced {} tokens, asked {n}", g.tokens.len());
         }
         if g.fused_decode != fused {
-            bail!("asked fused decode = {fused}, generate ran fused = {}", g.fused_decode);
+            bail!(
+                "asked fused decode = {fused}, generate ran fused = {}",
+                g.fused_decode
+            );
         }
         Ok(g)
     };
