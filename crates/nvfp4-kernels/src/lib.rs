@@ -16,8 +16,11 @@
 //! * [`swizzle_scales`] / [`unswizzle_scales`]: the 128x4 blocked scale layout.
 //! * [`ComputePath`] / [`Nvfp4Backend`]: `y = x @ W^T` on the resolved path.
 //! * [`cuda`]: the CUDA kernels (NVRTC-compiled at run time, nothing CUDA
-//!   needed to build): bit-exact quantize / dequantize / fused STE pass, and a
-//!   fused W4A16 matmul for decode; [`diagnose`] reports what runs here.
+//!   needed to build): bit-exact quantize / dequantize / fused STE pass, a
+//!   fused W4A16 matmul for decode (also grouped over weights that share the
+//!   activations), the small fused ops of a batch-1 decode step, CUDA-graph
+//!   recording of our launches ([`cuda::capture_graph`]), and a fused AdamW
+//!   update ([`cuda::adamw_update`]); [`diagnose`] reports what runs here.
 //!
 //! ```
 //! use nvfp4_kernels::{dequantize_ref, quant_error_bound, quantize_ref, ScaleMode};

@@ -1,6 +1,8 @@
 //! CUDA kernels for NVFP4 on Hopper (and any GPU of compute capability 8.0+):
-//! quantize, dequantize, the fused STE weight pass, and `y = x @ W^T` with a
-//! fused W4A16 kernel for decode-sized inputs.
+//! quantize, dequantize, the fused STE weight pass, `y = x @ W^T` with a
+//! fused W4A16 kernel for decode-sized inputs (one weight, or a group sharing
+//! the activations), the decode-step ops (`decode.rs`), the fused AdamW update
+//! (`adamw.rs`), and CUDA graphs of our launches (`graph.rs`).
 //!
 //! The CUDA C++ sources (`kernels/*.cu`) are embedded in the binary and
 //! compiled at run time by NVRTC for the GPU present (`sm_90a` on Hopper),
