@@ -393,10 +393,11 @@ fn report(args: &Args, prompt: &[u32], g: &Generation) {
         println!("generated_ids: {}", join(&g.tokens));
     }
     eprintln!(
-        "prefill: {} tokens in {:.3}s ({:.1} tok/s); decode: {} tokens in {:.3}s ({:.1} tok/s); finish: {:?}",
+        "prefill: {} tokens in {:.3}s ({:.1} tok/s); decode ({}): {} tokens in {:.3}s ({:.1} tok/s); finish: {:?}",
         g.prompt_len,
         g.prefill_time.as_secs_f64(),
         g.prefill_tokens_per_s(),
+        if g.fused_decode { "fused CUDA graph" } else { "per-op" },
         g.tokens.len().saturating_sub(1),
         g.decode_time.as_secs_f64(),
         g.decode_tokens_per_s(),
