@@ -197,29 +197,39 @@ fn ste_forward_is_fake_quantize_and_gradient_is_identity() {
     };
     fresh_seed("ste_forward_is_fake_quantize_and_gradient_is_identity");
     let (rows, cols) = (33, 272);
-    let host = weight_like(rows, cols, false);
-    let x = upload(&host, rows, cols, Kind::Float, dev).set_requires_grad(true);
-    let y = cuda::ste(&x, ScaleMode::TwoLevel, Kind::BFloat16).unwrap();
+    // bf16 input values, so the bf16 master holds exactly the same weights.
+    let host = weight_like(rows, cols, true);
     let want = bf16_bits_of(&Tensor::from_slice(&fake_quant_ref(
         &host,
         rows,
         cols,
         ScaleMode::TwoLevel,
     )));
-    assert_eq!(
-        first_mismatch(&bf16_bits_of(&y.to_kind(Kind::Float)), &want),
-        None,
-        "forward"
-    );
-    let r = Tensor::randn([rows as i64, cols as i64], (Kind::Float, dev));
-    (y.to_kind(Kind::Float) * &r).sum(Kind::Float).backward();
-    let grad = x.grad();
-    let want_grad = r.to_kind(Kind::BFloat16).to_kind(Kind::Float);
-    let diff = f64::try_from((grad - want_grad).abs().max()).unwrap();
-    assert_eq!(
-        diff, 0.0,
-        "gradient must be the (bf16-cast) upstream gradient"
-    );
+    for master in [Kind::Float, Kind::BFloat16] {
+        let x = upload(&host, rows, cols, master, dev).set_requires_grad(true);
+        // Recording autograd: the differentiable copy overwritten by the kernel.
+        let y = cuda::ste(&x, ScaleMode::TwoLevel, Kind::BFloat16).unwrap();
+        assert!(y.requires_grad(), "{master:?}: y must carry the gradient");
+        let got = bf16_bits_of(&y.to_kind(Kind::Float));
+        assert_eq!(first_mismatch(&got, &want), None, "{master:?} forward");
+        let r = Tensor::randn([rows as i64, cols as i64], (Kind::Float, dev));
+        (y.to_kind(Kind::Float) * &r).sum(Kind::Float).backward();
+        let want_grad = r.to_kind(Kind::BFloat16).to_kind(master);
+        let diff = f64::try_from((x.grad() - want_grad).abs().max()).unwrap();
+        assert_eq!(
+            diff, 0.0,
+            "{master:?}: gradient must be the (bf16-cast) upstream gradient"
+        );
+        // Not recording: the kernel alone, same bits, nothing to differentiate.
+        let y = tch::no_grad(|| cuda::ste(&x, ScaleMode::TwoLevel, Kind::BFloat16)).unwrap();
+        assert!(!y.requires_grad(), "{master:?}: no_grad output");
+        let got = bf16_bits_of(&y.to_kind(Kind::Float));
+        assert_eq!(
+            first_mismatch(&got, &want),
+            None,
+            "{master:?} no_grad forward"
+        );
+    }
 }
 
 #[test]
