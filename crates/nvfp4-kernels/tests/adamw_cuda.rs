@@ -207,32 +207,22 @@ fn dense_update_of_misaligned_views_takes_the_scalar_path_correctly() {
 }
 
 // ---------------------------------------------------------------------------
-// 8-bit moments. The map and quantizer below restate the trainer's
-// `quant8::dynamic_map` and `QuantMap` (this crate sits below the trainer);
-// the trainer's tests/fused_adamw.rs checks the kernel against the real ones.
+// 8-bit moments. The kernel takes any sorted 256-entry map; these tests use
+// a cubic one (dense near 0, like the trainer's dynamic map, which this crate
+// cannot see: it sits below the trainer) and restate the trainer's
+// `QuantMap::quantize` with tch ops as the reference. The trainer's
+// tests/fused_adamw.rs checks the kernel with the real map.
 
-/// bitsandbytes' dynamic map (signed: ±, unsigned: for sqrt(v)), sorted.
-fn dynamic_map(signed: bool) -> Vec<f32> {
-    let mut data: Vec<f64> = Vec::with_capacity(256);
-    for i in 0..7u32 {
-        let items = if signed {
-            (1usize << i) + 1
-        } else {
-            (1usize << (i + 1)) + 1
-        };
-        let decade = 10f64.powi(i as i32 - 6);
-        let bound = |k: usize| 0.1 + 0.9 * k as f64 / (items - 1) as f64;
-        for k in 0..items - 1 {
-            let mean = (bound(k) + bound(k + 1)) / 2.0;
-            data.push(decade * mean);
-            if signed {
-                data.push(-decade * mean);
-            }
-        }
+/// 256 sorted distinct values in [-1, 1] (signed) or [0, 1], 0 and 1 included.
+fn cubic_map(signed: bool) -> Vec<f32> {
+    let cube = |k: i32, n: i32| (k as f64 / n as f64).powi(3) as f32;
+    if signed {
+        (-127..=128)
+            .map(|k| if k < 0 { -cube(-k, 127) } else { cube(k, 128) })
+            .collect()
+    } else {
+        (0..256).map(|k| cube(k, 255)).collect()
     }
-    data.extend([0.0, 1.0]);
-    data.sort_by(|a, b| a.total_cmp(b));
-    data.into_iter().map(|x| x as f32).collect()
 }
 
 struct Map {
@@ -243,7 +233,7 @@ struct Map {
 
 impl Map {
     fn new(signed: bool, dev: Device) -> Map {
-        let v = dynamic_map(signed);
+        let v = cubic_map(signed);
         let mids: Vec<f32> = v.windows(2).map(|w| (w[0] + w[1]) / 2.0).collect();
         Map {
             values: Tensor::from_slice(&v).to_device(dev),

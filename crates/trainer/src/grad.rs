@@ -74,12 +74,7 @@ mod tests {
     }
 
     fn seed() -> i64 {
-        let s = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos() as i64;
-        println!("seed {s}");
-        s
+        crate::test_seed()
     }
 
     #[test]

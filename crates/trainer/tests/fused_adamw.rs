@@ -17,6 +17,8 @@
 //!
 //! Without CUDA the test prints `SKIPPED (no CUDA): <name>`.
 
+mod common;
+
 use std::collections::HashMap;
 
 use tch::{Device, Kind, Tensor};
@@ -34,13 +36,9 @@ const STEPS: i32 = 4;
 const LR: f64 = 1e-2;
 const F32_TOL: f64 = 2e-6;
 
+/// A printed clock seed (tests/common).
 fn seed() -> i64 {
-    let s = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos() as i64;
-    println!("seed {s}");
-    s
+    common::seed() as i64
 }
 
 fn f64s(t: &Tensor) -> Tensor {

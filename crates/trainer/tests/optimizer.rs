@@ -2,16 +2,14 @@
 //! moment precision, plus the property the original lacked: updates smaller
 //! than one FP4 step accumulate in the master weights.
 
+mod common;
+
 use tch::{Device, Kind, Tensor};
 use trainer::{default_decay, AdamW, AdamWConfig, OptimStateKind};
 
+/// A printed clock seed (tests/common).
 fn seed() -> i64 {
-    let s = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos() as i64;
-    println!("seed {s}");
-    s
+    common::seed() as i64
 }
 
 fn to_f64(t: &Tensor) -> Vec<f64> {
