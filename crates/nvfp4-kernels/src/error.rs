@@ -46,6 +46,15 @@ pub enum Error {
         got: Vec<usize>,
     },
 
+    /// An environment switch holds something other than `0` or `1`.
+    #[error("environment variable {name}={value:?}: expected 0 or 1")]
+    BadEnvSwitch {
+        /// The variable.
+        name: &'static str,
+        /// Its value.
+        value: String,
+    },
+
     /// A tensor a kernel indexes as flat memory is not contiguous.
     #[error("{name}: {what} must be contiguous, has strides {strides:?}")]
     NotContiguous {

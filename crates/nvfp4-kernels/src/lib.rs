@@ -36,6 +36,7 @@
 
 pub mod cuda;
 mod diagnose;
+mod env;
 mod error;
 mod format;
 mod host;
@@ -46,6 +47,7 @@ mod tensor;
 mod torch_ops;
 
 pub use diagnose::diagnose;
+pub use env::env_switch;
 pub use error::{Error, Result};
 pub use format::{
     e2m1_to_f32, e4m3_table, e4m3_to_f32, f32_to_e2m1, f32_to_e4m3, global_scale_for_amax,

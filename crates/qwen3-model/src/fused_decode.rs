@@ -121,7 +121,7 @@ impl FusedDecoder {
     /// the first unmet requirement: a CUDA device whose kernels load, bf16
     /// compute, the kernel compute path, packed NVFP4 projections, and head
     /// sizes the kernels handle. CUDA graphs are on unless the environment
-    /// sets `QWEN3_CUDA_GRAPH=0`.
+    /// sets `QWEN3_CUDA_GRAPH=0` (another value than 0 or 1 is an error).
     pub fn new(model: &Qwen3Model) -> Result<FusedDecoder> {
         check_model(model)?;
         let c = model.config();
@@ -154,7 +154,7 @@ impl FusedDecoder {
         };
         let heads = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
         let bufs = StepBuffers::new(model, lm_head.is_some(), heads)?;
-        let use_graph = std::env::var("QWEN3_CUDA_GRAPH").map_or(true, |v| v != "0");
+        let use_graph = nvfp4_kernels::env_switch("QWEN3_CUDA_GRAPH", true)?;
         Ok(FusedDecoder {
             device: model.device,
             heads,

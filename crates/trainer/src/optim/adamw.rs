@@ -97,7 +97,8 @@ const REFERENCE_ENV: &str = "NVFP4_ADAMW_REFERENCE";
 ///
 /// On CUDA each tensor is updated by one fused kernel when the NVFP4 kernels
 /// can run on the device (decided once, in [`AdamW::new`]); otherwise, with
-/// `NVFP4_ADAMW_REFERENCE=1` in the environment, or after
+/// `NVFP4_ADAMW_REFERENCE=1` in the environment (another value than 0 or 1
+/// is an error), or after
 /// [`AdamW::use_reference_path`], by tch ops. The two agree to f32 rounding
 /// (see the trainer's `fused_adamw` test).
 #[derive(Debug)]
@@ -116,15 +117,15 @@ pub struct AdamW {
 
 /// Whether the fused kernel should run on `device`: CUDA, the kernels load
 /// there, and [`REFERENCE_ENV`] does not ask for the tch ops.
-fn fused_on(device: Device) -> bool {
+fn fused_on(device: Device) -> Result<bool> {
     if !device.is_cuda() {
-        return false;
+        return Ok(false);
     }
-    if std::env::var(REFERENCE_ENV).is_ok_and(|v| v == "1") {
+    if nvfp4_kernels::env_switch(REFERENCE_ENV, false)? {
         tracing::info!("AdamW: tch-op update ({REFERENCE_ENV}=1)");
-        return false;
+        return Ok(false);
     }
-    match cuda::check_available(device) {
+    Ok(match cuda::check_available(device) {
         Ok(()) => true,
         Err(reason) => {
             tracing::warn!(
@@ -132,7 +133,7 @@ fn fused_on(device: Device) -> bool {
             );
             false
         }
-    }
+    })
 }
 
 /// An f32 buffer of `numel` elements on `device` (zeroed: fresh multi-MB
@@ -192,7 +193,7 @@ impl AdamW {
             steps: 0,
             signed_map,
             unsigned_map,
-            fused: fused_on(device),
+            fused: fused_on(device)?,
             scratch: None,
         };
         opt.reserve_scratch(device);
