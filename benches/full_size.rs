@@ -267,7 +267,7 @@ fn profile_decode(model: &Qwen3Model) -> Result<()> {
         let mut next = logits.get(0).get(-1).argmax(0, false).int64_value(&[]) as u32;
         let mut dec = qwen3_model::FusedDecoder::new(model)?.with_graph(graph);
         let mut step = |token: u32| -> Result<u32> {
-            let l = tch::no_grad(|| dec.step(model, &mut cache, token))?;
+            let l = tch::no_grad(|| dec.step(&mut cache, token))?;
             Ok(l.argmax(0, false).int64_value(&[]) as u32)
         };
         next = step(next)?; // the eager first step (and the recording)
@@ -339,7 +339,7 @@ fn fused_vs_per_op(model: &Qwen3Model, twin: &Qwen3Model) -> Result<()> {
     let (mut fused_err, mut per_op_err, mut agree, mut gaps) = (0f64, 0f64, 0usize, Vec::new());
     for _ in 0..32 {
         let token = reference.argmax(0, false).int64_value(&[]);
-        let fused = tch::no_grad(|| dec.step(model, &mut b, token as u32))?;
+        let fused = tch::no_grad(|| dec.step(&mut b, token as u32))?;
         let one = tch::Tensor::from_slice(&[token])
             .view([1, 1])
             .to_device(model.device());

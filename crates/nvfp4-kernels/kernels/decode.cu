@@ -1,7 +1,8 @@
-// The small ops of a batch-1 decode step, fused so that a Qwen3 block is 13
-// launches (7 of them the W4A16 GEMV) and the whole step can be recorded into
-// one CUDA graph. bf16 values travel as u16 bits; all math is f32 and every
-// rounding to bf16 happens where the libtorch reference path
+// The small ops of a batch-1 decode step, fused so that a Qwen3 block is 10
+// launches (4 of them W4A16 GEMVs, q/k/v and gate/up grouped) and the whole
+// step can be recorded into one CUDA graph. bf16 values travel as u16 bits;
+// all math is f32 and every rounding to bf16 happens where the libtorch
+// reference path
 // (crates/qwen3-model, attention.rs / norm.rs / mlp.rs) rounds.
 //
 // Graph replays keep kernel arguments fixed, so what changes per token comes

@@ -11,7 +11,7 @@
 //! into a CUDA graph and replayed with one launch per token.
 //!
 //! It computes what the per-op forward computes, rounding to bf16 at the same
-//! places; only f32 summation orders differ (tests/fused_decode_cuda.rs
+//! places; only f32 summation orders differ (tests/fused_decode.rs
 //! compares the two). The per-op forward stays the reference and the path
 //! for everything this step does not cover (CPU, f32, trainable weights,
 //! batches, prefill).
@@ -192,8 +192,8 @@ impl FusedDecoder {
     /// The first step on a cache runs eagerly and records the graph that
     /// later steps replay; a cache whose buffers moved (another cache, or one
     /// that grew) is recorded anew, so reserve capacity up front.
-    pub fn step(&mut self, model: &Qwen3Model, cache: &mut KvCache, token: u32) -> Result<Tensor> {
-        self.check_cache(model, cache)?;
+    pub fn step(&mut self, cache: &mut KvCache, token: u32) -> Result<Tensor> {
+        self.check_cache(cache)?;
         if token as usize >= self.vocab {
             return Err(Error::BadInput {
                 name: "token",
@@ -224,16 +224,10 @@ impl FusedDecoder {
         self.logits()
     }
 
-    fn check_cache(&self, model: &Qwen3Model, cache: &KvCache) -> Result<()> {
-        let c = model.config();
-        cache.check_fits(
-            self.blocks.len(),
-            1,
-            c.num_key_value_heads,
-            c.head_dim,
-            Kind::BFloat16,
-            self.device,
-        )
+    fn check_cache(&self, cache: &KvCache) -> Result<()> {
+        let (_, kv_heads, head_dim) = self.heads;
+        let layers = self.blocks.len();
+        cache.check_fits(layers, 1, kv_heads, head_dim, Kind::BFloat16, self.device)
     }
 
     /// Launches one step on `s`: embedding, every block, final norm and

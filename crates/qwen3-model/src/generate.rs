@@ -198,7 +198,7 @@ fn generate_after(
             break;
         }
         last = match (cache.as_deref_mut(), fused.as_mut()) {
-            (Some(c), Some(f)) => tch::no_grad(|| f.step(model, c, token))?,
+            (Some(c), Some(f)) => tch::no_grad(|| f.step(c, token))?,
             (Some(c), None) => forward_last(model, Some(c), &[token])?,
             (None, _) => forward_last(model, None, &history[context.len()..])?,
         };

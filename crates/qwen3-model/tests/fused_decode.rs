@@ -100,7 +100,7 @@ fn compare_paths(model: &Qwen3Model, prompt_len: usize, steps: usize) -> Compari
     };
     for _ in 0..steps {
         let token = argmax(&f32_logits);
-        let fused = decoder.step(model, &mut fused_cache, token).unwrap();
+        let fused = decoder.step(&mut fused_cache, token).unwrap();
         let per_op = model
             .forward(&one(token), Some(&mut ref_cache))
             .unwrap()
@@ -176,8 +176,8 @@ fn graph_replays_equal_eager_launches_bit_for_bit() {
         let mut graph = FusedDecoder::new(&model).unwrap().with_graph(true);
         let mut token = 7u32;
         for step in 0..12 {
-            let a = eager.step(&model, &mut eager_cache, token).unwrap();
-            let b = graph.step(&model, &mut graph_cache, token).unwrap();
+            let a = eager.step(&mut eager_cache, token).unwrap();
+            let b = graph.step(&mut graph_cache, token).unwrap();
             let diff = (&a - &b).abs().max().double_value(&[]);
             assert_eq!(diff, 0.0, "step {step}: graph and eager differ by {diff}");
             token = argmax(&a);
