@@ -2,8 +2,7 @@
 // launches (4 of them W4A16 GEMVs, q/k/v and gate/up grouped) and the whole
 // step can be recorded into one CUDA graph. bf16 values travel as u16 bits;
 // all math is f32 and every rounding to bf16 happens where the libtorch
-// reference path
-// (crates/qwen3-model, attention.rs / norm.rs / mlp.rs) rounds.
+// reference path (crates/qwen3-model, attention.rs / norm.rs / mlp.rs) rounds.
 //
 // Graph replays keep kernel arguments fixed, so what changes per token comes
 // from device memory: meta[0] = token id, meta[1] = its position (= cache
