@@ -46,7 +46,7 @@ fn defaults() -> TrainConfig {
 /// Fine-tunes a Qwen3 model with NVFP4 quantization-aware training and exports it
 /// as a model directory. Without --model-dir: a small built-in demo run on the CPU.
 #[derive(Parser, Debug)]
-#[command(version)]
+#[command(version, args_override_self = true)]
 struct Args {
     /// Model to fine-tune: a directory with one `.dat` (+ config.json) or HF safetensors, or a `.dat` file.
     #[arg(long)]

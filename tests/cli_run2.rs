@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{example, run, text, tiny_config, tiny_model_dir};
+use common::{billion_layer_model_dir, example, run, text, tiny_config, tiny_model_dir};
 
 fn run2(model: &std::path::Path) -> Command {
     let mut cmd = Command::new(example("run2"));
@@ -111,10 +111,7 @@ fn max_tokens_beyond_the_context_memory_and_useless_sampling_flags() {
     assert!(out.status.success());
     assert!(stderr.contains("warning: --top-p has no effect at --temp 0"), "{stderr}");
 
-    let huge = tiny_model_dir(
-        &dir.path().join("huge"),
-        &tiny_config(|c| c.num_hidden_layers = 1_000_000_000),
-    );
+    let huge = billion_layer_model_dir(&dir.path().join("huge"));
     let out = run(run2(&huge).args(["--prompt", "Hi"]));
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(1));

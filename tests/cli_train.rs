@@ -7,7 +7,9 @@ mod common;
 
 use std::process::Command;
 
-use common::{example, pairs_jsonl, run, text, tiny_config, tiny_model_dir, train_cmd};
+use common::{
+    billion_layer_model_dir, example, pairs_jsonl, run, text, tiny_config, tiny_model_dir, train_cmd,
+};
 
 #[test]
 fn help_says_what_each_tool_is_for_and_shows_every_default() {
@@ -121,12 +123,13 @@ fn bad_outputs_and_impossible_sizes_are_refused_before_the_first_step() {
     let data = pairs_jsonl(dir.path());
     let cases: Vec<(Vec<String>, &str)> = vec![
         (
-            vec!["--export-dat".into(), dir.path().join("no/such/dir/m.dat").display().to_string()],
+            // A directory cannot be made below a file.
+            vec!["--export-dat".into(), data.join("dir/m.dat").display().to_string()],
             "--export-dat",
         ),
         (vec!["--batch-size".into(), "100000".into()], "batch-size"),
         (vec!["--clip".into(), "nan".into()], "--clip"),
-        (vec!["--clip".into(), "-1".into()], "--clip"),
+        (vec!["--clip=-1".into()], "--clip"),
     ];
     for (i, (flags, named)) in cases.iter().enumerate() {
         let run_dir = dir.path().join(format!("run{i}"));
@@ -138,11 +141,8 @@ fn bad_outputs_and_impossible_sizes_are_refused_before_the_first_step() {
         assert!(!run_dir.join("metrics.jsonl").exists());
     }
     // A billion layers: refused from the estimate, with the numbers, before any allocation.
-    let huge = tiny_model_dir(
-        &dir.path().join("huge"),
-        &tiny_config(|c| c.num_hidden_layers = 1_000_000_000),
-    );
-    // Its .dat is the 2-layer one: the refusal must come before the weights are read.
+    let huge = billion_layer_model_dir(&dir.path().join("huge"));
+    // Its .dat holds 2 layers: the refusal must come before the weights are read.
     let out = run(train_cmd(&huge, &data).arg("--run-dir").arg(dir.path().join("runh")));
     let (_, stderr) = text(&out);
     assert!(

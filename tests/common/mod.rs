@@ -70,6 +70,15 @@ pub fn tiny_model_dir(dir: &Path, cfg: &Qwen3Config) -> PathBuf {
     dir.to_path_buf()
 }
 
+/// A model directory whose `config.json` claims a billion layers over the
+/// tiny model's weights: the tools must refuse it from the config alone.
+pub fn billion_layer_model_dir(dir: &Path) -> PathBuf {
+    let dir = tiny_model_dir(dir, &tiny_config(|_| {}));
+    let huge = tiny_config(|c| c.num_hidden_layers = 1_000_000_000);
+    trainer::write_atomic(&dir.join("config.json"), huge.to_json_string().as_bytes()).unwrap();
+    dir
+}
+
 /// A small GSM8K-style training file: `{"prompt", "response"}` per line,
 /// starting with a UTF-8 byte-order mark as some editors write it.
 pub fn pairs_jsonl(dir: &Path) -> PathBuf {

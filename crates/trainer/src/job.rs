@@ -376,15 +376,15 @@ impl JobSpec {
     /// Every output must be writable before the first step: a bad path found
     /// after hours of training loses the run.
     fn check_outputs(&self) -> Result<()> {
-        writable_dir(&self.run_dir, "--run-dir", true)?;
+        writable_dir(&self.run_dir, "--run-dir")?;
         if let Some(dir) = &self.train.checkpoint_dir {
-            writable_dir(dir, "--checkpoint-dir", true)?;
+            writable_dir(dir, "--checkpoint-dir")?;
         }
         if let Some(p) = &self.train.metrics {
-            writable_dir(parent_of(p), "--metrics", true)?;
+            writable_dir(parent_of(p), "--metrics")?;
         }
         if let Some(dir) = &self.export_hf {
-            writable_dir(dir, "--export-hf", true)?;
+            writable_dir(dir, "--export-hf")?;
         }
         if let Some(p) = &self.export_dat {
             if p.is_dir() {
@@ -394,7 +394,7 @@ impl JobSpec {
                     reason: "is a directory; name the .dat file to write".into(),
                 });
             }
-            writable_dir(parent_of(p), "--export-dat", false)?;
+            writable_dir(parent_of(p), "--export-dat")?;
             let config = parent_of(p).join("config.json");
             if let Ok(existing) = std::fs::read_to_string(&config) {
                 let same = Qwen3Config::from_json_str(&existing)
@@ -452,18 +452,14 @@ fn parent_of(p: &Path) -> &Path {
     }
 }
 
-/// `dir` exists (created when `create`) and a file can be created in it.
-fn writable_dir(dir: &Path, flag: &'static str, create: bool) -> Result<()> {
+/// `dir` exists (created if missing) and a file can be created in it.
+fn writable_dir(dir: &Path, flag: &'static str) -> Result<()> {
     let fail = |reason: String| Error::Output {
         flag,
         path: dir.to_path_buf(),
         reason,
     };
-    if create {
-        std::fs::create_dir_all(dir).map_err(|e| fail(format!("cannot create the directory: {e}")))?;
-    } else if !dir.is_dir() {
-        return Err(fail("no such directory".into()));
-    }
+    std::fs::create_dir_all(dir).map_err(|e| fail(format!("cannot create the directory: {e}")))?;
     let probe = dir.join(format!(".write-probe.{}", std::process::id()));
     std::fs::File::create(&probe).map_err(|e| fail(format!("not writable: {e}")))?;
     let _ = std::fs::remove_file(&probe);
