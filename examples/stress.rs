@@ -19,9 +19,8 @@ use clap::Parser;
 use nvfp4_kernels::ComputePath;
 use qwen3_model::{LoadOptions, Qwen3Config};
 use qwen3_nvfp4::{
-    device_arg, device_name, dtype_arg, dtype_name, init_tracing, parse_arg, pick_device,
-    run_main, run_stress, synthetic_prompt, write_synthetic_model, ModelFiles, StressOptions,
-    StressReport,
+    device_arg, device_name, dtype_arg, dtype_name, init_tracing, parse_arg, pick_device, run_main,
+    run_stress, synthetic_prompt, write_synthetic_model, ModelFiles, StressOptions, StressReport,
 };
 use tch::{Device, Kind};
 

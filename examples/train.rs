@@ -33,9 +33,9 @@ use qwen3_nvfp4::{
 use tch::{Device, Kind};
 use tokenizer_bridge::Qwen3Tokenizer;
 use trainer::{
-    resolve_model_dir, run_default_observed, run_job_observed, timestamped_run_dir,
-    BadLinePolicy, DataSource, DefaultRunOptions, EvalReport, JobSpec, MasterDtype,
-    NonFinitePolicy, OptimStateKind, ResumeFrom, ScheduleKind, TrainConfig,
+    resolve_model_dir, run_default_observed, run_job_observed, timestamped_run_dir, BadLinePolicy,
+    DataSource, DefaultRunOptions, EvalReport, JobSpec, MasterDtype, NonFinitePolicy,
+    OptimStateKind, ResumeFrom, ScheduleKind, TrainConfig,
 };
 
 /// The library's defaults, shown by `--help` (one place: `TrainConfig::default`).
@@ -165,7 +165,9 @@ struct Args {
 fn clip_arg(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(c) if c.is_finite() && c >= 0.0 => Ok(c),
-        Ok(c) => Err(format!("{c} is not a clipping norm (a positive number, or 0 for none)")),
+        Ok(c) => Err(format!(
+            "{c} is not a clipping norm (a positive number, or 0 for none)"
+        )),
         Err(e) => Err(e.to_string()),
     }
 }
@@ -204,10 +206,10 @@ fn run_dir(args: &Args, prefix: &str) -> PathBuf {
 
 /// The embedded default; only the flags in [`DEFAULT_RUN_FLAGS`] apply.
 fn default_run(args: &Args, matches: &ArgMatches) -> Result<Option<EvalReport>> {
-    let given: Vec<String> = matches
-        .ids()
-        .filter(|id| matches.value_source(id.as_str()) == Some(ValueSource::CommandLine))
-        .map(|id| id.as_str().to_string())
+    let given: Vec<String> = Args::command()
+        .get_arguments()
+        .map(|a| a.get_id().as_str().to_string())
+        .filter(|id| matches.value_source(id) == Some(ValueSource::CommandLine))
         .filter(|id| !DEFAULT_RUN_FLAGS.contains(&id.as_str()))
         .map(|id| format!("--{}", id.replace('_', "-")))
         .collect();

@@ -44,7 +44,10 @@ fn a_failed_turn_or_a_non_utf8_line_is_reported_and_the_chat_goes_on() {
     let out = child.wait_with_output().unwrap();
     let (stdout, stderr) = text(&out);
     eprintln!("stdout:\n{stdout}\nstderr:\n{stderr}");
-    assert!(out.status.success(), "the session ends at EOF with status 0");
+    assert!(
+        out.status.success(),
+        "the session ends at EOF with status 0"
+    );
     assert!(stderr.contains("not UTF-8"), "{stderr}");
     assert!(stderr.contains("the model's context holds 64"), "{stderr}");
     assert_eq!(
@@ -57,7 +60,10 @@ fn a_failed_turn_or_a_non_utf8_line_is_reported_and_the_chat_goes_on() {
 #[test]
 fn ctrl_c_stops_the_reply_and_not_the_session() {
     let dir = tempfile::tempdir().unwrap();
-    let model = tiny_model_dir(dir.path(), &tiny_config(|c| c.max_position_embeddings = 8192));
+    let model = tiny_model_dir(
+        dir.path(),
+        &tiny_config(|c| c.max_position_embeddings = 8192),
+    );
     let mut child = run2(&model)
         .args(["--chat", "--no-stop", "--max-tokens", "8000"])
         .stdin(Stdio::piped())
@@ -75,7 +81,11 @@ fn ctrl_c_stops_the_reply_and_not_the_session() {
     let mut buf = [0u8; 256];
     while !String::from_utf8_lossy(&seen).contains("assistant: ") || seen.len() < 40 {
         let n = stdout.read(&mut buf).unwrap();
-        assert!(n > 0, "run2 ended early: {}", String::from_utf8_lossy(&seen));
+        assert!(
+            n > 0,
+            "run2 ended early: {}",
+            String::from_utf8_lossy(&seen)
+        );
         seen.extend_from_slice(&buf[..n]);
         assert!(start.elapsed() < Duration::from_secs(60));
     }
@@ -86,7 +96,12 @@ fn ctrl_c_stops_the_reply_and_not_the_session() {
     let mut rest = Vec::new();
     stdout.read_to_end(&mut rest).unwrap();
     let mut stderr = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
     let status = child.wait().unwrap();
     eprintln!("stderr:\n{stderr}");
     assert!(status.success(), "{status:?}");
@@ -104,12 +119,18 @@ fn max_tokens_beyond_the_context_memory_and_useless_sampling_flags() {
     let out = run(run2(&model).args(["--prompt", "Hi", "--max-tokens", "5000"]));
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr.contains("--max-tokens 5000: the model's context holds 512"), "{stderr}");
+    assert!(
+        stderr.contains("--max-tokens 5000: the model's context holds 512"),
+        "{stderr}"
+    );
 
     let out = run(run2(&model).args(["--prompt", "Hi", "--max-tokens", "2", "--top-p", "0.9"]));
     let (_, stderr) = text(&out);
     assert!(out.status.success());
-    assert!(stderr.contains("warning: --top-p has no effect at --temp 0"), "{stderr}");
+    assert!(
+        stderr.contains("warning: --top-p has no effect at --temp 0"),
+        "{stderr}"
+    );
 
     let huge = billion_layer_model_dir(&dir.path().join("huge"));
     let out = run(run2(&huge).args(["--prompt", "Hi"]));
@@ -122,7 +143,13 @@ fn max_tokens_beyond_the_context_memory_and_useless_sampling_flags() {
 fn prompt_ids_without_a_tokenizer_print_the_generated_ids() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_model_dir(dir.path(), &tiny_config(|_| {}));
-    let out = run(run2(&model).args(["--prompt-ids", "9707,11,1879", "--max-tokens", "3", "--no-stop"]));
+    let out = run(run2(&model).args([
+        "--prompt-ids",
+        "9707,11,1879",
+        "--max-tokens",
+        "3",
+        "--no-stop",
+    ]));
     let (stdout, _) = text(&out);
     assert!(out.status.success());
     let ids: Vec<u32> = stdout

@@ -8,7 +8,8 @@ mod common;
 use std::process::Command;
 
 use common::{
-    billion_layer_model_dir, example, pairs_jsonl, run, text, tiny_config, tiny_model_dir, train_cmd,
+    billion_layer_model_dir, example, pairs_jsonl, run, text, tiny_config, tiny_model_dir,
+    train_cmd,
 };
 
 #[test]
@@ -42,11 +43,22 @@ fn help_says_what_each_tool_is_for_and_shows_every_default() {
         .iter()
         .filter(takes_value)
         .filter(|e| !e.contains("default"))
-        .filter(|e| !["--model-dir", "--data", "--resume", "--export-hf", "--system-prompt"]
+        .filter(|e| {
+            ![
+                "--model-dir",
+                "--data",
+                "--resume",
+                "--export-hf",
+                "--system-prompt",
+            ]
             .iter()
-            .any(|f| e.trim_start().starts_with(f)))
+            .any(|f| e.trim_start().starts_with(f))
+        })
         .collect();
-    assert!(without.is_empty(), "options without a stated default: {without:#?}");
+    assert!(
+        without.is_empty(),
+        "options without a stated default: {without:#?}"
+    );
     let (dat, _) = text(&run(Command::new(example("dat")).arg("--help")));
     assert!(dat.starts_with("Inspect `.dat` weight files"), "{dat}");
 }
@@ -65,7 +77,10 @@ fn a_run_gets_a_new_run_directory_picks_the_device_and_exports_a_model_directory
         "device: cpu (no CUDA device available)"
     };
     assert!(stderr.contains(expected), "{stderr}");
-    assert!(!stderr.contains('\u{1b}'), "no colour codes into a pipe: {stderr:?}");
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "no colour codes into a pipe: {stderr:?}"
+    );
     assert!(stdout.contains("data: 6 examples"), "{stdout}");
     let runs: Vec<_> = std::fs::read_dir(dir.path().join("runs"))
         .unwrap()
@@ -79,7 +94,12 @@ fn a_run_gets_a_new_run_directory_picks_the_device_and_exports_a_model_directory
     assert_eq!(metrics.lines().count(), 2);
     assert!(run_dir.join("loss.png").is_file());
     let export = run_dir.join("model");
-    for f in ["model.dat", "config.json", "tokenizer.json", "tokenizer_config.json"] {
+    for f in [
+        "model.dat",
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ] {
         assert!(export.join(f).is_file(), "{f} missing from the export");
     }
     // The export opens as a model directory.
@@ -92,8 +112,14 @@ fn a_run_gets_a_new_run_directory_picks_the_device_and_exports_a_model_directory
     // A second run without --run-dir does not touch the first one's files.
     let out = run(train_cmd(&model, &data).current_dir(dir.path()));
     assert!(out.status.success());
-    assert_eq!(std::fs::read_dir(dir.path().join("runs")).unwrap().count(), 2);
-    assert_eq!(std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap(), metrics);
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("runs")).unwrap().count(),
+        2
+    );
+    assert_eq!(
+        std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap(),
+        metrics
+    );
 }
 
 #[test]
@@ -113,7 +139,9 @@ fn a_second_writer_of_a_run_directory_is_refused_with_a_clear_message() {
     );
     assert!(!run_dir.join("metrics.jsonl").exists(), "nothing written");
     drop(held);
-    assert!(run(train_cmd(&model, &data).arg("--run-dir").arg(&run_dir)).status.success());
+    assert!(run(train_cmd(&model, &data).arg("--run-dir").arg(&run_dir))
+        .status
+        .success());
 }
 
 #[test]
@@ -124,7 +152,10 @@ fn bad_outputs_and_impossible_sizes_are_refused_before_the_first_step() {
     let cases: Vec<(Vec<String>, &str)> = vec![
         (
             // A directory cannot be made below a file.
-            vec!["--export-dat".into(), data.join("dir/m.dat").display().to_string()],
+            vec![
+                "--export-dat".into(),
+                data.join("dir/m.dat").display().to_string(),
+            ],
             "--export-dat",
         ),
         (vec!["--batch-size".into(), "100000".into()], "batch-size"),
@@ -133,17 +164,25 @@ fn bad_outputs_and_impossible_sizes_are_refused_before_the_first_step() {
     ];
     for (i, (flags, named)) in cases.iter().enumerate() {
         let run_dir = dir.path().join(format!("run{i}"));
-        let out = run(train_cmd(&model, &data).args(flags).arg("--run-dir").arg(&run_dir));
+        let out = run(train_cmd(&model, &data)
+            .args(flags)
+            .arg("--run-dir")
+            .arg(&run_dir));
         let (stdout, stderr) = text(&out);
         assert!(!out.status.success(), "{flags:?}");
         assert!(stderr.contains(named), "{flags:?}: {stderr}");
-        assert!(!stdout.contains("step "), "{flags:?} failed after training: {stdout}");
+        assert!(
+            !stdout.contains("step "),
+            "{flags:?} failed after training: {stdout}"
+        );
         assert!(!run_dir.join("metrics.jsonl").exists());
     }
     // A billion layers: refused from the estimate, with the numbers, before any allocation.
     let huge = billion_layer_model_dir(&dir.path().join("huge"));
     // Its .dat holds 2 layers: the refusal must come before the weights are read.
-    let out = run(train_cmd(&huge, &data).arg("--run-dir").arg(dir.path().join("runh")));
+    let out = run(train_cmd(&huge, &data)
+        .arg("--run-dir")
+        .arg(dir.path().join("runh")));
     let (_, stderr) = text(&out);
     assert!(
         stderr.contains("training needs at least") && stderr.contains("available"),
@@ -200,5 +239,21 @@ fn errors_print_once_without_a_backtrace() {
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(stderr.matches("error:").count(), 1, "{stderr}");
     assert_eq!(stderr.matches("missing.jsonl").count(), 1, "{stderr}");
-    assert!(!stderr.contains("backtrace") && !stderr.contains("Caused by"), "{stderr}");
+    assert!(
+        !stderr.contains("backtrace") && !stderr.contains("Caused by"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_embedded_default_names_the_flags_it_does_not_take() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(Command::new(example("train"))
+        .args(["--lr", "0.1", "--steps", "1"])
+        .arg("--run-dir")
+        .arg(dir.path().join("run")));
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr.contains("--lr need(s) --model-dir"), "{stderr}");
+    assert!(!stderr.contains("--steps"), "--steps applies: {stderr}");
 }

@@ -39,7 +39,9 @@ impl ParamCounts {
         let heads = if cfg.tie_word_embeddings { 1.0 } else { 2.0 };
         Self {
             embeddings: heads * cfg.vocab_size as f64 * h,
-            projections_per_layer: h * q + 2.0 * h * kv + q * h
+            projections_per_layer: h * q
+                + 2.0 * h * kv
+                + q * h
                 + 3.0 * h * cfg.intermediate_size as f64,
             norms_per_layer: 2.0 * h + 2.0 * cfg.head_dim as f64,
             layers: cfg.num_hidden_layers as f64,
@@ -71,7 +73,10 @@ impl MemoryEstimate {
     /// has available now (unknown availability: no check).
     pub fn check_fits(&self, device: Device) -> Result<()> {
         let Some(available) = memory_available(device) else {
-            tracing::debug!("available memory on {device:?} unknown: {} not checked", self.what);
+            tracing::debug!(
+                "available memory on {device:?} unknown: {} not checked",
+                self.what
+            );
             return Ok(());
         };
         let need = self.total();
@@ -134,7 +139,11 @@ pub fn training_estimate(cfg: &Qwen3Config, train: &TrainConfig, dtype: Kind) ->
     // norms (a few times hidden), q/k/v/attention output, the MLP's three
     // intermediate tensors; with checkpointing only each block's input.
     let per_token_layer = 6.0 * h + 2.0 * cfg.q_dim() as f64 + 3.0 * cfg.intermediate_size as f64;
-    let kept_layers = if train.activation_checkpointing { 1.0 } else { trained_layers };
+    let kept_layers = if train.activation_checkpointing {
+        1.0
+    } else {
+        trained_layers
+    };
     let activations = tokens
         * act
         * (per_token_layer * kept_layers + h * layers)
@@ -161,8 +170,14 @@ pub fn inference_estimate(cfg: &Qwen3Config, dtype: Kind, cache_tokens: usize) -
     MemoryEstimate {
         what: "inference",
         parts: vec![
-            ("weights", p.layers * p.projections_per_layer * PACKED_BYTES_PER_WEIGHT),
-            ("embeddings and norms", (p.embeddings + p.layers * p.norms_per_layer) * b),
+            (
+                "weights",
+                p.layers * p.projections_per_layer * PACKED_BYTES_PER_WEIGHT,
+            ),
+            (
+                "embeddings and norms",
+                (p.embeddings + p.layers * p.norms_per_layer) * b,
+            ),
             ("KV cache", kv),
             ("logits", cfg.vocab_size as f64 * 4.0 * cache_tokens as f64),
         ],
@@ -189,21 +204,25 @@ mod tests {
             .check_fits(Device::Cpu)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("training needs") && e.contains("master weights"), "{e}");
+        assert!(
+            e.contains("training needs") && e.contains("master weights"),
+            "{e}"
+        );
         assert!(e.contains("available"), "{e}");
         let e = inference_estimate(&cfg, Kind::Float, 128)
             .check_fits(Device::Cpu)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("inference needs") && e.contains("KV cache"), "{e}");
+        assert!(
+            e.contains("inference needs") && e.contains("KV cache"),
+            "{e}"
+        );
     }
 
     #[test]
     fn optimizer_state_shrinks_with_its_precision_and_checkpointing_saves_activations() {
         let cfg = Qwen3Config::qwen3_4b();
-        let part = |e: &MemoryEstimate, name: &str| {
-            e.parts.iter().find(|p| p.0 == name).unwrap().1
-        };
+        let part = |e: &MemoryEstimate, name: &str| e.parts.iter().find(|p| p.0 == name).unwrap().1;
         let mut t = TrainConfig::default();
         let f32_state = part(&training_estimate(&cfg, &t, Kind::Float), "optimizer state");
         t.adamw.state = OptimStateKind::Int8Block;

@@ -177,7 +177,13 @@ fn load_lines(
         }
     })?;
     // Editors on Windows start files with a byte-order mark: not part of line 1.
-    build(path, text.strip_prefix(BOM).unwrap_or(&text), tok, opts, parse)
+    build(
+        path,
+        text.strip_prefix(BOM).unwrap_or(&text),
+        tok,
+        opts,
+        parse,
+    )
 }
 
 fn build(
@@ -310,7 +316,9 @@ pub fn parse_jsonl_line(
     Ok(Some(pair(system, field("prompt")?, field("response")?)))
 }
 
-fn parse_messages(value: serde_json::Value) -> std::result::Result<Option<Vec<ChatMessage>>, String> {
+fn parse_messages(
+    value: serde_json::Value,
+) -> std::result::Result<Option<Vec<ChatMessage>>, String> {
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Line {
@@ -495,14 +503,16 @@ mod tests {
 
     #[test]
     fn jsonl_errors_name_the_field() {
-        let e = parse_jsonl_line(r#"{"messages":[{"role":"user","content":"hi"}]}"#, None).unwrap_err();
+        let e =
+            parse_jsonl_line(r#"{"messages":[{"role":"user","content":"hi"}]}"#, None).unwrap_err();
         assert!(e.contains("expected assistant"), "{e}");
-        let e = parse_jsonl_line(r#"{"messages":[{"role":"bot","content":"hi"}]}"#, None).unwrap_err();
+        let e =
+            parse_jsonl_line(r#"{"messages":[{"role":"bot","content":"hi"}]}"#, None).unwrap_err();
         assert!(e.contains("messages[0].role"), "{e}");
         let e = parse_jsonl_line(r#"{"messages":[]}"#, None).unwrap_err();
         assert!(e.contains("empty"), "{e}");
-        let e =
-            parse_jsonl_line(r#"{"messages":[{"role":"assistant","content":"x"}]}"#, None).unwrap_err();
+        let e = parse_jsonl_line(r#"{"messages":[{"role":"assistant","content":"x"}]}"#, None)
+            .unwrap_err();
         assert!(e.contains("no user"), "{e}");
         let e = parse_jsonl_line(r#"{"messages":[], "x": 1}"#, None).unwrap_err();
         assert!(e.contains("invalid JSON chat line"), "{e}");

@@ -15,8 +15,8 @@ use crate::config::TrainConfig;
 use crate::data::BadLinePolicy;
 use crate::error::{Error, Result};
 use crate::job::{run_job_locked, DataSource, JobEvent, JobReport, JobSpec, WeightsSource};
-use crate::run_dir::RunDirLock;
 use crate::optim::AdamWConfig;
+use crate::run_dir::RunDirLock;
 use crate::schedule::ScheduleKind;
 
 /// `config.json` of the default model.
@@ -125,6 +125,8 @@ pub fn run_default_observed(
     train.progress = opts.progress;
     if let Some(s) = opts.steps {
         train.steps = Some(s);
+        // A shorter run keeps a warmup that fits in it.
+        train.warmup = train.warmup.min(s);
     }
     let trained_dat = dir.join("model").join("model.dat");
     let spec = JobSpec {

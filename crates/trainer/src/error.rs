@@ -125,7 +125,9 @@ pub enum Error {
         total: u64,
     },
     /// The estimated memory exceeds what the device has available.
-    #[error("{what} needs at least {need} ({parts}), but only {available} is available on {device}")]
+    #[error(
+        "{what} needs at least {need} ({parts}), but only {available} is available on {device}"
+    )]
     WontFit {
         /// "training" or "inference".
         what: &'static str,

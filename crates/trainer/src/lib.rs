@@ -54,6 +54,7 @@ mod trainer;
 pub use alloc::keep_freed_memory;
 pub use backprop::{forward_backward, masked_ce_sum, reference_ce_sum, BackpropPlan};
 pub use batch::{inputs_and_labels, make_batch, Batch, DataCursor, DataOrder, IGNORE_INDEX};
+pub use budget::{inference_estimate, training_estimate, MemoryEstimate, ParamCounts};
 pub use config::{MasterDtype, NonFinitePolicy, TrainConfig};
 pub use data::{
     load_data, load_jsonl, load_tsv, load_tsv_str, parse_jsonl_line, parse_tsv_line, tokenize,
@@ -61,14 +62,13 @@ pub use data::{
 };
 pub use demo::{
     default_model_config, default_train_config, run_default, run_default_observed,
-    write_default_base, DefaultRunOptions,
-    DefaultRunReport, DEFAULT_MODEL_CONFIG, DEFAULT_TRAIN_TSV, DEFAULT_WEIGHTS_SEED,
+    write_default_base, DefaultRunOptions, DefaultRunReport, DEFAULT_MODEL_CONFIG,
+    DEFAULT_TRAIN_TSV, DEFAULT_WEIGHTS_SEED,
 };
 pub use error::{Error, Result};
 pub use eval::{exact_match, greedy_answers, EvalReport, EvalSample, GreedyAnswer};
 pub use fsutil::write_atomic;
 pub use grad::{clip_coefficient, clip_grad_norm, global_grad_norm};
-pub use budget::{inference_estimate, training_estimate, MemoryEstimate, ParamCounts};
 pub use job::{
     resolve_model_dir, run_job, run_job_observed, DataSource, JobEvent, JobReport, JobSpec,
     ResumeFrom, WeightsSource,

@@ -252,7 +252,11 @@ mod tests {
         }
         drop(log);
         MetricsLog::truncate_after(&p, 3).unwrap();
-        let steps: Vec<u64> = MetricsLog::read(&p).unwrap().iter().map(|m| m.step).collect();
+        let steps: Vec<u64> = MetricsLog::read(&p)
+            .unwrap()
+            .iter()
+            .map(|m| m.step)
+            .collect();
         assert_eq!(steps, [1, 2, 3]);
         MetricsLog::truncate_after(&dir.path().join("none.jsonl"), 3).unwrap();
     }

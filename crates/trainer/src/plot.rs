@@ -38,7 +38,11 @@ pub fn plot_loss_curve(path: &Path, curve: &LossCurve<'_>) -> Result<()> {
             .map(|&(s, v)| (s as f64, v))
             .collect()
     };
-    let (train, lr, val) = (finite(curve.train), finite(curve.lr), finite(curve.validation));
+    let (train, lr, val) = (
+        finite(curve.train),
+        finite(curve.lr),
+        finite(curve.validation),
+    );
     if train.is_empty() {
         return Err(Error::Plot {
             path: path.to_path_buf(),
@@ -144,7 +148,9 @@ fn draw(
             .draw_series(LineSeries::new(val.iter().copied(), orange.stroke_width(2)))
             .map_err(|e| err(&e))?
             .label("validation loss")
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], orange.stroke_width(2)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 16, y)], orange.stroke_width(2))
+            });
         chart
             .draw_series(val.iter().map(|&p| Circle::new(p, 4, orange.filled())))
             .map_err(|e| err(&e))?;
@@ -199,10 +205,19 @@ mod tests {
         let train: Vec<(u64, f64)> = (1..=50)
             .map(|s| (s, 5.0 / s as f64 + 0.1 * ((s % 3) as f64)))
             .collect();
-        let lr: Vec<(u64, f64)> = (1..=50).map(|s| (s, 1e-3 * (s.min(10) as f64) / 10.0)).collect();
+        let lr: Vec<(u64, f64)> = (1..=50)
+            .map(|s| (s, 1e-3 * (s.min(10) as f64) / 10.0))
+            .collect();
         let validation = [(25, 0.6), (50, 0.4)];
         let plain = dir.path().join("plain.png");
-        plot_loss_curve(&plain, &LossCurve { train: &train, ..Default::default() }).unwrap();
+        plot_loss_curve(
+            &plain,
+            &LossCurve {
+                train: &train,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         plot_loss_curve(
             &p,
             &LossCurve {

@@ -125,7 +125,10 @@ mod tests {
         let first = RunDirLock::acquire(&run).unwrap();
         let e = RunDirLock::acquire(&run).unwrap_err().to_string();
         assert!(e.contains("in use by another run"), "{e}");
-        assert!(e.contains(&std::process::id().to_string()), "names the holder: {e}");
+        assert!(
+            e.contains(&std::process::id().to_string()),
+            "names the holder: {e}"
+        );
         drop(first);
         RunDirLock::acquire(&run).unwrap();
     }
@@ -138,6 +141,9 @@ mod tests {
         let b = timestamped_run_dir(dir.path(), "train");
         assert_ne!(a, b);
         let name = a.file_name().unwrap().to_string_lossy().into_owned();
-        assert!(name.starts_with("train-") && name.len() == "train-YYYYMMDD-HHMMSS".len(), "{name}");
+        assert!(
+            name.starts_with("train-") && name.len() == "train-YYYYMMDD-HHMMSS".len(),
+            "{name}"
+        );
     }
 }

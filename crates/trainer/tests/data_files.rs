@@ -274,5 +274,8 @@ fn a_byte_order_mark_inside_a_file_is_named_with_its_line() {
     let e = load_data(&p, &tok(), &opts(BadLinePolicy::Fail))
         .unwrap_err()
         .to_string();
-    assert!(e.contains("d.jsonl:2:") && e.contains("invalid JSON"), "{e}");
+    assert!(
+        e.contains("d.jsonl:2:") && e.contains("invalid JSON"),
+        "{e}"
+    );
 }
