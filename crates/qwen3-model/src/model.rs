@@ -3,6 +3,7 @@
 //! Construction lives in `loader.rs` (from `.dat`, safetensors or random
 //! weights), training helpers in `train.rs`; this file is the forward pass.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use nvfp4_kernels::{ComputePath, Nvfp4Backend};
@@ -18,7 +19,7 @@ use crate::norm::RmsNorm;
 use crate::rope::Rotary;
 
 /// How to build a model: where, in which compute precision, through which NVFP4 path.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct LoadOptions {
     /// Device that holds the weights and runs the forward.
     pub device: Device,
@@ -28,6 +29,9 @@ pub struct LoadOptions {
     pub compute_path: ComputePath,
     /// Also reject tensors the model does not use (missing or misshapen ones are always errors).
     pub strict: bool,
+    /// `config.json` for [`Qwen3Model::load`]; `None`: the one in the model
+    /// directory or beside the `.dat`.
+    pub config: Option<PathBuf>,
 }
 
 impl LoadOptions {
@@ -43,6 +47,7 @@ impl LoadOptions {
             dtype,
             compute_path: ComputePath::Auto,
             strict: true,
+            config: None,
         }
     }
 
