@@ -68,7 +68,6 @@ fn main() -> Result<()> {
         dtype: Kind::BFloat16,
         compute_path: path,
         strict: true,
-        config: None,
     };
     let probe = MemoryProbe::new(device)?;
     let base_mem = probe.bytes_in_use()?;
@@ -120,7 +119,7 @@ fn main() -> Result<()> {
     if std::env::var("FULL_SIZE_PROFILE").is_ok() {
         let twin = LoadOptions {
             dtype: Kind::Float,
-            ..opts.clone()
+            ..opts
         };
         let twin = Qwen3Model::load_dat(&DatFile::open(&dat_path)?, &cfg, &twin)?;
         fused_vs_per_op(&model, &twin)?;

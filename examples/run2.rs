@@ -207,7 +207,6 @@ impl Runner {
             dtype,
             compute_path,
             strict: true,
-            config: None,
         };
         let model = Qwen3Model::load_dat(&dat, &cfg, &load)
             .with_context(|| files.weight.display().to_string())?;

@@ -132,7 +132,6 @@ fn run_once(opts: &StressOptions, case: StressCase) -> Result<RunRecord> {
         dtype: opts.dtype,
         compute_path: opts.compute_path,
         strict: true,
-        config: None,
     };
     let model = {
         // The mmap is closed as soon as the model holds its device copies.
@@ -192,7 +191,6 @@ pub fn write_synthetic_model(
         dtype: Kind::Float,
         compute_path: ComputePath::Auto,
         strict: true,
-        config: None,
     };
     let model = Qwen3Model::random(cfg, &opts, seed).context("building the synthetic model")?;
     let weight = dir.join("model.dat");

@@ -202,10 +202,20 @@ fn missing(role: TensorRole) -> Error {
 impl Qwen3Model {
     /// Opens a model: `path` is a `.dat` file, a directory holding one
     /// `.dat`, or a Hugging Face safetensors directory (quantized on load);
-    /// the config is `opts.config`, else `config.json` in the directory or
-    /// beside the `.dat` (see [`ModelPaths::resolve`]).
+    /// the config is `config.json` in the directory or beside the `.dat`
+    /// (see [`ModelPaths::resolve`]).
     pub fn load(path: &Path, opts: &LoadOptions) -> Result<Self> {
-        let paths = ModelPaths::resolve(path, opts.config.as_deref())?;
+        Self::load_with_config(path, None, opts)
+    }
+
+    /// [`Qwen3Model::load`] with the `config.json` given explicitly (`None`:
+    /// the one in the directory or beside the `.dat`).
+    pub fn load_with_config(
+        path: &Path,
+        config: Option<&Path>,
+        opts: &LoadOptions,
+    ) -> Result<Self> {
+        let paths = ModelPaths::resolve(path, config)?;
         let cfg = Qwen3Config::from_file(&paths.config)?;
         match paths.format {
             WeightFormat::Dat => Self::load_dat(&DatFile::open(&paths.weights)?, &cfg, opts),

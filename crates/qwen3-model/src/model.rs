@@ -3,7 +3,6 @@
 //! Construction lives in `loader.rs` (from `.dat`, safetensors or random
 //! weights), training helpers in `train.rs`; this file is the forward pass.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use nvfp4_kernels::{ComputePath, Nvfp4Backend};
@@ -19,7 +18,7 @@ use crate::norm::RmsNorm;
 use crate::rope::Rotary;
 
 /// How to build a model: where, in which compute precision, through which NVFP4 path.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LoadOptions {
     /// Device that holds the weights and runs the forward.
     pub device: Device,
@@ -29,9 +28,6 @@ pub struct LoadOptions {
     pub compute_path: ComputePath,
     /// Also reject tensors the model does not use (missing or misshapen ones are always errors).
     pub strict: bool,
-    /// `config.json` for [`Qwen3Model::load`]; `None`: the one in the model
-    /// directory or beside the `.dat`.
-    pub config: Option<PathBuf>,
 }
 
 impl LoadOptions {
@@ -47,7 +43,6 @@ impl LoadOptions {
             dtype,
             compute_path: ComputePath::Auto,
             strict: true,
-            config: None,
         }
     }
 

@@ -45,7 +45,6 @@ fn setup(device: Device, test: &str) -> (Qwen3Model, Vec<u32>, StdRng) {
         dtype: Kind::Float,
         compute_path: ComputePath::Auto,
         strict: true,
-        config: None,
     };
     let model = Qwen3Model::random(&tiny_config(), &opts, rng.gen()).unwrap();
     let prompt = (0..rng.gen_range(5..20))
