@@ -19,11 +19,11 @@ use dat_format::{
     convert_hf_dir_to_dat, export_dat_to_hf_dir_with, DatFile, ElemType, ExportOptions,
 };
 use nvfp4_kernels::ScaleMode;
-use qwen3_nvfp4::init_tracing;
+use qwen3_nvfp4::{init_tracing, run_main};
 
 /// Inspect `.dat` weight files; convert Hugging Face safetensors models to NVFP4 `.dat` and back.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
     #[command(subcommand)]
     command: Command,
@@ -87,14 +87,8 @@ impl From<Dtype> for ElemType {
 
 fn main() -> ExitCode {
     init_tracing("info");
-    match run(Args::parse().command) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            // `{:#}` prints the whole context chain on one line; library errors end with a hint.
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    let args = Args::parse();
+    run_main(|| run(args.command))
 }
 
 fn run(command: Command) -> Result<()> {

@@ -4,7 +4,9 @@
 //! or `--prompt-ids 1,2,3` with no tokenizer at all), an interactive REPL
 //! (`--chat`), or a scripted conversation (`--script FILE`, one user turn per
 //! line). `--print-ids` and `--dump-logits` make the output comparable with
-//! Hugging Face. Timing goes to stderr.
+//! Hugging Face. Timing goes to stderr. In the chat, Ctrl-C stops the reply
+//! being written (not the session); a turn that fails is reported and the
+//! session goes on.
 //!
 //! ```text
 //! cargo run --release --example run2 -- --model-dir models/qwen3-4b --prompt "Hello!"
@@ -15,6 +17,7 @@
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -26,10 +29,10 @@ use qwen3_model::{
     SamplingParams,
 };
 use qwen3_nvfp4::{
-    dtype_name, init_tracing, parse_device, parse_dtype, write_logits, ChatSession, ModelFiles,
-    TokenizerSource,
+    device_arg, dtype_arg, dtype_name, error_text, fit_context, init_tracing, parse_arg,
+    pick_device, run_main, write_logits, ChatSession, ModelFiles, TokenizerSource,
 };
-use tch::Device;
+use tch::{Device, Kind};
 use tokenizer_bridge::{ChatMessage, Qwen3Tokenizer};
 
 /// Qwen3 NVFP4 inference: one prompt, an interactive chat, or a scripted conversation.
@@ -48,15 +51,15 @@ struct Args {
     /// tokenizer.json (default: the one in --model-dir, else the bundled Qwen3 tokenizer).
     #[arg(long, value_name = "FILE")]
     tokenizer: Option<PathBuf>,
-    /// Device: cpu, cuda or cuda:N (default: cuda when available, else cpu).
-    #[arg(long)]
-    device: Option<String>,
-    /// Compute dtype: f32, bf16 or f16 (default: bf16 on CUDA, f32 on CPU).
-    #[arg(long)]
-    dtype: Option<String>,
+    /// Device: cpu, cuda or cuda:N [default: cuda when available, else cpu].
+    #[arg(long, value_parser = device_arg)]
+    device: Option<Device>,
+    /// Compute dtype: f32, bf16 or f16 [default: bf16 on CUDA, f32 on CPU].
+    #[arg(long, value_parser = dtype_arg)]
+    dtype: Option<Kind>,
     /// NVFP4 compute path: kernel-only (fail if no kernel), auto, or dequant-matmul.
-    #[arg(long, default_value = "auto")]
-    compute_path: String,
+    #[arg(long, default_value = "auto", value_parser = parse_arg::<ComputePath>)]
+    compute_path: ComputePath,
     /// The user prompt (through the chat template unless --raw).
     #[arg(long, conflicts_with = "prompt_ids")]
     prompt: Option<String>,
@@ -64,7 +67,7 @@ struct Args {
     #[arg(long, value_name = "IDS")]
     prompt_ids: Option<String>,
     /// Encode --prompt as is, without the chat template.
-    #[arg(long)]
+    #[arg(long, requires = "prompt", conflicts_with_all = ["chat", "script"])]
     raw: bool,
     /// Interactive multi-turn chat on stdin with streaming output (/reset, /exit).
     #[arg(long, conflicts_with_all = ["prompt", "prompt_ids", "script"])]
@@ -75,7 +78,7 @@ struct Args {
     /// System message for the chat template.
     #[arg(long)]
     system: Option<String>,
-    /// Maximum new tokens per reply.
+    /// Maximum new tokens per reply (at most the model's context; a reply is cut where the context ends).
     #[arg(long, default_value_t = 128)]
     max_tokens: usize,
     /// Sampling temperature; 0 = greedy.
@@ -127,13 +130,7 @@ fn parse_prefill(s: &str) -> std::result::Result<PrefillMode, String> {
 fn main() -> ExitCode {
     let args = Args::parse();
     init_tracing("warn");
-    match run(args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    run_main(|| run(args))
 }
 
 fn run(args: Args) -> Result<()> {
@@ -144,10 +141,24 @@ fn run(args: Args) -> Result<()> {
     if args.prompt.is_none() && args.prompt_ids.is_none() && !args.chat && args.script.is_none() {
         bail!("nothing to do: pass --prompt TEXT, --prompt-ids IDS, --chat or --script FILE");
     }
-    let device = match &args.device {
-        Some(d) => parse_device(d)?,
-        None => Device::cuda_if_available(),
-    };
+    if args.temp == 0.0 {
+        let ignored: Vec<&str> = [
+            (args.top_p.is_some(), "--top-p"),
+            (args.top_k.is_some(), "--top-k"),
+            (args.min_p.is_some(), "--min-p"),
+        ]
+        .iter()
+        .filter_map(|&(given, flag)| given.then_some(flag))
+        .collect();
+        if !ignored.is_empty() {
+            eprintln!(
+                "warning: {} ha{} no effect at --temp 0 (greedy decoding)",
+                ignored.join(", "),
+                if ignored.len() == 1 { "s" } else { "ve" }
+            );
+        }
+    }
+    let device = pick_device(args.device);
     let runner = Runner::load(&args, device)?;
     match (&args.script, args.chat) {
         (Some(script), _) => {
@@ -165,9 +176,13 @@ fn run(args: Args) -> Result<()> {
                     script.display()
                 );
             }
-            runner.converse(&args, turns.into_iter(), true)
+            let failed = runner.converse(&args, turns.into_iter(), true)?;
+            if failed > 0 {
+                bail!("--script {}: {failed} turn(s) failed", script.display());
+            }
+            Ok(())
         }
-        (None, true) => runner.converse(&args, stdin_turns(), false),
+        (None, true) => runner.converse(&args, stdin_turns(), false).map(|_| ()),
         (None, false) => runner.single(&args),
     }
 }
@@ -181,27 +196,33 @@ struct Runner {
 
 impl Runner {
     fn load(args: &Args, device: Device) -> Result<Self> {
-        let dtype = match &args.dtype {
-            Some(d) => parse_dtype(d)?,
-            None => LoadOptions::new(device).dtype,
-        };
-        let compute_path: ComputePath = args.compute_path.parse().context("--compute-path")?;
+        let dtype = args.dtype.unwrap_or(LoadOptions::new(device).dtype);
+        let compute_path = args.compute_path;
         let files = ModelFiles::resolve(
             args.model_dir.as_deref(),
             args.weight.as_deref(),
             args.config.as_deref(),
             args.tokenizer.as_deref(),
         )?;
-        let cfg = Qwen3Config::from_file(&files.config)
-            .with_context(|| files.config.display().to_string())?;
+        let cfg = Qwen3Config::from_file(&files.config)?;
+        let context = cfg.max_position_embeddings;
+        if args.max_tokens > context {
+            bail!(
+                "--max-tokens {}: the model's context holds {context} tokens (max_position_embeddings in {})",
+                args.max_tokens,
+                files.config.display()
+            );
+        }
+        // Refuse before allocating: weights plus a cache for a reply and a long prompt.
+        trainer::inference_estimate(&cfg, dtype, context.min(args.max_tokens + 1024))
+            .check_fits(device)?;
         // Ids need no tokenizer: only an explicitly present one is loaded, for display.
         let tokenizer = match (args.prompt_ids.is_some(), &files.tokenizer) {
             (true, TokenizerSource::Bundled) => None,
             _ => Some(files.load_tokenizer()?),
         };
         let start = Instant::now();
-        let dat =
-            DatFile::open(&files.weight).with_context(|| files.weight.display().to_string())?;
+        let dat = DatFile::open(&files.weight)?;
         let load = LoadOptions {
             device,
             dtype,
@@ -209,7 +230,7 @@ impl Runner {
             strict: true,
         };
         let model = Qwen3Model::load_dat(&dat, &cfg, &load)
-            .with_context(|| files.weight.display().to_string())?;
+            .with_context(|| format!("loading {}", files.weight.display()))?;
         drop(dat);
         eprintln!(
             "loaded {} ({} layers, vocab {}) on {device:?} as {} in {:.2}s; {}",
@@ -220,7 +241,7 @@ impl Runner {
             start.elapsed().as_secs_f64(),
             model.backend().describe()
         );
-        let options = generate_options(args, &cfg, tokenizer.as_ref());
+        let options = generate_options(args, &cfg, &files, tokenizer.as_ref())?;
         Ok(Self {
             model,
             tokenizer,
@@ -248,7 +269,11 @@ impl Runner {
         };
         let opts = GenerateOptions {
             keep_prompt_logits: args.dump_logits.is_some(),
-            ..self.options.clone()
+            ..fit_context(
+                &self.options,
+                prompt.len(),
+                self.model.config().max_position_embeddings,
+            )?
         };
         let mut cache = args
             .kv_cache
@@ -263,6 +288,10 @@ impl Runner {
             )?)
         })?;
         report(args, &prompt, &generation);
+        if self.tokenizer.is_none() && !args.print_ids {
+            // Nothing was streamed as text: the ids are the answer.
+            println!("{}", join(&generation.tokens));
+        }
         if let (Some(path), Some(logits)) = (&args.dump_logits, &generation.prompt_logits) {
             write_logits(path, logits)?;
             eprintln!(
@@ -290,7 +319,7 @@ impl Runner {
                     Err(e) => failed = Some(e),
                 }
             }
-            failed.is_none()
+            failed.is_none() && !CtrlC::fired()
         })?;
         if let Some(text) = decoder.as_mut().map(|d| d.finish()).transpose()?.flatten() {
             print!("{text}");
@@ -305,10 +334,18 @@ impl Runner {
     }
 
     /// A multi-turn conversation over `turns`; `echo` prints each user turn.
-    fn converse(&self, args: &Args, turns: impl Iterator<Item = String>, echo: bool) -> Result<()> {
+    /// A failed turn is reported and the conversation goes on; returns how
+    /// many failed.
+    fn converse(
+        &self,
+        args: &Args,
+        turns: impl Iterator<Item = String>,
+        echo: bool,
+    ) -> Result<usize> {
         let tok = self.tokenizer()?;
         let new_chat = || ChatSession::new(&self.model, args.system.as_deref(), args.kv_cache);
         let mut chat = new_chat();
+        let mut failed = 0;
         for line in turns {
             match line.as_str() {
                 "/exit" | "/quit" => break,
@@ -323,30 +360,87 @@ impl Runner {
                 println!("user: {line}");
             }
             print!("assistant: ");
-            let turn = self.streamed(|cb| chat.turn(&self.model, tok, &line, &self.options, cb))?;
-            report(args, &turn.fed, &turn.generation);
+            let _ = std::io::stdout().flush();
+            let ctrl_c = CtrlC::stop_reply();
+            let turn = self.streamed(|cb| chat.turn(&self.model, tok, &line, &self.options, cb));
+            let stopped = CtrlC::fired();
+            drop(ctrl_c);
+            match turn {
+                Ok(turn) => {
+                    if stopped {
+                        eprintln!("(reply stopped by Ctrl-C)");
+                    }
+                    report(args, &turn.fed, &turn.generation);
+                }
+                Err(e) => {
+                    println!();
+                    eprintln!("error: {}", error_text(&e));
+                    failed += 1;
+                }
+            }
         }
-        Ok(())
+        Ok(failed)
     }
 }
 
+/// Ctrl-C during a reply: while a [`CtrlC`] guard lives, SIGINT sets a flag
+/// that ends the reply at the next token instead of ending the process; at
+/// the prompt (no guard) Ctrl-C ends the session as usual.
+struct CtrlC;
+
+static CTRL_C: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_sigint(_: libc::c_int) {
+    CTRL_C.store(true, Ordering::SeqCst);
+}
+
+impl CtrlC {
+    fn stop_reply() -> Self {
+        CTRL_C.store(false, Ordering::SeqCst);
+        // SAFETY: the handler only stores to an atomic (async-signal-safe).
+        unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
+        CtrlC
+    }
+
+    fn fired() -> bool {
+        CTRL_C.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for CtrlC {
+    fn drop(&mut self) {
+        // SAFETY: restores the default disposition.
+        unsafe { libc::signal(libc::SIGINT, libc::SIG_DFL) };
+        CTRL_C.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Generation options from the flags. Stop ids come from the model's files:
+/// the tokenizer's (`<|im_end|>`, `<|endoftext|>`, its eos), config.json's
+/// `eos_token_id` and generation_config.json's, so that `--prompt-ids`
+/// without a tokenizer stops where the tokenizer would.
 fn generate_options(
     args: &Args,
     cfg: &Qwen3Config,
+    files: &ModelFiles,
     tok: Option<&Qwen3Tokenizer>,
-) -> GenerateOptions {
+) -> Result<GenerateOptions> {
     let mut stop_ids: Vec<u32> = Vec::new();
     if !args.no_stop {
-        // <|im_end|>, <|endoftext|> and the config's eos, with or without a tokenizer.
-        stop_ids.extend(
-            tok.map(|t| t.stop_ids().to_vec())
-                .unwrap_or_else(|| vec![151645, 151643]),
-        );
+        stop_ids.extend(tok.map(|t| t.stop_ids().to_vec()).unwrap_or_default());
         stop_ids.extend(&cfg.eos_token_ids);
+        if let Some(dir) = files.config.parent() {
+            stop_ids.extend(tokenizer_bridge::generation_config_eos_ids(
+                &dir.join("generation_config.json"),
+            )?);
+        }
         stop_ids.sort_unstable();
         stop_ids.dedup();
+        if stop_ids.is_empty() {
+            eprintln!("note: no eos token id in the model's files: replies run to --max-tokens");
+        }
     }
-    GenerateOptions {
+    Ok(GenerateOptions {
         max_new_tokens: args.max_tokens,
         sampling: SamplingParams {
             temperature: args.temp,
@@ -360,7 +454,7 @@ fn generate_options(
         prefill: args.prefill,
         keep_prompt_logits: false,
         fused_decode: !args.no_fused_decode,
-    }
+    })
 }
 
 fn with_system(args: &Args, mut messages: Vec<ChatMessage>) -> Vec<ChatMessage> {
@@ -409,16 +503,28 @@ fn join(ids: &[u32]) -> String {
     ids.iter().map(u32::to_string).collect::<Vec<_>>().join(" ")
 }
 
-/// User turns typed on stdin, with a prompt on stderr; ends at EOF.
+/// User turns typed on stdin, with a prompt on stderr; ends at EOF. A line
+/// that is not UTF-8 is reported and asked for again.
 fn stdin_turns() -> impl Iterator<Item = String> {
     let stdin = std::io::stdin();
     std::iter::from_fn(move || loop {
         eprint!("user> ");
-        let mut line = String::new();
-        match stdin.lock().read_line(&mut line) {
-            Ok(0) | Err(_) => return None,
-            Ok(_) if line.trim().is_empty() => continue,
-            Ok(_) => return Some(line.trim().to_string()),
+        let mut bytes = Vec::new();
+        match stdin.lock().read_until(b'\n', &mut bytes) {
+            Ok(0) => return None,
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("error: reading stdin: {e}");
+                return None;
+            }
+        }
+        match String::from_utf8(bytes) {
+            Ok(line) if line.trim().is_empty() => continue,
+            Ok(line) => return Some(line.trim().to_string()),
+            Err(e) => eprintln!(
+                "error: the line is not UTF-8 text (invalid byte at offset {}); type it again",
+                e.utf8_error().valid_up_to()
+            ),
         }
     })
 }

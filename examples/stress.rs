@@ -19,10 +19,10 @@ use clap::Parser;
 use nvfp4_kernels::ComputePath;
 use qwen3_model::{LoadOptions, Qwen3Config};
 use qwen3_nvfp4::{
-    device_name, dtype_name, init_tracing, parse_device, parse_dtype, run_stress, synthetic_prompt,
-    write_synthetic_model, ModelFiles, StressOptions, StressReport,
+    device_arg, device_name, dtype_arg, dtype_name, init_tracing, parse_arg, pick_device, run_main,
+    run_stress, synthetic_prompt, write_synthetic_model, ModelFiles, StressOptions, StressReport,
 };
-use tch::Device;
+use tch::{Device, Kind};
 
 /// Repeated load/prefill/generate/drop with and without KV cache, watching memory.
 #[derive(Parser, Debug, Clone)]
@@ -46,15 +46,15 @@ struct Args {
     /// Seed of the random model's weights.
     #[arg(long, default_value_t = 0)]
     model_seed: u64,
-    /// Device: cpu, cuda or cuda:N (default: cuda when available, else cpu).
-    #[arg(long)]
-    device: Option<String>,
-    /// Compute dtype: f32, bf16 or f16 (default: bf16 on CUDA, f32 on CPU).
-    #[arg(long)]
-    dtype: Option<String>,
+    /// Device: cpu, cuda or cuda:N [default: cuda when available, else cpu].
+    #[arg(long, value_parser = device_arg)]
+    device: Option<Device>,
+    /// Compute dtype: f32, bf16 or f16 [default: bf16 on CUDA, f32 on CPU].
+    #[arg(long, value_parser = dtype_arg)]
+    dtype: Option<Kind>,
     /// NVFP4 compute path: kernel-only, auto or dequant-matmul.
-    #[arg(long, default_value = "auto")]
-    compute_path: String,
+    #[arg(long, default_value = "auto", value_parser = parse_arg::<ComputePath>)]
+    compute_path: ComputePath,
     /// Times the whole matrix runs in each process (the first is the memory warm-up).
     #[arg(long, default_value_t = 3)]
     iterations: usize,
@@ -81,23 +81,14 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     init_tracing("warn");
-    match run(&args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    run_main(|| run(&args))
 }
 
 fn run(args: &Args) -> Result<()> {
     if args.iterations == 0 || args.processes == 0 {
         bail!("--iterations and --processes must be at least 1");
     }
-    let device = match &args.device {
-        Some(d) => parse_device(d)?,
-        None => Device::cuda_if_available(),
-    };
+    let device = pick_device(args.device);
     // A random model lives in a temp dir for the whole run (children included).
     let temp =
         tempfile::tempdir().context("creating a temporary directory for the random model")?;
@@ -176,11 +167,8 @@ fn stress_options(
     weight: PathBuf,
     config: PathBuf,
 ) -> Result<StressOptions> {
-    let dtype = match &args.dtype {
-        Some(d) => parse_dtype(d)?,
-        None => LoadOptions::new(device).dtype,
-    };
-    let compute_path: ComputePath = args.compute_path.parse().context("--compute-path")?;
+    let dtype = args.dtype.unwrap_or(LoadOptions::new(device).dtype);
+    let compute_path = args.compute_path;
     let cfg = Qwen3Config::from_file(&config).with_context(|| config.display().to_string())?;
     let deterministic = device == Device::Cpu && dtype == tch::Kind::Float;
     Ok(StressOptions {
@@ -274,7 +262,7 @@ fn child_args(args: &Args, opts: &StressOptions) -> Vec<String> {
         "--dtype".into(),
         dtype_name(opts.dtype).into(),
         "--compute-path".into(),
-        args.compute_path.clone(),
+        args.compute_path.to_string(),
         "--iterations".into(),
         opts.iterations.to_string(),
         "--prompt-len".into(),

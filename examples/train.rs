@@ -1,10 +1,10 @@
-//! The training runner (the original's `run-training`): NVFP4
-//! quantization-aware fine-tuning of Qwen3.
+//! `train`: NVFP4 quantization-aware fine-tuning of Qwen3 (the original's
+//! `run-training`).
 //!
 //! With no arguments it runs the embedded default: a small Qwen3 (real
 //! tokenizer and vocabulary) with synthetic NVFP4 weights written to a
 //! `.dat` and loaded back, trained on the shipped "Pico" data set on the CPU
-//! in a few minutes; it saves a checkpoint, exports the trained `.dat`,
+//! in a few minutes; it saves a checkpoint, exports the trained model,
 //! reloads it, answers the training prompts and ends with
 //! `exact_match: <matched>/<total>`.
 //!
@@ -13,122 +13,141 @@
 //!
 //! ```text
 //! cargo run --release --example train -- --model-dir models/qwen3-4b --data chat.jsonl \
-//!     --device cuda --steps 200 --batch-size 4 --seq-len 512 --lr 1e-5 --optim-state int8 \
-//!     --activation-checkpointing --checkpoint-dir runs/ft/ckpt --save-every 50 --export-dat runs/ft/out.dat
+//!     --steps 200 --batch-size 4 --seq-len 512 --lr 1e-5 --optim-state int8 \
+//!     --activation-checkpointing --save-every 50
 //! ```
+//!
+//! Every run writes into a run directory of its own (`runs/train-<UTC time>`
+//! unless `--run-dir` names one), locked while the run lasts.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use clap::Parser;
-use qwen3_nvfp4::{init_tracing, parse_device, parse_dtype};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
+use nvfp4_kernels::ComputePath;
+use qwen3_nvfp4::{
+    device_arg, dtype_arg, init_tracing, parse_arg, pick_device, run_main, JobPrinter,
+};
+use tch::{Device, Kind};
 use tokenizer_bridge::Qwen3Tokenizer;
 use trainer::{
-    resolve_model_dir, run_default, run_job, DataSource, DefaultRunOptions, EvalReport, JobSpec,
-    ResumeFrom, TrainConfig,
+    resolve_model_dir, run_default_observed, run_job_observed, timestamped_run_dir, BadLinePolicy,
+    DataSource, DefaultRunOptions, EvalReport, JobSpec, MasterDtype, NonFinitePolicy,
+    OptimStateKind, ResumeFrom, ScheduleKind, TrainConfig,
 };
 
-/// NVFP4 quantization-aware training of Qwen3 (no arguments: the embedded default run).
-#[derive(Parser, Debug, serde::Serialize)]
-#[command(version, about)]
+/// The library's defaults, shown by `--help` (one place: `TrainConfig::default`).
+fn defaults() -> TrainConfig {
+    TrainConfig::default()
+}
+
+/// Fine-tunes a Qwen3 model with NVFP4 quantization-aware training and exports it
+/// as a model directory. Without --model-dir: a small built-in demo run on the CPU.
+#[derive(Parser, Debug)]
+#[command(version, args_override_self = true)]
 struct Args {
     /// Model to fine-tune: a directory with one `.dat` (+ config.json) or HF safetensors, or a `.dat` file.
     #[arg(long)]
     model_dir: Option<PathBuf>,
-    /// Training data: `.tsv`/`.txt` (prompt<TAB>response) or `.jsonl` ({"messages": [...]}).
+    /// Training data: `.tsv`/`.txt` (prompt<TAB>response) or `.jsonl`
+    /// ({"messages": [...]} or {"prompt": .., "response": ..} per line).
     #[arg(long)]
     data: Option<PathBuf>,
-    /// cpu, cuda or cuda:N (default: cuda with --model-dir, cpu for the default run).
-    #[arg(long)]
-    device: Option<String>,
-    /// Compute dtype f32|bf16|f16 (default: bf16 on CUDA, f32 on CPU).
-    #[arg(long)]
-    dtype: Option<String>,
+    /// cpu, cuda or cuda:N [default: cuda when available, else cpu].
+    #[arg(long, value_parser = device_arg)]
+    device: Option<Device>,
+    /// Compute dtype f32|bf16|f16 [default: bf16 on CUDA, f32 on CPU].
+    #[arg(long, value_parser = dtype_arg)]
+    dtype: Option<Kind>,
     /// NVFP4 path of frozen projections: kernel-only | auto | dequant-matmul.
-    #[arg(long, default_value = "auto")]
-    compute_path: String,
-    /// Passes over the data (with --steps: whichever ends first).
+    #[arg(long, default_value = "auto", value_parser = parse_arg::<ComputePath>)]
+    compute_path: ComputePath,
+    /// Passes over the data (with --steps: whichever ends first) [default: 1 unless --steps].
     #[arg(long)]
     epochs: Option<f64>,
-    /// Optimizer steps.
+    /// Optimizer steps [default: one epoch].
     #[arg(long)]
     steps: Option<u64>,
     /// Examples per micro-batch.
-    #[arg(long)]
-    batch_size: Option<usize>,
+    #[arg(long, default_value_t = defaults().batch_size)]
+    batch_size: usize,
     /// Longest example in tokens (prompt cut on the left first).
-    #[arg(long)]
-    seq_len: Option<usize>,
+    #[arg(long, default_value_t = defaults().seq_len)]
+    seq_len: usize,
     /// Peak learning rate.
-    #[arg(long)]
-    lr: Option<f64>,
+    #[arg(long, default_value_t = defaults().lr)]
+    lr: f64,
     /// Linear warmup steps.
-    #[arg(long)]
-    warmup: Option<u64>,
+    #[arg(long, default_value_t = defaults().warmup)]
+    warmup: u64,
     /// LR schedule after warmup: constant | cosine.
-    #[arg(long)]
-    schedule: Option<String>,
+    #[arg(long, default_value_t = defaults().schedule, value_parser = parse_arg::<ScheduleKind>)]
+    schedule: ScheduleKind,
     /// Cosine floor as a fraction of --lr.
-    #[arg(long)]
-    min_lr_ratio: Option<f64>,
+    #[arg(long, default_value_t = defaults().min_lr_ratio)]
+    min_lr_ratio: f64,
     /// Micro-batches per optimizer step.
-    #[arg(long)]
-    grad_accum: Option<usize>,
+    #[arg(long, default_value_t = defaults().grad_accum)]
+    grad_accum: usize,
     /// Clip the global gradient norm to this value (0: no clipping).
-    #[arg(long)]
-    clip: Option<f64>,
+    #[arg(long, default_value_t = defaults().clip.unwrap_or(0.0), value_parser = clip_arg)]
+    clip: f64,
     /// Decoupled weight decay (projections only unless --decay-all).
-    #[arg(long)]
-    weight_decay: Option<f64>,
+    #[arg(long, default_value_t = defaults().adamw.weight_decay)]
+    weight_decay: f64,
     /// Also decay norms and embeddings.
     #[arg(long)]
     decay_all: bool,
     /// Master weights: f32 | bf16.
-    #[arg(long)]
-    master_dtype: Option<String>,
+    #[arg(long, default_value_t = defaults().master_dtype, value_parser = parse_arg::<MasterDtype>)]
+    master_dtype: MasterDtype,
     /// Optimizer moments: f32 | bf16 | int8 (block-wise, dynamic map).
-    #[arg(long)]
-    optim_state: Option<String>,
-    /// Checkpoint directory (default: <run-dir>/checkpoints).
+    #[arg(long, default_value_t = defaults().adamw.state, value_parser = parse_arg::<OptimStateKind>)]
+    optim_state: OptimStateKind,
+    /// Checkpoint directory [default: <run-dir>/checkpoints].
     #[arg(long)]
     checkpoint_dir: Option<PathBuf>,
-    /// Save a checkpoint every N steps (and always at the end).
+    /// Save a checkpoint every N steps (and always at the end) [default: only at the end].
     #[arg(long)]
     save_every: Option<u64>,
     /// Checkpoints to keep.
-    #[arg(long)]
-    keep_last: Option<usize>,
+    #[arg(long, default_value_t = defaults().keep_last)]
+    keep_last: usize,
     /// Resume: `latest` (newest in the checkpoint directory) or a step-NNNNNN directory.
     #[arg(long)]
     resume: Option<String>,
-    /// Export the trained model as `.dat` (default: <run-dir>/trained.dat).
+    /// Export the trained model as `.dat`, with config.json and tokenizer files beside it
+    /// [default: <run-dir>/model/model.dat].
     #[arg(long)]
     export_dat: Option<PathBuf>,
     /// Also export a Hugging Face safetensors directory.
     #[arg(long)]
     export_hf: Option<PathBuf>,
     /// Seed of the data order.
-    #[arg(long)]
-    seed: Option<u64>,
-    /// Train only the last N blocks (plus final norm and head).
+    #[arg(long, default_value_t = defaults().seed)]
+    seed: u64,
+    /// Train only the last N blocks (plus final norm and head) [default: all].
     #[arg(long)]
     train_last_layers: Option<usize>,
     /// Recompute blocks in the backward pass to save activation memory.
     #[arg(long)]
     activation_checkpointing: bool,
     /// NaN/inf loss or gradient: skip (drop the step, count it) | stop.
-    #[arg(long)]
-    on_nonfinite: Option<String>,
+    #[arg(long, default_value_t = defaults().on_nonfinite, value_parser = parse_arg::<NonFinitePolicy>)]
+    on_nonfinite: NonFinitePolicy,
     /// Bad data line: skip (warn with file:line) | fail.
-    #[arg(long)]
-    bad_lines: Option<String>,
-    /// JSONL metrics file, one object per step (default: <run-dir>/metrics.jsonl).
+    #[arg(long, default_value_t = defaults().bad_lines, value_parser = parse_arg::<BadLinePolicy>)]
+    bad_lines: BadLinePolicy,
+    /// JSONL metrics file, one object per step [default: <run-dir>/metrics.jsonl].
     #[arg(long)]
     metrics: Option<PathBuf>,
-    /// Run directory: loss curve, defaults for metrics, checkpoints and export.
+    /// Run directory (loss curve, metrics, checkpoints, export), locked while the run lasts
+    /// [default: a new runs/train-<UTC time>].
     #[arg(long)]
     run_dir: Option<PathBuf>,
-    /// System message put before every TSV pair.
+    /// System message put before every prompt/response pair.
     #[arg(long)]
     system_prompt: Option<String>,
     /// Training prompts answered by the exported model at the end (exact match).
@@ -137,51 +156,87 @@ struct Args {
     /// Hide the progress bar (log lines remain).
     #[arg(long)]
     no_progress: bool,
-    /// CPU threads libtorch may use (default: its own choice, one per core).
+    /// CPU threads libtorch may use [default: its own choice, one per core].
     #[arg(long)]
     threads: Option<i32>,
 }
 
-fn main() -> Result<()> {
-    init_tracing("warn");
-    let args = Args::parse();
-    if let Some(n) = args.threads {
-        if n < 1 {
-            bail!("--threads {n}: expected at least 1");
-        }
-        tch::set_num_threads(n);
+/// `--clip`: 0 turns clipping off; NaN and negative values are errors.
+fn clip_arg(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(c) if c.is_finite() && c >= 0.0 => Ok(c),
+        Ok(c) => Err(format!(
+            "{c} is not a clipping norm (a positive number, or 0 for none)"
+        )),
+        Err(e) => Err(e.to_string()),
     }
-    let eval = match &args.model_dir {
-        None => default_run(&args)?,
-        Some(dir) => model_run(&args, dir)?,
-    };
-    if let Some(e) = eval {
-        println!("exact_match: {}/{}", e.matched, e.total);
-    }
-    Ok(())
 }
 
-/// The embedded default; only --run-dir, --steps and --no-progress apply.
-fn default_run(args: &Args) -> Result<Option<EvalReport>> {
-    if args.data.is_some()
-        || args.device.as_deref().is_some_and(|d| d != "cpu")
-        || args.resume.is_some()
-    {
-        bail!("--data, --device and --resume need --model-dir (without it the embedded default runs on the CPU)");
-    }
-    let run_dir = args
-        .run_dir
+/// Flags the embedded default run accepts (it has its own model, data and settings).
+const DEFAULT_RUN_FLAGS: [&str; 5] = ["run_dir", "steps", "no_progress", "threads", "device"];
+
+fn main() -> ExitCode {
+    init_tracing("warn");
+    let matches = Args::command().get_matches();
+    run_main(|| {
+        let args = Args::from_arg_matches(&matches)?;
+        if let Some(n) = args.threads {
+            if n < 1 {
+                bail!("--threads {n}: expected at least 1");
+            }
+            tch::set_num_threads(n);
+        }
+        let eval = match &args.model_dir {
+            None => default_run(&args, &matches)?,
+            Some(dir) => model_run(&args, dir)?,
+        };
+        if let Some(e) = eval {
+            println!("exact_match: {}/{}", e.matched, e.total);
+        }
+        Ok(())
+    })
+}
+
+/// The run directory: `--run-dir`, or a new one named by the time.
+fn run_dir(args: &Args, prefix: &str) -> PathBuf {
+    args.run_dir
         .clone()
-        .unwrap_or_else(|| PathBuf::from("runs/train-default"));
+        .unwrap_or_else(|| timestamped_run_dir(Path::new("runs"), prefix))
+}
+
+/// The embedded default; only the flags in [`DEFAULT_RUN_FLAGS`] apply.
+fn default_run(args: &Args, matches: &ArgMatches) -> Result<Option<EvalReport>> {
+    let given: Vec<String> = Args::command()
+        .get_arguments()
+        .map(|a| a.get_id().as_str().to_string())
+        .filter(|id| matches.value_source(id) == Some(ValueSource::CommandLine))
+        .filter(|id| !DEFAULT_RUN_FLAGS.contains(&id.as_str()))
+        .map(|id| format!("--{}", id.replace('_', "-")))
+        .collect();
+    if !given.is_empty() {
+        bail!(
+            "{} need(s) --model-dir: without it the embedded default runs (its own model, data and settings; only --run-dir, --steps, --no-progress and --threads apply)",
+            given.join(", ")
+        );
+    }
+    if args.device.is_some_and(|d| d != Device::Cpu) {
+        bail!("the embedded default runs on the CPU; --device applies with --model-dir");
+    }
+    let run_dir = run_dir(args, "default");
     println!(
         "default run: small Qwen3 + Pico data set, CPU, run dir {}",
         run_dir.display()
     );
-    let report = run_default(&DefaultRunOptions {
-        run_dir,
-        progress: !args.no_progress,
-        steps: args.steps,
-    })?;
+    let mut printer = JobPrinter::new(!args.no_progress);
+    let report = run_default_observed(
+        &DefaultRunOptions {
+            run_dir,
+            progress: !args.no_progress,
+            steps: args.steps,
+        },
+        &mut |e| printer.event(e),
+    )?;
+    printer.finish();
     let job = &report.job;
     println!(
         "trained {} steps in {:.1} s: loss {:.4} -> {:.4}",
@@ -191,7 +246,7 @@ fn default_run(args: &Args) -> Result<Option<EvalReport>> {
         println!("checkpoint: {}", c.display());
     }
     println!(
-        "exported: {} (reloaded for the answers below)",
+        "model: {} (reloaded for the answers below)",
         report.trained_dat.display()
     );
     if let Some(p) = &job.loss_png {
@@ -202,16 +257,14 @@ fn default_run(args: &Args) -> Result<Option<EvalReport>> {
     Ok(job.eval.clone())
 }
 
-fn model_run(args: &Args, dir: &std::path::Path) -> Result<Option<EvalReport>> {
+fn model_run(args: &Args, dir: &Path) -> Result<Option<EvalReport>> {
     let data = args
         .data
         .clone()
         .context("--model-dir needs --data FILE (.tsv or .jsonl)")?;
-    let device = parse_device(args.device.as_deref().unwrap_or("cuda"))?;
-    if device == tch::Device::Cpu {
-        trainer::keep_freed_memory();
+    if !data.is_file() {
+        bail!("--data {}: no such file", data.display());
     }
-    let dtype = args.dtype.as_deref().map(parse_dtype).transpose()?;
     let (config, weights) = resolve_model_dir(dir)?;
     let model_dir = if dir.is_dir() {
         dir.to_path_buf()
@@ -229,32 +282,33 @@ fn model_run(args: &Args, dir: &std::path::Path) -> Result<Option<EvalReport>> {
         );
         Qwen3Tokenizer::bundled()?
     };
-    let run_dir = args
-        .run_dir
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("runs/train"));
-    let train = train_config(args, &run_dir)?;
     let resume = args.resume.as_deref().map(|r| match r {
         "latest" => ResumeFrom::Latest,
         path => ResumeFrom::Path(PathBuf::from(path)),
     });
-    if let Some(ResumeFrom::Path(p)) = &resume {
-        if !p.is_dir() {
-            bail!(
-                "--resume {}: not a checkpoint directory (expected `latest` or a step-NNNNNN directory)",
-                p.display()
-            );
+    match &resume {
+        Some(ResumeFrom::Path(p)) if !p.is_dir() => bail!(
+            "--resume {}: not a checkpoint directory (expected `latest` or a step-NNNNNN directory)",
+            p.display()
+        ),
+        Some(ResumeFrom::Latest) if args.run_dir.is_none() && args.checkpoint_dir.is_none() => {
+            bail!("--resume latest needs the run to continue: pass its --run-dir (or --checkpoint-dir)")
         }
+        _ => {}
     }
+    let device = pick_device(args.device);
+    if device == Device::Cpu {
+        trainer::keep_freed_memory();
+    }
+    let run_dir = run_dir(args, "train");
+    let train = train_config(args, &run_dir)?;
+    println!("run dir: {}", run_dir.display());
     let spec = JobSpec {
         config,
         weights,
         device,
-        dtype,
-        compute_path: args
-            .compute_path
-            .parse()
-            .map_err(|e| anyhow::anyhow!("--compute-path: {e}"))?,
+        dtype: args.dtype,
+        compute_path: args.compute_path,
         data: DataSource::File(data),
         system_prompt: args.system_prompt.clone(),
         train,
@@ -262,15 +316,17 @@ fn model_run(args: &Args, dir: &std::path::Path) -> Result<Option<EvalReport>> {
         export_dat: Some(
             args.export_dat
                 .clone()
-                .unwrap_or_else(|| run_dir.join("trained.dat")),
+                .unwrap_or_else(|| run_dir.join("model").join("model.dat")),
         ),
         export_hf: args.export_hf.clone(),
         eval_samples: args.eval_samples,
         eval_max_new_tokens: 64,
-        run_args: serde_json::to_value(args)?,
+        run_args: serde_json::json!(std::env::args().collect::<Vec<_>>()),
         run_dir,
     };
-    let job = run_job(&spec, &tok)?;
+    let mut printer = JobPrinter::new(!args.no_progress);
+    let job = run_job_observed(&spec, &tok, &mut |e| printer.event(e))?;
+    printer.finish();
     println!(
         "trained {} steps in {:.1} s: loss {:.4} -> {:.4} ({} skipped)",
         job.train.steps_run,
@@ -286,62 +342,43 @@ fn model_run(args: &Args, dir: &std::path::Path) -> Result<Option<EvalReport>> {
     Ok(job.eval)
 }
 
-/// TrainConfig from the flags, starting from the library defaults.
-fn train_config(args: &Args, run_dir: &std::path::Path) -> Result<TrainConfig> {
-    let mut c = TrainConfig::default();
-    macro_rules! set {
-        ($field:ident) => {
-            if let Some(v) = args.$field.clone() {
-                c.$field = v;
-            }
-        };
-    }
-    set!(batch_size);
-    set!(seq_len);
-    set!(lr);
-    set!(warmup);
-    set!(min_lr_ratio);
-    set!(grad_accum);
-    set!(keep_last);
-    set!(seed);
-    c.epochs = args.epochs;
-    c.steps = args.steps;
-    c.train_last_layers = args.train_last_layers;
-    c.save_every = args.save_every;
-    c.activation_checkpointing = args.activation_checkpointing;
-    c.decay_norms_and_embeddings = args.decay_all;
-    c.progress = !args.no_progress;
-    if let Some(clip) = args.clip {
-        c.clip = (clip > 0.0).then_some(clip);
-    }
-    if let Some(wd) = args.weight_decay {
-        c.adamw.weight_decay = wd;
-    }
-    if let Some(s) = &args.schedule {
-        c.schedule = s.parse()?;
-    }
-    if let Some(s) = &args.master_dtype {
-        c.master_dtype = s.parse()?;
-    }
-    if let Some(s) = &args.optim_state {
-        c.adamw.state = s.parse()?;
-    }
-    if let Some(s) = &args.on_nonfinite {
-        c.on_nonfinite = s.parse()?;
-    }
-    if let Some(s) = &args.bad_lines {
-        c.bad_lines = s.parse()?;
-    }
-    c.checkpoint_dir = Some(
-        args.checkpoint_dir
-            .clone()
-            .unwrap_or_else(|| run_dir.join("checkpoints")),
-    );
-    c.metrics = Some(
-        args.metrics
-            .clone()
-            .unwrap_or_else(|| run_dir.join("metrics.jsonl")),
-    );
+/// TrainConfig from the flags (whose defaults are the library's).
+fn train_config(args: &Args, run_dir: &Path) -> Result<TrainConfig> {
+    let mut c = TrainConfig {
+        epochs: args.epochs,
+        steps: args.steps,
+        batch_size: args.batch_size,
+        seq_len: args.seq_len,
+        lr: args.lr,
+        warmup: args.warmup,
+        schedule: args.schedule,
+        min_lr_ratio: args.min_lr_ratio,
+        grad_accum: args.grad_accum,
+        clip: (args.clip > 0.0).then_some(args.clip),
+        decay_norms_and_embeddings: args.decay_all,
+        master_dtype: args.master_dtype,
+        seed: args.seed,
+        train_last_layers: args.train_last_layers,
+        activation_checkpointing: args.activation_checkpointing,
+        on_nonfinite: args.on_nonfinite,
+        bad_lines: args.bad_lines,
+        save_every: args.save_every,
+        keep_last: args.keep_last,
+        progress: !args.no_progress,
+        checkpoint_dir: Some(
+            args.checkpoint_dir
+                .clone()
+                .unwrap_or_else(|| run_dir.join("checkpoints")),
+        ),
+        metrics: Some(
+            args.metrics
+                .clone()
+                .unwrap_or_else(|| run_dir.join("metrics.jsonl")),
+        ),
+        ..TrainConfig::default()
+    };
+    c.adamw.weight_decay = args.weight_decay;
+    c.adamw.state = args.optim_state;
     c.validate()?;
     Ok(c)
 }

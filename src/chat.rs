@@ -66,6 +66,9 @@ impl ChatSession {
     }
 
     /// One user turn: feeds it, generates the reply (streamed through `on_token`).
+    /// The reply is cut to what the model's context (`max_position_embeddings`)
+    /// still holds. A turn that fails (a prompt too long for the context, an
+    /// id outside the vocabulary) leaves the session as it was before it.
     pub fn turn(
         &mut self,
         model: &Qwen3Model,
@@ -75,11 +78,27 @@ impl ChatSession {
         on_token: &mut dyn FnMut(u32) -> bool,
     ) -> Result<ChatTurn> {
         self.messages.push(ChatMessage::user(user));
+        let turn = self.turn_inner(model, tok, opts, on_token);
+        if turn.is_err() {
+            self.messages.pop();
+        }
+        turn
+    }
+
+    fn turn_inner(
+        &mut self,
+        model: &Qwen3Model,
+        tok: &Qwen3Tokenizer,
+        opts: &GenerateOptions,
+        on_token: &mut dyn FnMut(u32) -> bool,
+    ) -> Result<ChatTurn> {
+        let context = model.config().max_position_embeddings;
         let full = tok.apply_chat_template(&self.messages, true)?;
         let (fed, generation) = match self.conversation.as_mut() {
             None => {
                 let ids = tok.encode(&full, false)?;
-                let generation = generate(model, None, &ids, opts, on_token)?;
+                let opts = fit_context(opts, ids.len(), context)?;
+                let generation = generate(model, None, &ids, &opts, on_token)?;
                 (ids, generation)
             }
             Some(conv) => {
@@ -93,12 +112,9 @@ impl ChatSession {
                         full
                     }
                 };
-                let ids = [
-                    std::mem::take(&mut self.closing),
-                    tok.encode(&delta, false)?,
-                ]
-                .concat();
-                let generation = conv.turn(model, &ids, opts, on_token)?;
+                let ids = [self.closing.clone(), tok.encode(&delta, false)?].concat();
+                let opts = fit_context(opts, conv.ids().len() + ids.len(), context)?;
+                let generation = conv.turn(model, &ids, &opts, on_token)?;
                 self.closing = close_reply(conv, tok, &generation)?;
                 (ids, generation)
             }
@@ -113,6 +129,26 @@ impl ChatSession {
             reply,
         })
     }
+}
+
+/// `opts` with the reply cut to the room a prompt of `used` tokens leaves in
+/// a context of `context` positions; no room at all is an error.
+pub fn fit_context(opts: &GenerateOptions, used: usize, context: usize) -> Result<GenerateOptions> {
+    if used >= context {
+        anyhow::bail!(
+            "the prompt is {used} tokens, the model's context holds {context} (max_position_embeddings): shorten it, or /reset the conversation"
+        );
+    }
+    let room = context - used;
+    if opts.max_new_tokens > room {
+        tracing::warn!(
+            "reply cut to {room} tokens: the prompt is {used} of the context's {context}"
+        );
+    }
+    Ok(GenerateOptions {
+        max_new_tokens: opts.max_new_tokens.min(room),
+        ..opts.clone()
+    })
 }
 
 /// Tokens that end the reply in the cache as the template renders it

@@ -30,6 +30,19 @@ pub fn parse_device(text: &str) -> Result<Device> {
     Ok(device)
 }
 
+/// The device of a run: `requested` if given, else CUDA device 0 when
+/// available, else the CPU. The choice is logged (stderr), with the reason,
+/// so a user always knows where the work runs.
+pub fn pick_device(requested: Option<Device>) -> Device {
+    let (device, why) = match requested {
+        Some(d) => (d, "as requested"),
+        None if tch::Cuda::is_available() => (Device::Cuda(0), "CUDA is available"),
+        None => (Device::Cpu, "no CUDA device available"),
+    };
+    eprintln!("device: {} ({why})", device_name(device));
+    device
+}
+
 /// Parses the activation/compute dtype: `f32`, `bf16` or `f16`
 /// (also the long names `float32`, `bfloat16`, `float16`).
 pub fn parse_dtype(text: &str) -> Result<Kind> {

@@ -1,7 +1,11 @@
 //! Helpers shared by the examples (`train`, `run2`, `stress`, `dat`) and the
 //! workspace-level tests, so that no example copies them from another:
 //! - [`parse_device`] / [`parse_dtype`]: the `--device cpu|cuda[:N]` and
-//!   `--dtype f32|bf16|f16` spellings;
+//!   `--dtype f32|bf16|f16` spellings, [`device_arg`] / [`dtype_arg`] /
+//!   [`parse_arg`] their clap value parsers, [`pick_device`] the one choice
+//!   of device (CUDA if available, else CPU, and it says which);
+//! - [`run_main`]: errors printed once, no backtrace, exit status 1;
+//! - [`JobPrinter`]: the training job's events and progress bar;
 //! - [`init_tracing`]: logs to stderr, filtered by `RUST_LOG`;
 //! - [`ModelFiles`]: `--model-dir` / `--weight` / `--config` / `--tokenizer` resolution;
 //! - [`ChatSession`]: multi-turn chat with a KV cache kept across turns, or recomputed;
@@ -18,11 +22,13 @@
 #![deny(missing_docs)]
 
 mod chat;
+mod cli;
 mod device;
 mod logging;
 mod logits_dump;
 mod memory;
 mod model_files;
+mod progress;
 mod stress;
 mod stress_report;
 
@@ -34,12 +40,14 @@ fn heavy_test_lock() -> std::sync::MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-pub use chat::{ChatSession, ChatTurn};
-pub use device::{device_name, dtype_name, parse_device, parse_dtype};
+pub use chat::{fit_context, ChatSession, ChatTurn};
+pub use cli::{device_arg, dtype_arg, error_text, parse_arg, run_main};
+pub use device::{device_name, dtype_name, parse_device, parse_dtype, pick_device};
 pub use logging::init_tracing;
 pub use logits_dump::{read_logits, write_logits, LOGITS_KEY};
 pub use memory::{process_rss, MemoryProbe};
 pub use model_files::{ModelFiles, TokenizerSource};
+pub use progress::JobPrinter;
 pub use stress::{
     run_stress, run_stress_with, synthetic_prompt, write_synthetic_model, StressCase, StressOptions,
 };

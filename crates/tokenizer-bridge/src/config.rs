@@ -94,6 +94,15 @@ impl TokenizerConfig {
     }
 }
 
+/// The `eos_token_id`s of the `generation_config.json` at `path`; no file
+/// (or no key) -> empty. For callers that stop generation without a tokenizer.
+pub fn generation_config_eos_ids(path: &std::path::Path) -> Result<Vec<u32>> {
+    match SourceFile::read_optional(path)? {
+        Some(file) => generation_eos_ids(&file),
+        None => Ok(Vec::new()),
+    }
+}
+
 /// `eos_token_id` of `generation_config.json`: one id or a list; absent -> empty.
 pub(crate) fn generation_eos_ids(file: &SourceFile) -> Result<Vec<u32>> {
     let json = file.json()?;

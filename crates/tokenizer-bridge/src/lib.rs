@@ -62,6 +62,7 @@ pub use bundled::{
     bundled_asset_dir, bundled_tokenizer_json, write_bundled_assets, BUNDLED_CONFIG_JSON,
     BUNDLED_GENERATION_CONFIG_JSON, BUNDLED_TOKENIZER_CONFIG_JSON,
 };
+pub use config::generation_config_eos_ids;
 pub use error::{BoxError, Error, Result};
 pub use message::ChatMessage;
 pub use stream::StreamDecoder;

@@ -32,6 +32,16 @@ impl MasterDtype {
     }
 }
 
+/// The spelling [`FromStr`] accepts (for `--help` defaults and logs).
+impl std::fmt::Display for MasterDtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+        })
+    }
+}
+
 impl FromStr for MasterDtype {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
@@ -57,6 +67,16 @@ pub enum NonFinitePolicy {
     /// Stop with [`Error::NonFinite`].
     #[default]
     Stop,
+}
+
+/// The spelling [`FromStr`] accepts (for `--help` defaults and logs).
+impl std::fmt::Display for NonFinitePolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Skip => "skip",
+            Self::Stop => "stop",
+        })
+    }
 }
 
 impl FromStr for NonFinitePolicy {
@@ -127,7 +147,8 @@ pub struct TrainConfig {
     pub keep_last: usize,
     /// JSONL metrics file (`None`: no log).
     pub metrics: Option<PathBuf>,
-    /// Show a progress bar.
+    /// Whether the caller shows a progress bar (the library draws nothing:
+    /// it hands each step to the observer of [`crate::Trainer::train_with`]).
     pub progress: bool,
 }
 

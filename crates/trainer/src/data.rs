@@ -29,6 +29,16 @@ pub enum BadLinePolicy {
     Skip,
 }
 
+/// The spelling [`FromStr`] accepts (for `--help` defaults and logs).
+impl std::fmt::Display for BadLinePolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Fail => "fail",
+            Self::Skip => "skip",
+        })
+    }
+}
+
 impl FromStr for BadLinePolicy {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
@@ -98,13 +108,6 @@ pub struct Dataset {
     pub stats: DataStats,
 }
 
-/// Parsed content of one data line, before tokenization.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Conversation {
-    /// Messages in order; the last is the assistant's.
-    pub messages: Vec<ChatMessage>,
-}
-
 /// Reads a `.tsv`/`.txt` (TSV) or `.jsonl` file according to its extension.
 pub fn load_data(path: &Path, tok: &Qwen3Tokenizer, opts: &DataOptions) -> Result<Dataset> {
     match path.extension().and_then(|e| e.to_str()) {
@@ -125,11 +128,16 @@ pub fn load_tsv(path: &Path, tok: &Qwen3Tokenizer, opts: &DataOptions) -> Result
     })
 }
 
-/// Reads a JSONL chat file: one `{"messages": [{"role": .., "content": ..}, ..]}`
-/// a line, ending with an assistant message; blank lines are skipped. Every
-/// assistant turn is a target.
+/// Reads a JSONL file: one `{"messages": [{"role": .., "content": ..}, ..]}`
+/// a line, ending with an assistant message (every assistant turn is a
+/// target), or one `{"prompt": .., "response": ..}` pair a line (other keys of
+/// such a line, like GSM8K's `response_raw`, are ignored); blank lines are
+/// skipped. A system prompt from [`DataOptions`] goes before every pair.
 pub fn load_jsonl(path: &Path, tok: &Qwen3Tokenizer, opts: &DataOptions) -> Result<Dataset> {
-    load_lines(path, tok, opts, &parse_jsonl_line)
+    let system = opts.system_prompt.clone();
+    load_lines(path, tok, opts, &move |line| {
+        parse_jsonl_line(line, system.as_deref())
+    })
 }
 
 /// Tokenizes TSV text held in memory (the embedded default dataset);
@@ -146,7 +154,11 @@ pub fn load_tsv_str(
     })
 }
 
-type LineParser<'a> = dyn Fn(&str) -> std::result::Result<Option<Conversation>, String> + 'a;
+/// Parses one line into the messages of one example (`Ok(None)`: nothing on the line).
+type LineParser<'a> = dyn Fn(&str) -> std::result::Result<Option<Vec<ChatMessage>>, String> + 'a;
+
+/// The UTF-8 byte-order mark some editors put at the start of a file.
+const BOM: char = '\u{feff}';
 
 fn load_lines(
     path: &Path,
@@ -164,7 +176,14 @@ fn load_lines(
             reason: "not valid UTF-8".into(),
         }
     })?;
-    build(path, &text, tok, opts, parse)
+    // Editors on Windows start files with a byte-order mark: not part of line 1.
+    build(
+        path,
+        text.strip_prefix(BOM).unwrap_or(&text),
+        tok,
+        opts,
+        parse,
+    )
 }
 
 fn build(
@@ -235,7 +254,7 @@ fn build(
 pub fn parse_tsv_line(
     line: &str,
     system: Option<&str>,
-) -> std::result::Result<Option<Conversation>, String> {
+) -> std::result::Result<Option<Vec<ChatMessage>>, String> {
     if line.trim().is_empty() || line.starts_with('#') {
         return Ok(None);
     }
@@ -254,27 +273,59 @@ pub fn parse_tsv_line(
     if response.is_empty() {
         return Err("empty response".into());
     }
+    Ok(Some(pair(system, prompt, response)))
+}
+
+/// `[system,] user, assistant`.
+fn pair(system: Option<&str>, prompt: String, response: String) -> Vec<ChatMessage> {
     let mut messages = Vec::with_capacity(3);
     if let Some(s) = system {
         messages.push(ChatMessage::system(s));
     }
     messages.push(ChatMessage::user(prompt));
     messages.push(ChatMessage::assistant(response));
-    Ok(Some(Conversation { messages }))
+    messages
 }
 
-/// One JSONL line: `Ok(None)` for blank lines.
-pub fn parse_jsonl_line(line: &str) -> std::result::Result<Option<Conversation>, String> {
+/// One JSONL line: `Ok(None)` for blank lines. Either `{"messages": [..]}`
+/// (exactly that key) or `{"prompt": "..", "response": ".."}` (other keys
+/// ignored); `system` goes before a prompt/response pair.
+pub fn parse_jsonl_line(
+    line: &str,
+    system: Option<&str>,
+) -> std::result::Result<Option<Vec<ChatMessage>>, String> {
     if line.trim().is_empty() {
         return Ok(None);
     }
+    let value: serde_json::Value =
+        serde_json::from_str(line).map_err(|e| format!("invalid JSON: {e}"))?;
+    let Some(object) = value.as_object() else {
+        return Err("expected a JSON object".into());
+    };
+    if object.contains_key("messages") {
+        return parse_messages(value);
+    }
+    let field = |key: &str| match object.get(key) {
+        Some(serde_json::Value::String(s)) if !s.trim().is_empty() => Ok(s.clone()),
+        Some(serde_json::Value::String(_)) => Err(format!("empty \"{key}\"")),
+        Some(_) => Err(format!("\"{key}\" is not a string")),
+        None => Err(format!(
+            "expected {{\"messages\": [..]}} or {{\"prompt\", \"response\"}}; no \"{key}\" key"
+        )),
+    };
+    Ok(Some(pair(system, field("prompt")?, field("response")?)))
+}
+
+fn parse_messages(
+    value: serde_json::Value,
+) -> std::result::Result<Option<Vec<ChatMessage>>, String> {
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Line {
         messages: Vec<ChatMessage>,
     }
     let parsed: Line =
-        serde_json::from_str(line).map_err(|e| format!("invalid JSON chat line: {e}"))?;
+        serde_json::from_value(value).map_err(|e| format!("invalid JSON chat line: {e}"))?;
     let msgs = parsed.messages;
     for (k, m) in msgs.iter().enumerate() {
         if !matches!(m.role.as_str(), "system" | "user" | "assistant") {
@@ -294,7 +345,7 @@ pub fn parse_jsonl_line(line: &str) -> std::result::Result<Option<Conversation>,
             m.role
         )),
         Some(_) if !msgs.iter().any(|m| m.role == "user") => Err("no user message".into()),
-        Some(_) => Ok(Some(Conversation { messages: msgs })),
+        Some(_) => Ok(Some(msgs)),
     }
 }
 
@@ -329,12 +380,11 @@ fn unescape(s: &str) -> String {
     out
 }
 
-/// Renders `conv` with the chat template and tokenizes it segment by segment:
+/// Renders `msgs` with the chat template and tokenizes it segment by segment:
 /// the text before each assistant turn is context, the turn's content plus
 /// `<|im_end|>` are targets. Each prompt is encoded on its own, exactly as at
 /// generation time, so training and inference see the same token boundaries.
-pub fn tokenize(conv: &Conversation, tok: &Qwen3Tokenizer, line: usize) -> Result<Example> {
-    let msgs = &conv.messages;
+pub fn tokenize(msgs: &[ChatMessage], tok: &Qwen3Tokenizer, line: usize) -> Result<Example> {
     let end_marker = "<|im_end|>";
     let mut tokens = Vec::new();
     let mut is_target = Vec::new();
@@ -429,10 +479,10 @@ mod tests {
         let c = parse_tsv_line("Say hi\\ttwice\tHi!\\nHi!", Some("Be brief."))
             .unwrap()
             .unwrap();
-        let roles: Vec<&str> = c.messages.iter().map(|m| m.role.as_str()).collect();
+        let roles: Vec<&str> = c.iter().map(|m| m.role.as_str()).collect();
         assert_eq!(roles, ["system", "user", "assistant"]);
-        assert_eq!(c.messages[1].content, "Say hi\ttwice");
-        assert_eq!(c.messages[2].content, "Hi!\nHi!");
+        assert_eq!(c[1].content, "Say hi\ttwice");
+        assert_eq!(c[2].content, "Hi!\nHi!");
     }
 
     #[test]
@@ -453,18 +503,40 @@ mod tests {
 
     #[test]
     fn jsonl_errors_name_the_field() {
-        let e = parse_jsonl_line(r#"{"messages":[{"role":"user","content":"hi"}]}"#).unwrap_err();
-        assert!(e.contains("expected assistant"), "{e}");
-        let e = parse_jsonl_line(r#"{"messages":[{"role":"bot","content":"hi"}]}"#).unwrap_err();
-        assert!(e.contains("messages[0].role"), "{e}");
-        let e = parse_jsonl_line(r#"{"messages":[]}"#).unwrap_err();
-        assert!(e.contains("empty"), "{e}");
         let e =
-            parse_jsonl_line(r#"{"messages":[{"role":"assistant","content":"x"}]}"#).unwrap_err();
+            parse_jsonl_line(r#"{"messages":[{"role":"user","content":"hi"}]}"#, None).unwrap_err();
+        assert!(e.contains("expected assistant"), "{e}");
+        let e =
+            parse_jsonl_line(r#"{"messages":[{"role":"bot","content":"hi"}]}"#, None).unwrap_err();
+        assert!(e.contains("messages[0].role"), "{e}");
+        let e = parse_jsonl_line(r#"{"messages":[]}"#, None).unwrap_err();
+        assert!(e.contains("empty"), "{e}");
+        let e = parse_jsonl_line(r#"{"messages":[{"role":"assistant","content":"x"}]}"#, None)
+            .unwrap_err();
         assert!(e.contains("no user"), "{e}");
-        let e = parse_jsonl_line(r#"{"msgs":[]}"#).unwrap_err();
+        let e = parse_jsonl_line(r#"{"messages":[], "x": 1}"#, None).unwrap_err();
         assert!(e.contains("invalid JSON chat line"), "{e}");
-        assert_eq!(parse_jsonl_line("  "), Ok(None));
+        let e = parse_jsonl_line(r#"{"msgs":[]}"#, None).unwrap_err();
+        assert!(e.contains("no \"prompt\" key"), "{e}");
+        let e = parse_jsonl_line(r#"{"prompt":"q","response":7}"#, None).unwrap_err();
+        assert!(e.contains("\"response\" is not a string"), "{e}");
+        let e = parse_jsonl_line("[1]", None).unwrap_err();
+        assert!(e.contains("JSON object"), "{e}");
+        assert_eq!(parse_jsonl_line("  ", None), Ok(None));
+    }
+
+    #[test]
+    fn jsonl_prompt_response_pairs_become_a_chat_with_the_system_prompt() {
+        let line = r#"{"prompt": "2+2?", "response": "4", "response_raw": "2+2=<<4>>4"}"#;
+        let c = parse_jsonl_line(line, Some("Be brief.")).unwrap().unwrap();
+        assert_eq!(
+            c,
+            vec![
+                ChatMessage::system("Be brief."),
+                ChatMessage::user("2+2?"),
+                ChatMessage::assistant("4")
+            ]
+        );
     }
 
     #[test]

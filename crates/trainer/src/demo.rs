@@ -14,8 +14,9 @@ use tokenizer_bridge::Qwen3Tokenizer;
 use crate::config::TrainConfig;
 use crate::data::BadLinePolicy;
 use crate::error::{Error, Result};
-use crate::job::{run_job, DataSource, JobReport, JobSpec, WeightsSource};
+use crate::job::{run_job_locked, DataSource, JobEvent, JobReport, JobSpec, WeightsSource};
 use crate::optim::AdamWConfig;
+use crate::run_dir::RunDirLock;
 use crate::schedule::ScheduleKind;
 
 /// `config.json` of the default model.
@@ -43,7 +44,7 @@ pub struct DefaultRunReport {
     pub job: JobReport,
     /// Synthetic starting weights.
     pub base_dat: PathBuf,
-    /// Exported trained weights.
+    /// Exported trained weights (`config.json` and tokenizer files beside them).
     pub trained_dat: PathBuf,
     /// Checkpoint directory.
     pub checkpoint_dir: PathBuf,
@@ -94,16 +95,29 @@ pub fn write_default_base(cfg: &Qwen3Config, path: &Path) -> Result<()> {
 }
 
 /// Runs the default job: synthetic base `.dat` -> train -> checkpoint ->
-/// export `.dat` -> reload -> exact match on every training prompt.
+/// export a model directory (`<run_dir>/model/`) -> reload -> exact match on
+/// every training prompt.
 pub fn run_default(opts: &DefaultRunOptions) -> Result<DefaultRunReport> {
+    run_default_observed(opts, &mut |_| {})
+}
+
+/// [`run_default`], handing each [`JobEvent`] to `observe`.
+pub fn run_default_observed(
+    opts: &DefaultRunOptions,
+    observe: &mut dyn FnMut(&JobEvent<'_>),
+) -> Result<DefaultRunReport> {
     let dir = &opts.run_dir;
     crate::alloc::keep_freed_memory();
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    // Locked before the base model is written into it.
+    let lock = RunDirLock::acquire(dir)?;
     let tok = Qwen3Tokenizer::bundled()?;
     let config = default_model_config()?;
-    let base_dat = dir.join("base.dat");
+    // Base and export in directories of their own: each is a model directory.
+    let base_dir = dir.join("base");
+    std::fs::create_dir_all(&base_dir).map_err(|e| Error::io(&base_dir, e))?;
+    let base_dat = base_dir.join("base.dat");
     write_default_base(&config, &base_dat)?;
-    println!(
+    tracing::info!(
         "wrote synthetic NVFP4 base weights to {}",
         base_dat.display()
     );
@@ -111,8 +125,10 @@ pub fn run_default(opts: &DefaultRunOptions) -> Result<DefaultRunReport> {
     train.progress = opts.progress;
     if let Some(s) = opts.steps {
         train.steps = Some(s);
+        // A shorter run keeps a warmup that fits in it.
+        train.warmup = train.warmup.min(s);
     }
-    let trained_dat = dir.join("trained.dat");
+    let trained_dat = dir.join("model").join("model.dat");
     let spec = JobSpec {
         config,
         weights: WeightsSource::Dat(base_dat.clone()),
@@ -133,7 +149,7 @@ pub fn run_default(opts: &DefaultRunOptions) -> Result<DefaultRunReport> {
         run_args: serde_json::json!({ "mode": "default" }),
         train: train.clone(),
     };
-    let job = run_job(&spec, &tok)?;
+    let job = run_job_locked(&spec, &tok, &lock, observe)?;
     Ok(DefaultRunReport {
         job,
         base_dat,

@@ -54,7 +54,7 @@ pub enum Error {
     /// The loss or the gradient norm is NaN or infinite and the policy is `stop`.
     #[error("non-finite {what} ({value}) at step {step}; stopped (--on-nonfinite skip would skip such steps)")]
     NonFinite {
-        /// Optimizer step (0-based) where it happened.
+        /// Optimizer step (1-based, as the step lines count) where it happened.
         step: u64,
         /// "loss" or "gradient norm".
         what: &'static str,
@@ -95,6 +95,50 @@ pub enum Error {
         path: PathBuf,
         /// The drawing backend's message.
         reason: String,
+    },
+    /// Another live run holds the run directory's lock.
+    #[error("run directory {} is in use by another run (process {holder}); wait for it to end or pass another --run-dir", path.display())]
+    RunDirBusy {
+        /// The run directory.
+        path: PathBuf,
+        /// The holder's pid, as it wrote it into the lock file.
+        holder: String,
+    },
+    /// An output path cannot be written; found before the first step.
+    #[error("{flag} {}: {reason}", path.display())]
+    Output {
+        /// The flag that names the path.
+        flag: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A resumed run has nothing left to do.
+    #[error("checkpoint {} is at step {step}, the run ends at step {total}: nothing to train (raise --steps or --epochs to continue training)", path.display())]
+    NothingToTrain {
+        /// The checkpoint resumed from.
+        path: PathBuf,
+        /// Its step.
+        step: u64,
+        /// The run's total steps.
+        total: u64,
+    },
+    /// The estimated memory exceeds what the device has available.
+    #[error(
+        "{what} needs at least {need} ({parts}), but only {available} is available on {device}"
+    )]
+    WontFit {
+        /// "training" or "inference".
+        what: &'static str,
+        /// The estimate.
+        need: String,
+        /// The estimate by part.
+        parts: String,
+        /// Available memory.
+        available: String,
+        /// The device.
+        device: String,
     },
     /// A libtorch call failed.
     #[error("torch: {0}")]

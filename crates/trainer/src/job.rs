@@ -1,6 +1,7 @@
-//! A whole training job, as `examples/train.rs` runs it: load the model and
-//! tokenizer, read the data, train (optionally resuming), draw the loss
-//! curve, export, and measure exact match of the exported model.
+//! A whole training job, as `examples/train.rs` runs it: lock the run
+//! directory, check the outputs, read the data, check the memory estimate,
+//! load the model, train (optionally resuming), draw the loss curve, export
+//! a model directory, and measure exact match of the exported model.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -15,8 +16,10 @@ use crate::config::TrainConfig;
 use crate::data::{load_data, DataOptions, Dataset};
 use crate::error::{Error, Result};
 use crate::eval::{exact_match, EvalReport};
-use crate::plot::plot_loss_curve;
-use crate::trainer::{TrainReport, Trainer};
+use crate::metrics::human_bytes;
+use crate::plot::{plot_loss_curve, LossCurve};
+use crate::run_dir::RunDirLock;
+use crate::trainer::{StepProgress, TrainReport, Trainer};
 
 /// Where a job's weights come from.
 #[derive(Clone, Debug, PartialEq)]
@@ -59,7 +62,8 @@ pub struct JobSpec {
     pub resume: Option<ResumeFrom>,
     /// Run directory (loss curve, defaults for metrics/checkpoints).
     pub run_dir: PathBuf,
-    /// Export the trained model as `.dat` here.
+    /// Export the trained model as `.dat` here; `config.json` and the
+    /// tokenizer files go beside it, making its directory a model directory.
     pub export_dat: Option<PathBuf>,
     /// Export the trained model as a safetensors directory here.
     pub export_hf: Option<PathBuf>,
@@ -137,55 +141,201 @@ impl JobSpec {
     }
 }
 
-/// Runs a job end to end (see the module doc).
+/// What a job reports as it goes. The library only logs these (`tracing`);
+/// the caller decides what to show (`Display` gives a one-line message for
+/// each but [`JobEvent::Step`], which a progress display renders).
+#[derive(Clone, Copy, Debug)]
+pub enum JobEvent<'a> {
+    /// The data file was read.
+    Data(&'a Dataset),
+    /// Training is about to start.
+    Training {
+        /// Trainable tensors.
+        tensors: usize,
+        /// Trainable parameters.
+        parameters: u64,
+        /// The training knobs.
+        config: &'a TrainConfig,
+        /// Optimizer state size in bytes.
+        state_bytes: u64,
+        /// Steps of the whole run.
+        steps: u64,
+        /// Where it runs.
+        device: Device,
+    },
+    /// Resumed from a checkpoint.
+    Resumed {
+        /// The checkpoint directory.
+        from: &'a Path,
+        /// Its step.
+        step: u64,
+    },
+    /// `--resume latest` found no checkpoint: a fresh start.
+    NoCheckpointYet,
+    /// One optimizer step finished.
+    Step(StepProgress<'a>),
+    /// The trained model was written.
+    Exported {
+        /// "model directory" or "safetensors directory".
+        what: &'static str,
+        /// The `.dat` file or the directory.
+        path: &'a Path,
+    },
+}
+
+impl std::fmt::Display for JobEvent<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JobEvent::Data(d) => write!(
+                f,
+                "data: {} examples from {} ({} target tokens, {} bad lines skipped, {} truncated)",
+                d.examples.len(),
+                d.path.display(),
+                d.stats.target_tokens,
+                d.stats.skipped,
+                d.stats.context_truncated + d.stats.targets_truncated
+            ),
+            JobEvent::Training {
+                tensors,
+                parameters,
+                config,
+                state_bytes,
+                steps,
+                device,
+            } => write!(
+                f,
+                "training {tensors} tensors ({:.2} M parameters, master {}, optimizer state {} = {}), {steps} steps, device {device:?}",
+                *parameters as f64 / 1e6,
+                config.master_dtype,
+                config.adamw.state,
+                human_bytes(*state_bytes)
+            ),
+            JobEvent::Resumed { from, step } => {
+                write!(f, "resumed from {} at step {step}", from.display())
+            }
+            JobEvent::NoCheckpointYet => {
+                write!(f, "--resume latest: no checkpoint yet, starting fresh")
+            }
+            JobEvent::Step(p) => write!(
+                f,
+                "step {}/{}: loss {:.4}",
+                p.metrics.step, p.total_steps, p.metrics.loss
+            ),
+            JobEvent::Exported { what, path } => write!(f, "exported {what} {}", path.display()),
+        }
+    }
+}
+
+/// Runs a job end to end (see the module doc), reporting nothing but logs.
 pub fn run_job(spec: &JobSpec, tok: &Qwen3Tokenizer) -> Result<JobReport> {
+    run_job_observed(spec, tok, &mut |_| {})
+}
+
+/// [`run_job`], handing each [`JobEvent`] to `observe` as it happens.
+///
+/// Before the first step it locks the run directory (a second run there is
+/// refused), checks that every output can be written, that the batch fits
+/// the data, and that the estimated memory fits the device.
+pub fn run_job_observed(
+    spec: &JobSpec,
+    tok: &Qwen3Tokenizer,
+    observe: &mut dyn FnMut(&JobEvent<'_>),
+) -> Result<JobReport> {
+    let lock = RunDirLock::acquire(&spec.run_dir)?;
+    run_job_locked(spec, tok, &lock, observe)
+}
+
+/// [`run_job_observed`] in a run directory the caller has locked.
+pub(crate) fn run_job_locked(
+    spec: &JobSpec,
+    tok: &Qwen3Tokenizer,
+    lock: &RunDirLock,
+    observe: &mut dyn FnMut(&JobEvent<'_>),
+) -> Result<JobReport> {
+    debug_assert_eq!(lock.dir(), spec.run_dir.as_path());
     let start = Instant::now();
-    std::fs::create_dir_all(&spec.run_dir).map_err(|e| Error::io(&spec.run_dir, e))?;
+    let mut emit = |e: &JobEvent<'_>| {
+        if !matches!(e, JobEvent::Step(_)) {
+            tracing::info!("{e}");
+        }
+        observe(e);
+    };
+    spec.check_outputs()?;
     let data = spec.load_dataset(tok)?;
     let examples = data.examples.len();
-    println!(
-        "data: {} examples from {} ({} target tokens, {} bad lines skipped, {} truncated)",
-        examples,
-        data.path.display(),
-        data.stats.target_tokens,
-        data.stats.skipped,
-        data.stats.context_truncated + data.stats.targets_truncated
-    );
+    emit(&JobEvent::Data(&data));
+    if spec.train.batch_size > examples {
+        return Err(Error::config(
+            "batch-size",
+            format!("at most the {examples} examples of {}", data.path.display()),
+            spec.train.batch_size,
+        ));
+    }
+    crate::budget::training_estimate(&spec.config, &spec.train, spec.load_options().dtype)
+        .check_fits(spec.device)?;
     let (model, like) = spec.load_model()?;
     let pad = spec.config.pad_token_id.unwrap_or_else(|| tok.eos_id());
     let eval_set: Vec<_> = pick_eval_examples(&data, spec.eval_samples);
     let mut trainer = Trainer::new(model, spec.train.clone(), data, pad)?;
     trainer.set_run_args(spec.run_args.clone());
-    describe(&trainer);
-    resume(&mut trainer, spec.resume.as_ref())?;
-    let train = trainer.train()?;
+    emit(&JobEvent::Training {
+        tensors: trainer.param_names().len(),
+        parameters: trainer.params.iter().map(|p| p.numel() as u64).sum(),
+        config: trainer.config(),
+        state_bytes: trainer.optimizer().state_bytes() as u64,
+        steps: trainer.total_steps(),
+        device: trainer.model().device(),
+    });
+    if let Some(from) = resume(&mut trainer, spec.resume.as_ref(), &mut emit)? {
+        if trainer.step_count() >= trainer.total_steps() {
+            return Err(Error::NothingToTrain {
+                path: from,
+                step: trainer.step_count(),
+                total: trainer.total_steps(),
+            });
+        }
+    }
+    let train = trainer.train_with(&mut |p| emit(&JobEvent::Step(*p)))?;
     let losses: Vec<(u64, f64)> = trainer.history().iter().map(|m| (m.step, m.loss)).collect();
     // After a resume the metrics log holds the earlier steps too: plot them all.
-    let curve = match &spec.train.metrics {
+    let history = match &spec.train.metrics {
         Some(p) if trainer.step_count() > losses.len() as u64 => {
             crate::metrics::MetricsLog::read(p)?
-                .iter()
-                .map(|m| (m.step, m.loss))
-                .collect()
         }
-        _ => losses.clone(),
+        _ => trainer.history().to_vec(),
     };
-    let loss_png = if curve.is_empty() {
+    let loss_png = if history.is_empty() {
         None
     } else {
         let p = spec.run_dir.join("loss.png");
-        plot_loss_curve(&p, &curve)?;
+        let curve: Vec<(u64, f64)> = history.iter().map(|m| (m.step, m.loss)).collect();
+        let lr: Vec<(u64, f64)> = history.iter().map(|m| (m.step, m.lr)).collect();
+        plot_loss_curve(
+            &p,
+            &LossCurve {
+                train: &curve,
+                lr: &lr,
+                validation: &[],
+            },
+        )?;
         Some(p)
     };
     let model = trainer.into_model();
     if let Some(dir) = &spec.export_hf {
         checkpoint::export_hf_dir(&model, dir)?;
-        println!("exported safetensors to {}", dir.display());
+        emit(&JobEvent::Exported {
+            what: "safetensors directory",
+            path: dir,
+        });
     }
     let eval_model = match &spec.export_dat {
         Some(path) => {
             checkpoint::export_dat(&model, path, like.as_ref())?;
-            println!("exported {}", path.display());
+            spec.write_model_dir_files(path)?;
+            emit(&JobEvent::Exported {
+                what: "model directory",
+                path,
+            });
             drop(model);
             // Evaluate what a user gets: the exported file, loaded back.
             let dat = DatFile::open(path)?;
@@ -214,6 +364,108 @@ pub fn run_job(spec: &JobSpec, tok: &Qwen3Tokenizer) -> Result<JobReport> {
     })
 }
 
+/// Files beside an exported `.dat` that make its directory a model directory.
+const TOKENIZER_FILES: [&str; 4] = [
+    "tokenizer.json",
+    "tokenizer.json.gz",
+    "tokenizer_config.json",
+    "generation_config.json",
+];
+
+impl JobSpec {
+    /// Every output must be writable before the first step: a bad path found
+    /// after hours of training loses the run.
+    fn check_outputs(&self) -> Result<()> {
+        writable_dir(&self.run_dir, "--run-dir")?;
+        if let Some(dir) = &self.train.checkpoint_dir {
+            writable_dir(dir, "--checkpoint-dir")?;
+        }
+        if let Some(p) = &self.train.metrics {
+            writable_dir(parent_of(p), "--metrics")?;
+        }
+        if let Some(dir) = &self.export_hf {
+            writable_dir(dir, "--export-hf")?;
+        }
+        if let Some(p) = &self.export_dat {
+            if p.is_dir() {
+                return Err(Error::Output {
+                    flag: "--export-dat",
+                    path: p.clone(),
+                    reason: "is a directory; name the .dat file to write".into(),
+                });
+            }
+            writable_dir(parent_of(p), "--export-dat")?;
+            let config = parent_of(p).join("config.json");
+            if let Ok(existing) = std::fs::read_to_string(&config) {
+                let same = Qwen3Config::from_json_str(&existing)
+                    .is_ok_and(|c| c.to_json_string() == self.config.to_json_string());
+                if !same {
+                    return Err(Error::Output {
+                        flag: "--export-dat",
+                        path: p.clone(),
+                        reason: format!(
+                            "{} holds another model's config; export into a directory of its own",
+                            config.display()
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `config.json` and the tokenizer files beside the exported
+    /// `.dat`, so that its directory opens as a model (`run2 --model-dir`):
+    /// the tokenizer files of the source model directory where it has them,
+    /// the bundled Qwen3 ones otherwise.
+    fn write_model_dir_files(&self, dat: &Path) -> Result<()> {
+        let dir = parent_of(dat);
+        crate::fsutil::write_atomic(
+            &dir.join("config.json"),
+            self.config.to_json_string().as_bytes(),
+        )?;
+        let source = match &self.weights {
+            WeightsSource::Dat(p) => parent_of(p).to_path_buf(),
+            WeightsSource::HfDir(d) => d.clone(),
+        };
+        let mut copied_tokenizer = false;
+        for name in TOKENIZER_FILES {
+            let from = source.join(name);
+            if from.is_file() && source != dir {
+                let bytes = std::fs::read(&from).map_err(|e| Error::io(&from, e))?;
+                crate::fsutil::write_atomic(&dir.join(name), &bytes)?;
+                copied_tokenizer |= name.starts_with("tokenizer.json");
+            }
+        }
+        if !copied_tokenizer && !dir.join("tokenizer.json.gz").exists() {
+            tokenizer_bridge::write_bundled_assets(dir)?;
+        }
+        Ok(())
+    }
+}
+
+/// The directory a file goes into (`.` for a bare name).
+fn parent_of(p: &Path) -> &Path {
+    match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
+}
+
+/// `dir` exists (created if missing) and a file can be created in it.
+fn writable_dir(dir: &Path, flag: &'static str) -> Result<()> {
+    let fail = |reason: String| Error::Output {
+        flag,
+        path: dir.to_path_buf(),
+        reason,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| fail(format!("cannot create the directory: {e}")))?;
+    let probe = dir.join(format!(".write-probe.{}", std::process::id()));
+    std::fs::File::create(&probe).map_err(|e| fail(format!("not writable: {e}")))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
 /// Up to `n` examples spread evenly over the file (all when `n >= len`).
 fn pick_eval_examples(data: &Dataset, n: usize) -> Vec<crate::data::Example> {
     let len = data.examples.len();
@@ -226,40 +478,29 @@ fn pick_eval_examples(data: &Dataset, n: usize) -> Vec<crate::data::Example> {
     (0..n).map(|i| data.examples[i * len / n].clone()).collect()
 }
 
-fn describe(t: &Trainer) {
-    let cfg = t.config();
-    let params: i64 = t.params.iter().map(|p| p.numel() as i64).sum();
-    println!(
-        "training {} tensors ({:.2} M parameters, master {:?}, optimizer state {} = {}), {} steps, device {:?}",
-        t.param_names().len(),
-        params as f64 / 1e6,
-        cfg.master_dtype,
-        cfg.adamw.state.as_str(),
-        crate::metrics::human_bytes(t.optimizer().state_bytes() as u64),
-        t.total_steps(),
-        t.model().device()
-    );
-}
-
-fn resume(trainer: &mut Trainer, from: Option<&ResumeFrom>) -> Result<()> {
+/// Resumes as asked; returns the checkpoint resumed from, if any.
+fn resume(
+    trainer: &mut Trainer,
+    from: Option<&ResumeFrom>,
+    emit: &mut dyn FnMut(&JobEvent<'_>),
+) -> Result<Option<PathBuf>> {
     let path = match from {
-        None => return Ok(()),
+        None => return Ok(None),
         Some(ResumeFrom::Path(p)) => p.clone(),
         Some(ResumeFrom::Latest) => match trainer.latest_checkpoint()? {
             Some(p) => p,
             None => {
-                println!("--resume latest: no checkpoint yet, starting fresh");
-                return Ok(());
+                emit(&JobEvent::NoCheckpointYet);
+                return Ok(None);
             }
         },
     };
     trainer.resume_from(&path)?;
-    println!(
-        "resumed from {} at step {}",
-        path.display(),
-        trainer.step_count()
-    );
-    Ok(())
+    emit(&JobEvent::Resumed {
+        from: &path,
+        step: trainer.step_count(),
+    });
+    Ok(Some(path))
 }
 
 /// Finds the weights and config of `--model-dir`: a `.dat` file (config.json

@@ -14,7 +14,10 @@
 //! - [`Dataset`] from [`load_tsv`] / [`load_jsonl`]: targets are the
 //!   assistant turns plus `<|im_end|>`, prompts masked with [`IGNORE_INDEX`];
 //! - [`Schedule`] (warmup + constant/cosine), [`MetricsLog`], [`plot_loss_curve`];
-//! - [`run_job`] (a whole job) and [`run_default`] (the embedded default run).
+//! - [`run_job`] (a whole job, in a locked [`RunDirLock`] run directory, after
+//!   checking outputs and the [`MemoryEstimate`]) and [`run_default`] (the
+//!   embedded default run); both report through `tracing` and, with
+//!   [`run_job_observed`], [`JobEvent`]s: the library never prints.
 //!
 //! ```no_run
 //! use trainer::{run_default, DefaultRunOptions};
@@ -31,6 +34,7 @@
 mod alloc;
 mod backprop;
 mod batch;
+mod budget;
 mod config;
 mod data;
 mod demo;
@@ -42,37 +46,41 @@ mod job;
 mod metrics;
 mod optim;
 mod plot;
-mod progress;
 mod resume;
+mod run_dir;
 mod schedule;
 mod trainer;
 
 pub use alloc::keep_freed_memory;
 pub use backprop::{forward_backward, masked_ce_sum, reference_ce_sum, BackpropPlan};
 pub use batch::{inputs_and_labels, make_batch, Batch, DataCursor, DataOrder, IGNORE_INDEX};
+pub use budget::{inference_estimate, training_estimate, MemoryEstimate, ParamCounts};
 pub use config::{MasterDtype, NonFinitePolicy, TrainConfig};
 pub use data::{
     load_data, load_jsonl, load_tsv, load_tsv_str, parse_jsonl_line, parse_tsv_line, tokenize,
-    BadLinePolicy, Conversation, DataOptions, DataStats, Dataset, Example,
+    BadLinePolicy, DataOptions, DataStats, Dataset, Example,
 };
 pub use demo::{
-    default_model_config, default_train_config, run_default, write_default_base, DefaultRunOptions,
-    DefaultRunReport, DEFAULT_MODEL_CONFIG, DEFAULT_TRAIN_TSV, DEFAULT_WEIGHTS_SEED,
+    default_model_config, default_train_config, run_default, run_default_observed,
+    write_default_base, DefaultRunOptions, DefaultRunReport, DEFAULT_MODEL_CONFIG,
+    DEFAULT_TRAIN_TSV, DEFAULT_WEIGHTS_SEED,
 };
 pub use error::{Error, Result};
 pub use eval::{exact_match, greedy_answers, EvalReport, EvalSample, GreedyAnswer};
 pub use fsutil::write_atomic;
 pub use grad::{clip_coefficient, clip_grad_norm, global_grad_norm};
 pub use job::{
-    resolve_model_dir, run_job, DataSource, JobReport, JobSpec, ResumeFrom, WeightsSource,
+    resolve_model_dir, run_job, run_job_observed, DataSource, JobEvent, JobReport, JobSpec,
+    ResumeFrom, WeightsSource,
 };
-pub use metrics::{human_bytes, memory_in_use, MetricsLog, StepMetrics};
+pub use metrics::{human_bytes, memory_available, memory_in_use, MetricsLog, StepMetrics};
 pub use optim::{
     default_decay, dynamic_map, AdamW, AdamWConfig, OptimStateKind, QuantMap, QUANT_BLOCK,
 };
-pub use plot::plot_loss_curve;
+pub use plot::{plot_loss_curve, LossCurve};
+pub use run_dir::{timestamped_run_dir, RunDirLock, LOCK_FILE};
 pub use schedule::{Schedule, ScheduleKind};
-pub use trainer::{TrainReport, Trainer};
+pub use trainer::{StepProgress, TrainReport, Trainer};
 
 /// A seed from the clock, printed so a failing unit test can be replayed.
 #[cfg(test)]

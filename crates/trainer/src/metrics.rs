@@ -90,6 +90,25 @@ impl MetricsLog {
             .map_err(|e| Error::io(&self.path, e))
     }
 
+    /// Keeps only the records up to `step` (a resumed run then appends each
+    /// later step once, not a second time); rewrites the file atomically.
+    /// A missing log is fine: there is nothing to cut.
+    pub fn truncate_after(path: &Path, step: u64) -> Result<()> {
+        if !path.exists() {
+            return Ok(());
+        }
+        let kept: Vec<StepMetrics> = Self::read(path)?
+            .into_iter()
+            .filter(|m| m.step <= step)
+            .collect();
+        let mut text = String::new();
+        for m in &kept {
+            text.push_str(&serde_json::to_string(m)?);
+            text.push('\n');
+        }
+        crate::fsutil::write_atomic(path, text.as_bytes())
+    }
+
     /// Reads a log back (for plots and tests); names the line of a bad record.
     pub fn read(path: &Path) -> Result<Vec<StepMetrics>> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
@@ -117,6 +136,21 @@ pub fn memory_in_use(device: Device) -> u64 {
     }
 }
 
+/// Memory a new allocation can still get on `device`: free device memory
+/// on CUDA (`cuMemGetInfo`), `MemAvailable` of `/proc/meminfo` on CPU; `None`
+/// when unknown.
+pub fn memory_available(device: Device) -> Option<u64> {
+    match device {
+        Device::Cuda(ordinal) => cuda_mem_info(ordinal).map(|(free, _)| free),
+        _ => {
+            let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+            let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+            let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kb * 1024)
+        }
+    }
+}
+
 fn cpu_rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
@@ -125,6 +159,11 @@ fn cpu_rss_bytes() -> Option<u64> {
 }
 
 fn cuda_used_bytes(ordinal: usize) -> Option<u64> {
+    cuda_mem_info(ordinal).map(|(free, total)| total.saturating_sub(free))
+}
+
+/// (free, total) bytes of CUDA device `ordinal`, from the driver.
+fn cuda_mem_info(ordinal: usize) -> Option<(u64, u64)> {
     use std::sync::{Arc, OnceLock};
     static CTX: OnceLock<Option<Arc<cudarc::driver::CudaContext>>> = OnceLock::new();
     // cudarc's dynamic loader panics when libcuda is missing; libtorch has
@@ -135,7 +174,7 @@ fn cuda_used_bytes(ordinal: usize) -> Option<u64> {
             .flatten()
     });
     let (free, total) = ctx.as_ref()?.mem_get_info().ok()?;
-    Some(total.saturating_sub(free) as u64)
+    Some((free as u64, total as u64))
 }
 
 /// Bytes as "1.23 GiB" / "456.0 MiB".
@@ -204,7 +243,28 @@ mod tests {
     }
 
     #[test]
+    fn truncating_keeps_the_steps_up_to_the_resume_point() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.jsonl");
+        let mut log = MetricsLog::open(&p, false).unwrap();
+        for s in 1..=5 {
+            log.write(&sample(s, 1.0 / s as f64)).unwrap();
+        }
+        drop(log);
+        MetricsLog::truncate_after(&p, 3).unwrap();
+        let steps: Vec<u64> = MetricsLog::read(&p)
+            .unwrap()
+            .iter()
+            .map(|m| m.step)
+            .collect();
+        assert_eq!(steps, [1, 2, 3]);
+        MetricsLog::truncate_after(&dir.path().join("none.jsonl"), 3).unwrap();
+    }
+
+    #[test]
     fn cpu_memory_is_reported() {
+        let available = memory_available(Device::Cpu).unwrap();
+        assert!(available > 1 << 20, "MemAvailable {available} bytes");
         let m = memory_in_use(Device::Cpu);
         assert!(m > 1 << 20, "resident set {m} bytes");
         assert_eq!(human_bytes(3 << 30), "3.00 GiB");

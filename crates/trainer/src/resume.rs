@@ -66,7 +66,8 @@ impl Trainer {
 
     /// Restores weights, optimizer state, step, cursor and seed from a
     /// checkpoint written by [`Trainer::save_checkpoint`] for the same model,
-    /// data and trainable set. Metrics are then appended to the existing log.
+    /// data and trainable set. The metrics log is cut to the checkpoint's
+    /// step and then appended to.
     pub fn resume_from(&mut self, path: &Path) -> Result<()> {
         let (state, tensors) = CheckpointManager::load(path, self.model.device())?;
         let bad = |reason: String| Error::BadCheckpoint {
@@ -113,6 +114,11 @@ impl Trainer {
             index: state.data_cursor,
         };
         self.skipped = state.extra["skipped_steps"].as_u64().unwrap_or(0);
+        // A run killed after its last checkpoint logged steps that will run
+        // again: cut them, so each step is in the log once.
+        if let Some(log) = &self.cfg.metrics {
+            crate::metrics::MetricsLog::truncate_after(log, self.step)?;
+        }
         self.append_log = true;
         tracing::info!(
             "resumed from {} at step {} (epoch {}, example {})",

@@ -55,6 +55,16 @@ impl FromStr for ScheduleKind {
     }
 }
 
+/// The spelling [`FromStr`] accepts (for `--help` defaults and logs).
+impl std::fmt::Display for ScheduleKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Constant => "constant",
+            Self::Cosine => "cosine",
+        })
+    }
+}
+
 impl ScheduleKind {
     /// The concrete schedule for a run of `total` steps.
     pub fn build(self, warmup: u64, total: u64, min_lr_ratio: f64) -> Result<Schedule> {

@@ -17,7 +17,6 @@ use crate::error::{Error, Result};
 use crate::grad::{clip_coefficient, global_grad_norm};
 use crate::metrics::{memory_in_use, MetricsLog, StepMetrics};
 use crate::optim::{default_decay, AdamW};
-use crate::progress::Progress;
 use crate::schedule::Schedule;
 
 /// What a [`Trainer::train`] call did.
@@ -37,6 +36,17 @@ pub struct TrainReport {
     pub wall_s: f64,
     /// Checkpoint written at the end, if any.
     pub last_checkpoint: Option<PathBuf>,
+}
+
+/// One finished step, as [`Trainer::train_with`] reports it.
+#[derive(Clone, Copy, Debug)]
+pub struct StepProgress<'a> {
+    /// The step's metrics (`metrics.step` is 1-based).
+    pub metrics: &'a StepMetrics,
+    /// Step the run (re)started from: 0, or the resumed checkpoint's step.
+    pub first_step: u64,
+    /// Steps of the whole run.
+    pub total_steps: u64,
 }
 
 /// Quantization-aware trainer of a [`Qwen3Model`] on a [`Dataset`].
@@ -257,7 +267,7 @@ impl Trainer {
             (Some((what, value)), NonFinitePolicy::Stop) => {
                 self.optim.zero_grad();
                 Err(Error::NonFinite {
-                    step: self.step,
+                    step: self.step + 1,
                     what,
                     value,
                 })
@@ -265,9 +275,10 @@ impl Trainer {
             (Some((what, value)), NonFinitePolicy::Skip) => {
                 self.optim.zero_grad();
                 self.skipped += 1;
+                // Numbered as the step lines number it (1-based, after the step).
                 tracing::warn!(
                     "step {}: non-finite {what} ({value}); update skipped ({} so far)",
-                    self.step,
+                    self.step + 1,
                     self.skipped
                 );
                 Ok(true)
@@ -288,13 +299,17 @@ impl Trainer {
         Ok(())
     }
 
-    /// Runs steps until the total is reached, with a progress bar, periodic
-    /// checkpoints (`save_every`) and a final one (when a checkpoint
-    /// directory is set).
+    /// Runs steps until the total is reached, with periodic checkpoints
+    /// (`save_every`) and a final one (when a checkpoint directory is set).
     pub fn train(&mut self) -> Result<TrainReport> {
+        self.train_with(&mut |_| {})
+    }
+
+    /// [`Trainer::train`], handing every step's metrics to `on_step` (the
+    /// caller's progress display; the library itself only logs through `tracing`).
+    pub fn train_with(&mut self, on_step: &mut dyn FnMut(&StepProgress)) -> Result<TrainReport> {
         let start = Instant::now();
         let first = self.step;
-        let progress = Progress::new(self.total_steps, self.step, self.cfg.progress);
         let mut first_loss = f64::NAN;
         let mut final_loss = f64::NAN;
         let mut last_checkpoint = None;
@@ -304,7 +319,19 @@ impl Trainer {
                 first_loss = m.loss;
             }
             final_loss = m.loss;
-            progress.update(&m, self.total_steps);
+            tracing::debug!(
+                "step {}/{}: loss {:.4}, lr {:.2e}, grad norm {:.3}",
+                m.step,
+                self.total_steps,
+                m.loss,
+                m.lr,
+                m.grad_norm
+            );
+            on_step(&StepProgress {
+                metrics: &m,
+                first_step: first,
+                total_steps: self.total_steps,
+            });
             if self
                 .cfg
                 .save_every
@@ -317,7 +344,6 @@ impl Trainer {
         if self.step > first || last_checkpoint.is_none() {
             last_checkpoint = self.save_checkpoint()?;
         }
-        progress.finish();
         Ok(TrainReport {
             steps_run: self.step - first,
             step: self.step,

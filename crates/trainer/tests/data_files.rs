@@ -240,3 +240,42 @@ fn the_shipped_default_data_parses_without_a_bad_line() {
         cfg.seq_len
     );
 }
+
+#[test]
+fn jsonl_prompt_response_with_a_byte_order_mark_loads_like_the_chat_form() {
+    let dir = tempfile::tempdir().unwrap();
+    let pairs = write(
+        dir.path(),
+        "pairs.jsonl",
+        "\u{feff}{\"prompt\": \"What is 2+3?\", \"response\": \"5\", \"response_raw\": \"2+3=<<5>>5\"}\n",
+    );
+    let chat = write(
+        dir.path(),
+        "chat.jsonl",
+        "{\"messages\": [{\"role\": \"user\", \"content\": \"What is 2+3?\"}, {\"role\": \"assistant\", \"content\": \"5\"}]}\n",
+    );
+    let tok = tok();
+    let a = load_data(&pairs, &tok, &opts(BadLinePolicy::Fail)).unwrap();
+    let b = load_data(&chat, &tok, &opts(BadLinePolicy::Fail)).unwrap();
+    assert_eq!(a.examples.len(), 1);
+    assert_eq!(a.examples[0].tokens, b.examples[0].tokens);
+    assert_eq!(a.examples[0].is_target, b.examples[0].is_target);
+    assert_eq!(a.examples[0].response, "5");
+}
+
+#[test]
+fn a_byte_order_mark_inside_a_file_is_named_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(
+        dir.path(),
+        "d.jsonl",
+        "{\"prompt\": \"a\", \"response\": \"b\"}\n\u{feff}{\"prompt\": \"c\", \"response\": \"d\"}\n",
+    );
+    let e = load_data(&p, &tok(), &opts(BadLinePolicy::Fail))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("d.jsonl:2:") && e.contains("invalid JSON"),
+        "{e}"
+    );
+}

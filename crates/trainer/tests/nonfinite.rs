@@ -117,14 +117,15 @@ fn stop_policy_ends_with_an_error_naming_the_step() {
         matches!(
             e,
             Error::NonFinite {
-                step: 1,
+                step: 2,
                 what: "loss",
                 ..
             }
         ),
         "{e}"
     );
-    assert!(e.to_string().contains("step 1"), "{e}");
+    // The second step, numbered as the step lines and metrics number it.
+    assert!(e.to_string().contains("step 2"), "{e}");
     for (a, b) in before.iter().zip(snapshot(&t)) {
         // The poisoned norm weight holds the NaN we put there: compare with NaN -> 0.
         assert!(

@@ -41,6 +41,13 @@ impl FromStr for OptimStateKind {
     }
 }
 
+/// The spelling [`FromStr`] accepts (for `--help` defaults and logs).
+impl std::fmt::Display for OptimStateKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl OptimStateKind {
     /// The spelling used on the command line and in checkpoints.
     pub fn as_str(self) -> &'static str {

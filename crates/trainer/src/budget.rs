@@ -1,0 +1,235 @@
+//! Memory estimates made from the configuration before anything is
+//! allocated, so that a run that cannot fit is refused with the numbers
+//! instead of being killed by the kernel (or the CUDA allocator) half-way.
+//!
+//! The estimates are deliberately on the low side (they leave out libtorch's
+//! own overhead and allocator slack): a refusal means the run certainly does
+//! not fit, and a run that passes may still be tight.
+
+use qwen3_model::Qwen3Config;
+use tch::{Device, Kind};
+
+use crate::config::TrainConfig;
+use crate::error::{Error, Result};
+use crate::metrics::{human_bytes, memory_available};
+use crate::optim::OptimStateKind;
+
+/// Bytes per NVFP4-packed weight: 4 bits plus one FP8 scale per 16 values.
+const PACKED_BYTES_PER_WEIGHT: f64 = 0.5 + 1.0 / 16.0;
+
+/// Parameter counts of a Qwen3 configuration (f64: a hostile config must
+/// not overflow the arithmetic that is about to refuse it).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ParamCounts {
+    /// Token embedding (and the separate head when untied).
+    pub embeddings: f64,
+    /// Every projection of one block (q, k, v, o, gate, up, down).
+    pub projections_per_layer: f64,
+    /// Norm weights of one block.
+    pub norms_per_layer: f64,
+    /// Blocks.
+    pub layers: f64,
+}
+
+impl ParamCounts {
+    /// Counts for `cfg`.
+    pub fn of(cfg: &Qwen3Config) -> Self {
+        let h = cfg.hidden_size as f64;
+        let (q, kv) = (cfg.q_dim() as f64, cfg.kv_dim() as f64);
+        let heads = if cfg.tie_word_embeddings { 1.0 } else { 2.0 };
+        Self {
+            embeddings: heads * cfg.vocab_size as f64 * h,
+            projections_per_layer: h * q
+                + 2.0 * h * kv
+                + q * h
+                + 3.0 * h * cfg.intermediate_size as f64,
+            norms_per_layer: 2.0 * h + 2.0 * cfg.head_dim as f64,
+            layers: cfg.num_hidden_layers as f64,
+        }
+    }
+
+    /// All parameters.
+    pub fn total(&self) -> f64 {
+        self.embeddings + self.layers * (self.projections_per_layer + self.norms_per_layer)
+    }
+}
+
+/// An estimate, by part, in bytes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MemoryEstimate {
+    /// What the estimate is for ("training", "inference").
+    pub what: &'static str,
+    /// (part, bytes), e.g. ("weights", ..), ("optimizer state", ..).
+    pub parts: Vec<(&'static str, f64)>,
+}
+
+impl MemoryEstimate {
+    /// The sum of the parts.
+    pub fn total(&self) -> f64 {
+        self.parts.iter().map(|p| p.1).sum()
+    }
+
+    /// Refuses with [`Error::WontFit`] when the total exceeds what `device`
+    /// has available now (unknown availability: no check).
+    pub fn check_fits(&self, device: Device) -> Result<()> {
+        let Some(available) = memory_available(device) else {
+            tracing::debug!(
+                "available memory on {device:?} unknown: {} not checked",
+                self.what
+            );
+            return Ok(());
+        };
+        let need = self.total();
+        if need <= available as f64 {
+            return Ok(());
+        }
+        let parts = self
+            .parts
+            .iter()
+            .map(|(name, b)| format!("{name} {}", human_bytes_f(*b)))
+            .collect::<Vec<_>>()
+            .join(" + ");
+        Err(Error::WontFit {
+            what: self.what,
+            need: human_bytes_f(need),
+            parts,
+            available: human_bytes(available),
+            device: format!("{device:?}"),
+        })
+    }
+}
+
+fn human_bytes_f(b: f64) -> String {
+    if b >= u64::MAX as f64 {
+        format!("{b:.3e} bytes")
+    } else {
+        human_bytes(b as u64)
+    }
+}
+
+fn kind_bytes(kind: Kind) -> f64 {
+    match kind {
+        Kind::Float => 4.0,
+        Kind::Double => 8.0,
+        _ => 2.0,
+    }
+}
+
+/// Training: frozen packed weights, trainable masters, their gradients and
+/// optimizer moments, and the activations of one micro-batch (`dtype` is the
+/// compute kind).
+pub fn training_estimate(cfg: &Qwen3Config, train: &TrainConfig, dtype: Kind) -> MemoryEstimate {
+    let p = ParamCounts::of(cfg);
+    let layers = p.layers;
+    let trained_layers = train
+        .train_last_layers
+        .map_or(layers, |k| (k as f64).min(layers));
+    let trainable = p.embeddings + trained_layers * (p.projections_per_layer + p.norms_per_layer);
+    let frozen = (layers - trained_layers) * p.projections_per_layer;
+    let master = kind_bytes(train.master_dtype.kind());
+    let moment = match train.adamw.state {
+        OptimStateKind::F32 => 4.0,
+        OptimStateKind::BF16 => 2.0,
+        OptimStateKind::Int8Block => 1.0,
+    };
+    let tokens = (train.batch_size as f64) * train.seq_len as f64;
+    let act = kind_bytes(dtype);
+    let h = cfg.hidden_size as f64;
+    // Kept per token and block for the backward pass: the residual stream and
+    // norms (a few times hidden), q/k/v/attention output, the MLP's three
+    // intermediate tensors; with checkpointing only each block's input.
+    let per_token_layer = 6.0 * h + 2.0 * cfg.q_dim() as f64 + 3.0 * cfg.intermediate_size as f64;
+    let kept_layers = if train.activation_checkpointing {
+        1.0
+    } else {
+        trained_layers
+    };
+    let activations = tokens
+        * act
+        * (per_token_layer * kept_layers + h * layers)
+        // Logits in f32, their softmax and gradient.
+        + tokens * cfg.vocab_size as f64 * 4.0 * 3.0;
+    MemoryEstimate {
+        what: "training",
+        parts: vec![
+            ("frozen weights", frozen * PACKED_BYTES_PER_WEIGHT),
+            ("master weights", trainable * master),
+            ("gradients", trainable * master),
+            ("optimizer state", trainable * 2.0 * moment),
+            ("activations", activations),
+        ],
+    }
+}
+
+/// Inference: packed projections, embeddings and norms in `dtype`, and a KV
+/// cache of `cache_tokens` positions.
+pub fn inference_estimate(cfg: &Qwen3Config, dtype: Kind, cache_tokens: usize) -> MemoryEstimate {
+    let p = ParamCounts::of(cfg);
+    let b = kind_bytes(dtype);
+    let kv = 2.0 * p.layers * cfg.kv_dim() as f64 * cache_tokens as f64 * b;
+    MemoryEstimate {
+        what: "inference",
+        parts: vec![
+            (
+                "weights",
+                p.layers * p.projections_per_layer * PACKED_BYTES_PER_WEIGHT,
+            ),
+            (
+                "embeddings and norms",
+                (p.embeddings + p.layers * p.norms_per_layer) * b,
+            ),
+            ("KV cache", kv),
+            ("logits", cfg.vocab_size as f64 * 4.0 * cache_tokens as f64),
+        ],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qwen3_4b_has_about_four_billion_parameters() {
+        let n = ParamCounts::of(&Qwen3Config::qwen3_4b()).total();
+        assert!((3.9e9..4.1e9).contains(&n), "{n}");
+    }
+
+    #[test]
+    fn a_billion_layers_is_refused_with_the_numbers() {
+        let cfg = Qwen3Config {
+            num_hidden_layers: 1_000_000_000,
+            ..Qwen3Config::qwen3_4b()
+        };
+        let e = training_estimate(&cfg, &TrainConfig::default(), Kind::Float)
+            .check_fits(Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("training needs") && e.contains("master weights"),
+            "{e}"
+        );
+        assert!(e.contains("available"), "{e}");
+        let e = inference_estimate(&cfg, Kind::Float, 128)
+            .check_fits(Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("inference needs") && e.contains("KV cache"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn optimizer_state_shrinks_with_its_precision_and_checkpointing_saves_activations() {
+        let cfg = Qwen3Config::qwen3_4b();
+        let part = |e: &MemoryEstimate, name: &str| e.parts.iter().find(|p| p.0 == name).unwrap().1;
+        let mut t = TrainConfig::default();
+        let f32_state = part(&training_estimate(&cfg, &t, Kind::Float), "optimizer state");
+        t.adamw.state = OptimStateKind::Int8Block;
+        let int8 = training_estimate(&cfg, &t, Kind::Float);
+        assert_eq!(f32_state / part(&int8, "optimizer state"), 4.0);
+        t.activation_checkpointing = true;
+        let ckpt = training_estimate(&cfg, &t, Kind::Float);
+        assert!(part(&ckpt, "activations") < part(&int8, "activations") / 4.0);
+    }
+}
