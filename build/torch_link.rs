@@ -8,7 +8,7 @@
 //!    `LD_LIBRARY_PATH` still wins (RUNPATH semantics), which the GPU machine uses.
 use std::path::PathBuf;
 
-fn main() {
+pub fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets it"));
     let root = manifest
         .ancestors()
