@@ -4,6 +4,7 @@
 //! timeout instead of a hang.
 use std::ffi::CString;
 use std::os::raw::{c_char, c_int};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tch::{Device, Tensor};
@@ -96,21 +97,39 @@ impl GroupOptions {
 
 /// One process's membership of the group.
 pub struct ProcessGroup {
-    raw: *mut ffi::RawGroup,
+    raw: Arc<RawGroup>,
     rank: usize,
     world_size: usize,
     backend: Backend,
 }
 
-// SAFETY: c10d backends are used from one thread at a time here (`&mut`-free
-// API, but no `Sync`), and moving the owner between threads is allowed by c10d.
-unsafe impl Send for ProcessGroup {}
+/// Owner of the C++ group, shared with the work items in flight so that it
+/// outlives them.
+struct RawGroup(*mut ffi::RawGroup);
+
+// SAFETY: c10d process groups are thread-safe objects (PyTorch calls them from
+// any thread); ranks must still issue collectives in one agreed order.
+unsafe impl Send for RawGroup {}
+unsafe impl Sync for RawGroup {}
+
+impl std::fmt::Debug for ProcessGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProcessGroup")
+            .field("rank", &self.rank)
+            .field("world_size", &self.world_size)
+            .field("backend", &self.backend)
+            .finish()
+    }
+}
 
 /// A collective in flight; [`Work::wait`] finishes it. Dropping it waits too,
 /// so a tensor is never freed while the backend still writes into it.
 #[must_use = "a collective is complete only after wait()"]
-pub struct Work<'g> {
-    group: &'g ProcessGroup,
+pub struct Work {
+    /// Keeps the C++ group alive while this is in flight.
+    _group: Arc<RawGroup>,
+    rank: usize,
+    world_size: usize,
     raw: *mut ffi::RawWork,
     op: &'static str,
     /// The output, kept alive until done; divided by the world size for `ReduceOp::Avg`.
@@ -162,7 +181,7 @@ impl ProcessGroup {
             "process group ready"
         );
         Ok(ProcessGroup {
-            raw,
+            raw: Arc::new(RawGroup(raw)),
             rank: options.rank,
             world_size: options.world_size,
             backend: options.backend,
@@ -187,12 +206,12 @@ impl ProcessGroup {
     }
 
     /// Starts an in-place all-reduce; the tensor must not be touched until `wait`.
-    pub fn all_reduce_async(&self, tensor: &mut Tensor, op: ReduceOp) -> Result<Work<'_>> {
+    pub fn all_reduce_async(&self, tensor: &mut Tensor, op: ReduceOp) -> Result<Work> {
         const OP: &str = "all_reduce";
         self.check(OP, tensor)?;
         let mut message = std::ptr::null_mut();
         // SAFETY: the tensor is valid and kept alive by the returned Work.
-        let raw = unsafe { ffi::dist_all_reduce(self.raw, ffi::raw(tensor), op.raw(), &mut message) };
+        let raw = unsafe { ffi::dist_all_reduce(self.raw.0, ffi::raw(tensor), op.raw(), &mut message) };
         self.work(OP, raw, message, tensor, op == ReduceOp::Avg)
     }
 
@@ -208,7 +227,7 @@ impl ProcessGroup {
         }
         let mut message = std::ptr::null_mut();
         // SAFETY: as in all_reduce_async.
-        let raw = unsafe { ffi::dist_broadcast(self.raw, ffi::raw(tensor), root as c_int, &mut message) };
+        let raw = unsafe { ffi::dist_broadcast(self.raw.0, ffi::raw(tensor), root as c_int, &mut message) };
         self.work(OP, raw, message, tensor, false)?.wait()
     }
 
@@ -220,7 +239,7 @@ impl ProcessGroup {
     }
 
     /// Starts an all-gather (see [`ProcessGroup::all_gather`]).
-    pub fn all_gather_async(&self, output: &mut Tensor, input: &Tensor) -> Result<Work<'_>> {
+    pub fn all_gather_async(&self, output: &mut Tensor, input: &Tensor) -> Result<Work> {
         const OP: &str = "all_gather";
         self.check(OP, output)?;
         self.check(OP, input)?;
@@ -228,7 +247,7 @@ impl ProcessGroup {
         let mut message = std::ptr::null_mut();
         // SAFETY: both tensors are valid and kept alive by the returned Work.
         let raw = unsafe {
-            ffi::dist_all_gather(self.raw, ffi::raw(output), ffi::raw(input), &mut message)
+            ffi::dist_all_gather(self.raw.0, ffi::raw(output), ffi::raw(input), &mut message)
         };
         let mut work = self.work(OP, raw, message, output, false)?;
         work._input = Some(input.shallow_clone());
@@ -246,7 +265,7 @@ impl ProcessGroup {
         // SAFETY: both tensors are valid for the duration (we wait below).
         let raw = unsafe {
             ffi::dist_reduce_scatter(
-                self.raw,
+                self.raw.0,
                 ffi::raw(output),
                 ffi::raw(input),
                 op.raw(),
@@ -260,7 +279,7 @@ impl ProcessGroup {
     pub fn barrier(&self) -> Result<()> {
         let mut message = std::ptr::null_mut();
         // SAFETY: no tensors involved.
-        let raw = unsafe { ffi::dist_barrier(self.raw, &mut message) };
+        let raw = unsafe { ffi::dist_barrier(self.raw.0, &mut message) };
         let marker = Tensor::zeros([1], (tch::Kind::Float, Device::Cpu));
         self.work("barrier", raw, message, &marker, false)?.wait()
     }
@@ -306,12 +325,14 @@ impl ProcessGroup {
         message: *mut c_char,
         tensor: &Tensor,
         average: bool,
-    ) -> Result<Work<'_>> {
+    ) -> Result<Work> {
         if raw.is_null() {
             return Err(self.collective_err(op, ffi::take_message(message)));
         }
         Ok(Work {
-            group: self,
+            _group: Arc::clone(&self.raw),
+            rank: self.rank,
+            world_size: self.world_size,
             raw,
             op,
             tensor: tensor.shallow_clone(),
@@ -330,14 +351,17 @@ impl ProcessGroup {
     }
 }
 
-impl Drop for ProcessGroup {
+impl Drop for RawGroup {
     fn drop(&mut self) {
-        // SAFETY: created by dist_pg_new, freed once; every Work borrowed it and is gone.
-        unsafe { ffi::dist_pg_free(self.raw) };
+        // SAFETY: created by dist_pg_new, freed once, after every Work that shared it.
+        unsafe { ffi::dist_pg_free(self.0) };
     }
 }
 
-impl Work<'_> {
+// SAFETY: a work item is finished from whichever thread owns it; see RawGroup.
+unsafe impl Send for Work {}
+
+impl Work {
     /// Blocks until the collective is done (or failed, or timed out).
     pub fn wait(mut self) -> Result<()> {
         self.finish()
@@ -353,16 +377,21 @@ impl Work<'_> {
         unsafe { ffi::dist_work_free(self.raw) };
         self.raw = std::ptr::null_mut();
         if !done {
-            return Err(self.group.collective_err(self.op, ffi::take_message(message)));
+            return Err(DistError::Collective {
+                op: self.op,
+                rank: self.rank,
+                world_size: self.world_size,
+                message: ffi::take_message(message),
+            });
         }
         if self.average {
-            let _ = self.tensor.g_div_scalar_(self.group.world_size as f64);
+            let _ = self.tensor.g_div_scalar_(self.world_size as f64);
         }
         Ok(())
     }
 }
 
-impl Drop for Work<'_> {
+impl Drop for Work {
     fn drop(&mut self) {
         if let Err(err) = self.finish() {
             tracing::warn!("collective dropped without wait failed: {err}");

@@ -34,6 +34,7 @@ mod batch;
 mod config;
 mod data;
 mod demo;
+mod dist;
 mod error;
 mod eval;
 mod fsutil;
@@ -55,6 +56,7 @@ pub use data::{
     load_data, load_jsonl, load_tsv, load_tsv_str, parse_jsonl_line, parse_tsv_line, tokenize,
     BadLinePolicy, Conversation, DataOptions, DataStats, Dataset, Example,
 };
+pub use dist::DataParallel;
 pub use demo::{
     default_model_config, default_train_config, run_default, write_default_base, DefaultRunOptions,
     DefaultRunReport, DEFAULT_MODEL_CONFIG, DEFAULT_TRAIN_TSV, DEFAULT_WEIGHTS_SEED,

@@ -9,7 +9,7 @@ use tch::Tensor;
 use checkpoint::CheckpointManager;
 use qwen3_model::Qwen3Model;
 
-use crate::backprop::{forward_backward, BackpropPlan};
+use crate::backprop::BackpropPlan;
 use crate::batch::{make_batch, Batch, DataCursor, DataOrder};
 use crate::config::{NonFinitePolicy, TrainConfig};
 use crate::data::Dataset;
@@ -48,19 +48,21 @@ pub struct Trainer {
     pub(crate) names: Vec<String>,
     pub(crate) params: Vec<Tensor>,
     pub(crate) optim: AdamW,
-    schedule: Schedule,
+    pub(crate) schedule: Schedule,
     order: DataOrder,
     pub(crate) cursor: DataCursor,
     pub(crate) step: u64,
     pub(crate) skipped: u64,
-    total_steps: u64,
+    pub(crate) total_steps: u64,
     pad_id: u32,
-    plan: BackpropPlan,
+    pub(crate) plan: BackpropPlan,
     pub(crate) ckpt: Option<CheckpointManager>,
     log: Option<MetricsLog>,
     pub(crate) append_log: bool,
     history: Vec<StepMetrics>,
     pub(crate) run_args: serde_json::Value,
+    /// Data-parallel group (see dist.rs); `None`: a single process.
+    pub(crate) dp: Option<crate::dist::DataParallel>,
 }
 
 impl Trainer {
@@ -125,6 +127,7 @@ impl Trainer {
             append_log: false,
             history: Vec::new(),
             run_args: serde_json::Value::Null,
+            dp: None,
             cfg,
         })
     }
@@ -192,10 +195,8 @@ impl Trainer {
         let tokens: usize = batches.iter().map(|b| b.tokens).sum();
         let denom = targets.max(1) as f64;
         self.optim.zero_grad();
-        let mut ce = 0.0;
-        for b in &batches {
-            ce += forward_backward(&self.model, &b.input_ids, &b.labels, denom, self.plan)?;
-        }
+        let mine = self.my_share(batches);
+        let ce = self.accumulate_gradients(&mine, denom)?;
         let loss = ce / denom;
         // Clipping happens inside the update (AdamW::step_scaled): the fused
         // kernel scales each gradient as it reads it.
@@ -223,9 +224,8 @@ impl Trainer {
     }
 
     fn next_batches(&mut self) -> Vec<Batch> {
-        let idx = self
-            .order
-            .take(&mut self.cursor, self.cfg.examples_per_step());
+        let count = self.global_examples_per_step();
+        let idx = self.order.take(&mut self.cursor, count);
         let examples: Vec<_> = idx.iter().map(|&i| &self.data.examples[i]).collect();
         let device = self.model.device();
         examples
@@ -276,7 +276,7 @@ impl Trainer {
     }
 
     fn record(&mut self, m: &StepMetrics) -> Result<()> {
-        if self.log.is_none() {
+        if self.log.is_none() && self.is_main_process() {
             if let Some(path) = &self.cfg.metrics {
                 self.log = Some(MetricsLog::open(path, self.append_log)?);
             }
@@ -294,7 +294,8 @@ impl Trainer {
     pub fn train(&mut self) -> Result<TrainReport> {
         let start = Instant::now();
         let first = self.step;
-        let progress = Progress::new(self.total_steps, self.step, self.cfg.progress);
+        let show = self.cfg.progress && self.is_main_process();
+        let progress = Progress::new(self.total_steps, self.step, show);
         let mut first_loss = f64::NAN;
         let mut final_loss = f64::NAN;
         let mut last_checkpoint = None;
