@@ -39,8 +39,13 @@ struct Args {
     #[arg(long)]
     data: Option<PathBuf>,
     /// cpu, cuda or cuda:N (default: cuda with --model-dir, cpu for the default run).
+    /// Under torchrun or srun, cuda means cuda:LOCAL_RANK.
     #[arg(long)]
     device: Option<String>,
+    /// Under torchrun or srun: seconds a rank waits for the others (rendezvous
+    /// and each collective) before failing.
+    #[arg(long, default_value_t = 300)]
+    dist_timeout_s: u64,
     /// Compute dtype f32|bf16|f16 (default: bf16 on CUDA, f32 on CPU).
     #[arg(long)]
     dtype: Option<String>,
@@ -208,6 +213,21 @@ fn model_run(args: &Args, dir: &std::path::Path) -> Result<Option<EvalReport>> {
         .clone()
         .context("--model-dir needs --data FILE (.tsv or .jsonl)")?;
     let device = parse_device(args.device.as_deref().unwrap_or("cuda"))?;
+    // torchrun / srun: one process per GPU, picked by the local rank; NCCL on
+    // CUDA, Gloo on the CPU. No launcher variables: a single process.
+    let launch = distributed::LaunchEnv::from_env()?;
+    let device = match (&launch, device) {
+        (Some(env), tch::Device::Cuda(_)) => tch::Device::Cuda(env.local_rank),
+        (_, device) => device,
+    };
+    let data_parallel = launch.as_ref().map(|env| {
+        let timeout = std::time::Duration::from_secs(args.dist_timeout_s);
+        distributed::GroupOptions::from_launch(
+            env,
+            distributed::Backend::for_device(device),
+            timeout,
+        )
+    });
     if device == tch::Device::Cpu {
         trainer::keep_freed_memory();
     }
@@ -269,8 +289,12 @@ fn model_run(args: &Args, dir: &std::path::Path) -> Result<Option<EvalReport>> {
         eval_max_new_tokens: 64,
         run_args: serde_json::to_value(args)?,
         run_dir,
+        data_parallel,
     };
     let job = run_job(&spec, &tok)?;
+    if launch.is_some_and(|env| env.rank != 0) {
+        return Ok(None);
+    }
     println!(
         "trained {} steps in {:.1} s: loss {:.4} -> {:.4} ({} skipped)",
         job.train.steps_run,

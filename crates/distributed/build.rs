@@ -52,7 +52,12 @@ fn main() {
         "cargo:rustc-link-search=native={}",
         libtorch.join("lib").display()
     );
-    for file in ["cpp/shim.cpp", "cpp/shim.h", "cpp/nccl.cpp", "cpp/gloo_decl/gloo/decl.h"] {
+    for file in [
+        "cpp/shim.cpp",
+        "cpp/shim.h",
+        "cpp/nccl.cpp",
+        "cpp/gloo_decl/gloo/decl.h",
+    ] {
         println!("cargo:rerun-if-changed={file}");
     }
     println!("cargo:rerun-if-env-changed=LIBTORCH");

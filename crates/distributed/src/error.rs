@@ -18,7 +18,9 @@ pub enum DistError {
         launcher: &'static str,
     },
     /// Rendezvous or backend construction failed (peer missing past the timeout, port taken, ...).
-    #[error("process group init (rank {rank} of {world_size}, {backend}, master {master}): {message}")]
+    #[error(
+        "process group init (rank {rank} of {world_size}, {backend}, master {master}): {message}"
+    )]
     Init {
         rank: usize,
         world_size: usize,

@@ -211,7 +211,8 @@ impl ProcessGroup {
         self.check(OP, tensor)?;
         let mut message = std::ptr::null_mut();
         // SAFETY: the tensor is valid and kept alive by the returned Work.
-        let raw = unsafe { ffi::dist_all_reduce(self.raw.0, ffi::raw(tensor), op.raw(), &mut message) };
+        let raw =
+            unsafe { ffi::dist_all_reduce(self.raw.0, ffi::raw(tensor), op.raw(), &mut message) };
         self.work(OP, raw, message, tensor, op == ReduceOp::Avg)
     }
 
@@ -222,12 +223,17 @@ impl ProcessGroup {
         if root >= self.world_size {
             return Err(DistError::BadTensor {
                 op: OP,
-                reason: format!("root {root} is not below the world size {}", self.world_size),
+                reason: format!(
+                    "root {root} is not below the world size {}",
+                    self.world_size
+                ),
             });
         }
         let mut message = std::ptr::null_mut();
         // SAFETY: as in all_reduce_async.
-        let raw = unsafe { ffi::dist_broadcast(self.raw.0, ffi::raw(tensor), root as c_int, &mut message) };
+        let raw = unsafe {
+            ffi::dist_broadcast(self.raw.0, ffi::raw(tensor), root as c_int, &mut message)
+        };
         self.work(OP, raw, message, tensor, false)?.wait()
     }
 
@@ -272,7 +278,8 @@ impl ProcessGroup {
                 &mut message,
             )
         };
-        self.work(OP, raw, message, output, op == ReduceOp::Avg)?.wait()
+        self.work(OP, raw, message, output, op == ReduceOp::Avg)?
+            .wait()
     }
 
     /// Returns once every rank has reached it.

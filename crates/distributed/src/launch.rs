@@ -124,14 +124,18 @@ fn slurm(get: &impl Fn(&str) -> Option<String>) -> Result<LaunchEnv> {
     let master_addr = match get("MASTER_ADDR") {
         Some(addr) => non_empty("MASTER_ADDR", addr)?,
         None => {
-            let (var, list) = ["SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST", "SLURM_NODELIST"]
-                .into_iter()
-                .find_map(|var| get(var).map(|list| (var, list)))
-                .ok_or(DistError::MissingVar {
-                    var: "SLURM_JOB_NODELIST",
-                    because: "SLURM_PROCID",
-                    launcher: L,
-                })?;
+            let (var, list) = [
+                "SLURM_STEP_NODELIST",
+                "SLURM_JOB_NODELIST",
+                "SLURM_NODELIST",
+            ]
+            .into_iter()
+            .find_map(|var| get(var).map(|list| (var, list)))
+            .ok_or(DistError::MissingVar {
+                var: "SLURM_JOB_NODELIST",
+                because: "SLURM_PROCID",
+                launcher: L,
+            })?;
             first_node(&list).ok_or_else(|| bad(var, &list, "no host name in the node list"))?
         }
     };
@@ -279,13 +283,18 @@ mod tests {
             ("MASTER_PORT", "1234"),
         ];
         let with = |key: &str, value: &str| {
-            let mut vars: Vec<(&str, &str)> = base.iter().copied().filter(|(k, _)| *k != key).collect();
+            let mut vars: Vec<(&str, &str)> =
+                base.iter().copied().filter(|(k, _)| *k != key).collect();
             if !value.is_empty() {
                 vars.push((key, value));
             }
             parse(&vars).unwrap_err().to_string()
         };
-        assert!(with("RANK", "x").contains("RANK=\"x\""), "{}", with("RANK", "x"));
+        assert!(
+            with("RANK", "x").contains("RANK=\"x\""),
+            "{}",
+            with("RANK", "x")
+        );
         assert!(with("RANK", "2").contains("must be below WORLD_SIZE=2"));
         assert!(with("WORLD_SIZE", "0").contains("WORLD_SIZE"));
         assert!(with("MASTER_PORT", "").contains("MASTER_PORT is not set"));
@@ -315,7 +324,10 @@ mod tests {
     #[test]
     fn slurm_errors_name_the_variable() {
         let err = parse(&[("SLURM_PROCID", "0"), ("SLURM_NTASKS", "2")]).unwrap_err();
-        assert!(err.to_string().contains("SLURM_LOCALID is not set"), "{err}");
+        assert!(
+            err.to_string().contains("SLURM_LOCALID is not set"),
+            "{err}"
+        );
         let err = parse(&[
             ("SLURM_PROCID", "0"),
             ("SLURM_NTASKS", "2"),

@@ -22,14 +22,25 @@ fn free_port() -> u16 {
 }
 
 /// Runs `world` children in role `role`; kills them and fails after `deadline`.
-fn launch(role: &str, world: usize, timeout: Duration, deadline: Duration) -> (Vec<Output>, Duration) {
+fn launch(
+    role: &str,
+    world: usize,
+    timeout: Duration,
+    deadline: Duration,
+) -> (Vec<Output>, Duration) {
     let port = free_port();
     let exe = std::env::current_exe().expect("test binary path");
     let start = Instant::now();
     let children: Vec<_> = (0..world)
         .map(|rank| {
             Command::new(&exe)
-                .args(["--exact", "child", "--include-ignored", "--nocapture", "--test-threads=1"])
+                .args([
+                    "--exact",
+                    "child",
+                    "--include-ignored",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
                 .env(ROLE, role)
                 .env(TIMEOUT_MS, timeout.as_millis().to_string())
                 .env("RANK", rank.to_string())
@@ -44,7 +55,10 @@ fn launch(role: &str, world: usize, timeout: Duration, deadline: Duration) -> (V
         })
         .collect();
     let mut children = children;
-    while children.iter_mut().any(|c| c.try_wait().expect("poll child").is_none()) {
+    while children
+        .iter_mut()
+        .any(|c| c.try_wait().expect("poll child").is_none())
+    {
         if start.elapsed() > deadline {
             for child in &mut children {
                 let _ = child.kill();
@@ -71,11 +85,20 @@ fn text(output: &Output) -> String {
 }
 
 fn check_collectives(world: usize) {
-    let (outputs, _) = launch("collectives", world, Duration::from_secs(60), Duration::from_secs(120));
+    let (outputs, _) = launch(
+        "collectives",
+        world,
+        Duration::from_secs(60),
+        Duration::from_secs(120),
+    );
     for (rank, output) in outputs.iter().enumerate() {
         assert!(output.status.success(), "rank {rank}: {}", text(output));
         let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(stdout.contains(&format!("COLLECTIVES_OK rank={rank}")), "rank {rank}: {}", text(output));
+        assert!(
+            stdout.contains(&format!("COLLECTIVES_OK rank={rank}")),
+            "rank {rank}: {}",
+            text(output)
+        );
     }
 }
 
@@ -96,11 +119,20 @@ fn dead_rank_makes_peers_fail() {
     let timeout = Duration::from_secs(5);
     let (outputs, elapsed) = launch("dead", 3, timeout, Duration::from_secs(60));
     assert!(elapsed < timeout * 4, "took {elapsed:?}");
-    assert_eq!(outputs[2].status.code(), Some(3), "rank 2: {}", text(&outputs[2]));
+    assert_eq!(
+        outputs[2].status.code(),
+        Some(3),
+        "rank 2: {}",
+        text(&outputs[2])
+    );
     for output in &outputs[..2] {
         assert!(output.status.success(), "{}", text(output));
         let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(stdout.contains("PEER_FAILURE all_reduce on rank"), "{}", text(output));
+        assert!(
+            stdout.contains("PEER_FAILURE all_reduce on rank"),
+            "{}",
+            text(output)
+        );
     }
 }
 
@@ -113,7 +145,11 @@ fn hung_rank_times_out() {
     assert!(elapsed < Duration::from_secs(30), "took {elapsed:?}");
     let stdout = String::from_utf8_lossy(&outputs[0].stdout);
     assert!(outputs[0].status.success(), "{}", text(&outputs[0]));
-    assert!(stdout.contains("PEER_FAILURE all_reduce on rank 0"), "{}", text(&outputs[0]));
+    assert!(
+        stdout.contains("PEER_FAILURE all_reduce on rank 0"),
+        "{}",
+        text(&outputs[0])
+    );
 }
 
 #[test]
@@ -128,9 +164,16 @@ fn init_times_out_without_peers() {
     };
     let start = Instant::now();
     let err = ProcessGroup::new(&options).err().expect("no peer joins");
-    assert!(start.elapsed() < Duration::from_secs(20), "took {:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        start.elapsed()
+    );
     let message = err.to_string();
-    assert!(message.contains("process group init (rank 0 of 2, gloo"), "{message}");
+    assert!(
+        message.contains("process group init (rank 0 of 2, gloo"),
+        "{message}"
+    );
 }
 
 /// Body of one rank; does nothing unless started by `launch`.
@@ -143,7 +186,10 @@ fn child() {
     let env = LaunchEnv::from_env()
         .expect("valid launch variables")
         .expect("launched with RANK set");
-    let timeout_ms: u64 = std::env::var(TIMEOUT_MS).expect("timeout").parse().expect("ms");
+    let timeout_ms: u64 = std::env::var(TIMEOUT_MS)
+        .expect("timeout")
+        .parse()
+        .expect("ms");
     let options = GroupOptions::from_launch(&env, Backend::Gloo, Duration::from_millis(timeout_ms));
     let group = ProcessGroup::new(&options).expect("join the group");
     match role.as_str() {
@@ -167,7 +213,9 @@ fn child() {
 
 fn peer_failure(group: &ProcessGroup) {
     let mut t = Tensor::ones([4], (Kind::Float, Device::Cpu));
-    let err = group.all_reduce(&mut t, ReduceOp::Sum).expect_err("a peer is gone");
+    let err = group
+        .all_reduce(&mut t, ReduceOp::Sum)
+        .expect_err("a peer is gone");
     println!("PEER_FAILURE {err}");
     // Skip destructors: the backend's threads may still be tied to the dead peer.
     std::process::exit(0);
@@ -186,7 +234,9 @@ fn assert_same(name: &str, got: &Tensor, want: &Tensor) {
 fn collectives(group: &ProcessGroup) {
     let (rank, world) = (group.rank(), group.world_size());
     let n = 6;
-    let sum = (0..world).map(|r| values(r, n)).fold(Tensor::zeros([n], (Kind::Float, Device::Cpu)), |a, b| a + b);
+    let sum = (0..world)
+        .map(|r| values(r, n))
+        .fold(Tensor::zeros([n], (Kind::Float, Device::Cpu)), |a, b| a + b);
 
     let mut t = values(rank, n);
     group.all_reduce(&mut t, ReduceOp::Sum).unwrap();
@@ -203,7 +253,11 @@ fn collectives(group: &ProcessGroup) {
     let mut t = Tensor::from_slice(&[rank as i64 + 1, -(rank as i64)]);
     group.all_reduce(&mut t, ReduceOp::Sum).unwrap();
     let w = world as i64;
-    assert_same("i64 sum", &t, &Tensor::from_slice(&[w * (w + 1) / 2, -(w * (w - 1) / 2)]));
+    assert_same(
+        "i64 sum",
+        &t,
+        &Tensor::from_slice(&[w * (w + 1) / 2, -(w * (w - 1) / 2)]),
+    );
 
     // Two collectives in flight at once, finished in the opposite order.
     let mut a = values(rank, n);
@@ -213,11 +267,17 @@ fn collectives(group: &ProcessGroup) {
     work_b.wait().unwrap();
     work_a.wait().unwrap();
     assert_same("async a", &a, &sum);
-    let sum3 = (0..world).map(|r| values(r, 3) * 2.0).fold(Tensor::zeros([3], (Kind::Float, Device::Cpu)), |x, y| x + y);
+    let sum3 = (0..world)
+        .map(|r| values(r, 3) * 2.0)
+        .fold(Tensor::zeros([3], (Kind::Float, Device::Cpu)), |x, y| x + y);
     assert_same("async b", &b, &(sum3 / world as f64));
 
     let root = world - 1;
-    let mut t = if rank == root { values(root, n) } else { Tensor::full([n], -7.0, (Kind::Float, Device::Cpu)) };
+    let mut t = if rank == root {
+        values(root, n)
+    } else {
+        Tensor::full([n], -7.0, (Kind::Float, Device::Cpu))
+    };
     group.broadcast(&mut t, root).unwrap();
     assert_same("broadcast", &t, &values(root, n));
 
@@ -228,9 +288,18 @@ fn collectives(group: &ProcessGroup) {
 
     let whole = world as i64 * n;
     let mut part = Tensor::zeros([n], (Kind::Float, Device::Cpu));
-    group.reduce_scatter(&mut part, &values(rank, whole), ReduceOp::Sum).unwrap();
-    let total = (0..world).map(|r| values(r, whole)).fold(Tensor::zeros([whole], (Kind::Float, Device::Cpu)), |a, b| a + b);
-    assert_same("reduce_scatter", &part, &total.narrow(0, rank as i64 * n, n));
+    group
+        .reduce_scatter(&mut part, &values(rank, whole), ReduceOp::Sum)
+        .unwrap();
+    let total = (0..world).map(|r| values(r, whole)).fold(
+        Tensor::zeros([whole], (Kind::Float, Device::Cpu)),
+        |a, b| a + b,
+    );
+    assert_same(
+        "reduce_scatter",
+        &part,
+        &total.narrow(0, rank as i64 * n, n),
+    );
 
     let mut wrong = Tensor::zeros([n + 1], (Kind::Float, Device::Cpu));
     let err = group.all_gather(&mut wrong, &values(rank, n)).unwrap_err();

@@ -132,6 +132,7 @@ pub fn run_default(opts: &DefaultRunOptions) -> Result<DefaultRunReport> {
         eval_max_new_tokens: 32,
         run_args: serde_json::json!({ "mode": "default" }),
         train: train.clone(),
+        data_parallel: None,
     };
     let job = run_job(&spec, &tok)?;
     Ok(DefaultRunReport {

@@ -110,10 +110,10 @@ impl Trainer {
         let mut global = self.cfg.clone();
         global.grad_accum *= world;
         self.total_steps = global.total_steps(self.data.examples.len());
-        self.schedule = self
-            .cfg
-            .schedule
-            .build(self.cfg.warmup, self.total_steps, self.cfg.min_lr_ratio)?;
+        self.schedule =
+            self.cfg
+                .schedule
+                .build(self.cfg.warmup, self.total_steps, self.cfg.min_lr_ratio)?;
         Ok(())
     }
 
@@ -142,7 +142,13 @@ impl Trainer {
         let Some(dp) = &self.dp else {
             let mut ce = 0.0;
             for b in mine {
-                ce += crate::backprop::forward_backward(&self.model, &b.input_ids, &b.labels, denom, self.plan)?;
+                ce += crate::backprop::forward_backward(
+                    &self.model,
+                    &b.input_ids,
+                    &b.labels,
+                    denom,
+                    self.plan,
+                )?;
             }
             return Ok(ce);
         };
@@ -155,7 +161,13 @@ impl Trainer {
             ));
         };
         for b in earlier {
-            ce += crate::backprop::forward_backward(&self.model, &b.input_ids, &b.labels, denom, self.plan)?;
+            ce += crate::backprop::forward_backward(
+                &self.model,
+                &b.input_ids,
+                &b.labels,
+                denom,
+                self.plan,
+            )?;
         }
         let mut pending = Vec::with_capacity(dp.buckets.len() + 1);
         let params = &self.params;
@@ -212,7 +224,10 @@ fn launch(group: &ProcessGroup, params: &[Tensor], members: &[usize]) -> Result<
     by_kind
         .into_iter()
         .map(|(_, members)| {
-            let grads: Vec<Tensor> = members.iter().map(|&i| params[i].grad().reshape([-1])).collect();
+            let grads: Vec<Tensor> = members
+                .iter()
+                .map(|&i| params[i].grad().reshape([-1]))
+                .collect();
             let mut flat = Tensor::cat(&grads, 0);
             let work = group.all_reduce_async(&mut flat, ReduceOp::Sum)?;
             Ok(Pending {

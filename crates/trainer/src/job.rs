@@ -69,6 +69,10 @@ pub struct JobSpec {
     pub eval_max_new_tokens: usize,
     /// Recorded in checkpoints.
     pub run_args: serde_json::Value,
+    /// Join this data-parallel group (launched by torchrun or srun); `None`:
+    /// a single process. Ranks other than 0 train but export, plot and
+    /// evaluate nothing.
+    pub data_parallel: Option<distributed::GroupOptions>,
 }
 
 /// Training data: a file, or TSV text held in memory (the embedded default).
@@ -143,23 +147,41 @@ pub fn run_job(spec: &JobSpec, tok: &Qwen3Tokenizer) -> Result<JobReport> {
     std::fs::create_dir_all(&spec.run_dir).map_err(|e| Error::io(&spec.run_dir, e))?;
     let data = spec.load_dataset(tok)?;
     let examples = data.examples.len();
-    println!(
-        "data: {} examples from {} ({} target tokens, {} bad lines skipped, {} truncated)",
-        examples,
-        data.path.display(),
-        data.stats.target_tokens,
-        data.stats.skipped,
-        data.stats.context_truncated + data.stats.targets_truncated
-    );
+    let main_process = spec.data_parallel.as_ref().is_none_or(|g| g.rank == 0);
+    if main_process {
+        println!(
+            "data: {} examples from {} ({} target tokens, {} bad lines skipped, {} truncated)",
+            examples,
+            data.path.display(),
+            data.stats.target_tokens,
+            data.stats.skipped,
+            data.stats.context_truncated + data.stats.targets_truncated
+        );
+    }
     let (model, like) = spec.load_model()?;
     let pad = spec.config.pad_token_id.unwrap_or_else(|| tok.eos_id());
     let eval_set: Vec<_> = pick_eval_examples(&data, spec.eval_samples);
     let mut trainer = Trainer::new(model, spec.train.clone(), data, pad)?;
     trainer.set_run_args(spec.run_args.clone());
-    describe(&trainer);
+    if let Some(group) = &spec.data_parallel {
+        trainer.set_data_parallel(distributed::ProcessGroup::new(group)?)?;
+    }
+    if main_process {
+        describe(&trainer);
+    }
     resume(&mut trainer, spec.resume.as_ref())?;
     let train = trainer.train()?;
     let losses: Vec<(u64, f64)> = trainer.history().iter().map(|m| (m.step, m.loss)).collect();
+    if !trainer.is_main_process() {
+        return Ok(JobReport {
+            train,
+            losses,
+            eval: None,
+            loss_png: None,
+            examples,
+            wall_s: start.elapsed().as_secs_f64(),
+        });
+    }
     // After a resume the metrics log holds the earlier steps too: plot them all.
     let curve = match &spec.train.metrics {
         Some(p) if trainer.step_count() > losses.len() as u64 => {

@@ -56,11 +56,11 @@ pub use data::{
     load_data, load_jsonl, load_tsv, load_tsv_str, parse_jsonl_line, parse_tsv_line, tokenize,
     BadLinePolicy, Conversation, DataOptions, DataStats, Dataset, Example,
 };
-pub use dist::DataParallel;
 pub use demo::{
     default_model_config, default_train_config, run_default, write_default_base, DefaultRunOptions,
     DefaultRunReport, DEFAULT_MODEL_CONFIG, DEFAULT_TRAIN_TSV, DEFAULT_WEIGHTS_SEED,
 };
+pub use dist::DataParallel;
 pub use error::{Error, Result};
 pub use eval::{exact_match, greedy_answers, EvalReport, EvalSample, GreedyAnswer};
 pub use fsutil::write_atomic;

@@ -8,8 +8,8 @@
 //!
 //! Tolerance: the ranks sum the same per-micro-batch gradients as the single
 //! process but in another order (per rank, then across ranks), so f32 results
-//! differ by rounding: losses within 1e-5 relative, weights within 1e-5
-//! absolute after the steps below. Where the order is fixed (one process in a
+//! differ by rounding: losses within 2e-6 relative, weights within 2e-6
+//! absolute after the steps below (measured: weights 1.3e-7). Where the order is fixed (one process in a
 //! group, blockwise backward on both sides) the results are bitwise equal.
 
 mod common;
@@ -66,18 +66,33 @@ fn weights(t: &Trainer) -> Vec<(String, Tensor)> {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Runs `world` ranks of `rank`; returns rank 0's losses and weights.
-fn run_ranks(world: usize, seed: u64, checkpointing: bool, dir: &Path) -> (Vec<f64>, Vec<(String, Tensor)>) {
+fn run_ranks(
+    world: usize,
+    seed: u64,
+    checkpointing: bool,
+    dir: &Path,
+) -> (Vec<f64>, Vec<(String, Tensor)>) {
     let port = free_port();
     let exe = std::env::current_exe().unwrap();
     let start = Instant::now();
     let mut children: Vec<_> = (0..world)
         .map(|rank| {
             Command::new(&exe)
-                .args(["--exact", "rank", "--include-ignored", "--nocapture", "--test-threads=1"])
+                .args([
+                    "--exact",
+                    "rank",
+                    "--include-ignored",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
                 .env(DIR_VAR, dir)
                 .env(SEED_VAR, seed.to_string())
                 .env(CKPT_VAR, if checkpointing { "1" } else { "0" })
@@ -128,7 +143,7 @@ fn compare(world: usize, checkpointing: bool) {
     assert_eq!(losses.len(), want.len());
     for (step, (got, want)) in losses.iter().zip(&want).enumerate() {
         assert!(
-            (got - want).abs() <= 1e-5 * want.abs(),
+            (got - want).abs() <= 2e-6 * want.abs(),
             "step {step}: loss {got} (world {world}) vs {want} (one process)"
         );
     }
@@ -138,7 +153,7 @@ fn compare(world: usize, checkpointing: bool) {
         assert_eq!(name, want_name);
         let diff = (got - want).abs().max().double_value(&[]);
         println!("{name}: max |diff| {diff:e}");
-        assert!(diff <= 1e-5, "{name}: max |diff| {diff} (world {world})");
+        assert!(diff <= 2e-6, "{name}: max |diff| {diff} (world {world})");
     }
     // Rank 0 alone wrote the metrics log: one line per step.
     let metrics = std::fs::read_to_string(dir.path().join("metrics.jsonl")).unwrap();
@@ -182,6 +197,53 @@ fn group_of_one_is_bitwise_the_plain_trainer() {
     }
 }
 
+/// World size 1 through NCCL on the GPU against the non-distributed trainer
+/// (both f32, blockwise backward). Bitwise is expected; the 1e-6 bound leaves
+/// room for CUDA backward kernels that accumulate with atomics.
+#[test]
+#[ignore = "needs CUDA"]
+fn nccl_group_of_one_matches_the_plain_trainer() {
+    use qwen3_model::{LoadOptions, Qwen3Model};
+    let seed = common::seed();
+    let device = tch::Device::Cuda(0);
+    let make = || {
+        let cfg = common::tiny_config(VOCAB, true);
+        let opts = LoadOptions {
+            dtype: tch::Kind::Float,
+            ..LoadOptions::new(device)
+        };
+        let model = Qwen3Model::random(&cfg, &opts, seed).unwrap();
+        Trainer::new(
+            model,
+            config(2, true, None),
+            common::random_dataset(13, VOCAB as u32, seed),
+            0,
+        )
+        .unwrap()
+    };
+    let mut plain = make();
+    let mut dp = make();
+    let group = ProcessGroup::new(&GroupOptions {
+        master_addr: "127.0.0.1".into(),
+        master_port: free_port(),
+        rank: 0,
+        world_size: 1,
+        backend: Backend::Nccl,
+        timeout: Duration::from_secs(60),
+    })
+    .unwrap();
+    dp.set_data_parallel(group).unwrap();
+    for step in 0..STEPS {
+        let (a, b) = (plain.step().unwrap().loss, dp.step().unwrap().loss);
+        assert!((a - b).abs() <= 1e-6 * a.abs(), "step {step}: {a} vs {b}");
+    }
+    for ((name, a), (_, b)) in weights(&plain).iter().zip(&weights(&dp)) {
+        let diff = (a - b).abs().max().double_value(&[]);
+        println!("{name}: max |diff| {diff:e}");
+        assert!(diff <= 1e-6, "{name}: max |diff| {diff}");
+    }
+}
+
 /// One rank of `compare`; does nothing unless started by it.
 #[test]
 #[ignore = "one rank of the data-parallel tests, which start it themselves"]
@@ -193,11 +255,18 @@ fn rank() {
     let seed: u64 = std::env::var(SEED_VAR).unwrap().parse().unwrap();
     let checkpointing = std::env::var(CKPT_VAR).unwrap() == "1";
     let env = LaunchEnv::from_env().unwrap().expect("launched with RANK");
-    let group = ProcessGroup::new(&GroupOptions::from_launch(&env, Backend::Gloo, Duration::from_secs(60))).unwrap();
+    let group = ProcessGroup::new(&GroupOptions::from_launch(
+        &env,
+        Backend::Gloo,
+        Duration::from_secs(60),
+    ))
+    .unwrap();
     let mut t = trainer(seed, 1, checkpointing, Some(dir.join("metrics.jsonl")));
     t.set_data_parallel(group).unwrap();
     assert_eq!(t.total_steps(), STEPS);
-    let losses: Vec<String> = (0..STEPS).map(|_| t.step().unwrap().loss.to_string()).collect();
+    let losses: Vec<String> = (0..STEPS)
+        .map(|_| t.step().unwrap().loss.to_string())
+        .collect();
     if t.is_main_process() {
         trainer::write_atomic(&dir.join("losses.txt"), losses.join("\n").as_bytes()).unwrap();
         Tensor::save_multi(&weights(&t), dir.join("weights.pt")).unwrap();
