@@ -163,7 +163,7 @@ fn init_times_out_without_peers() {
         timeout: Duration::from_millis(1500),
     };
     let start = Instant::now();
-    let err = ProcessGroup::new(&options).err().expect("no peer joins");
+    let err = ProcessGroup::new(&options).expect_err("no peer joins");
     assert!(
         start.elapsed() < Duration::from_secs(20),
         "took {:?}",
