@@ -157,6 +157,17 @@ fn slurm(get: &impl Fn(&str) -> Option<String>) -> Result<LaunchEnv> {
     })
 }
 
+/// torchrun's variables for rank `rank` of `world_size` processes on this
+/// host, with the store on `127.0.0.1:port` (what tests and hand launches set).
+pub fn local_launch_vars(rank: usize, world_size: usize, port: u16) -> [(&'static str, String); 4] {
+    [
+        ("RANK", rank.to_string()),
+        ("WORLD_SIZE", world_size.to_string()),
+        ("MASTER_ADDR", "127.0.0.1".to_owned()),
+        ("MASTER_PORT", port.to_string()),
+    ]
+}
+
 /// The first host of a Slurm node list: `gpu[07-09,12],cpu1` -> `gpu07`.
 pub fn first_node(list: &str) -> Option<String> {
     let list = list.trim();

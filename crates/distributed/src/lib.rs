@@ -13,4 +13,4 @@ mod launch;
 
 pub use error::{DistError, Result};
 pub use group::{Backend, GroupOptions, ProcessGroup, ReduceOp, Work, DEFAULT_TIMEOUT};
-pub use launch::{first_node, LaunchEnv, Launcher};
+pub use launch::{first_node, local_launch_vars, LaunchEnv, Launcher};

@@ -139,27 +139,19 @@ impl Trainer {
     /// gradients are summed across ranks (bucket by bucket, overlapped with
     /// the last micro-batch's backward) and the returned CE sum is global.
     pub(crate) fn accumulate_gradients(&mut self, mine: &[Batch], denom: f64) -> Result<f64> {
-        let Some(dp) = &self.dp else {
-            let mut ce = 0.0;
-            for b in mine {
-                ce += crate::backprop::forward_backward(
-                    &self.model,
-                    &b.input_ids,
-                    &b.labels,
-                    denom,
-                    self.plan,
-                )?;
+        // With a group the last micro-batch runs blockwise, reducing as it goes.
+        let (earlier, last) = match (&self.dp, mine.split_last()) {
+            (None, _) => (mine, None),
+            (Some(_), Some((last, earlier))) => (earlier, Some(last)),
+            (Some(_), None) => {
+                return Err(Error::config(
+                    "batch-size",
+                    "at least one micro-batch per process",
+                    "none for this rank",
+                ))
             }
-            return Ok(ce);
         };
         let mut ce = 0.0;
-        let Some((last, earlier)) = mine.split_last() else {
-            return Err(Error::config(
-                "batch-size",
-                "at least one micro-batch per process",
-                "none for this rank",
-            ));
-        };
         for b in earlier {
             ce += crate::backprop::forward_backward(
                 &self.model,
@@ -169,6 +161,9 @@ impl Trainer {
                 self.plan,
             )?;
         }
+        let (Some(dp), Some(last)) = (&self.dp, last) else {
+            return Ok(ce);
+        };
         let mut pending = Vec::with_capacity(dp.buckets.len() + 1);
         let params = &self.params;
         ce += forward_backward_blockwise(
