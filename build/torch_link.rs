@@ -12,7 +12,7 @@
 //!    an executable's run path applies to its own dlopen calls).
 use std::path::PathBuf;
 
-fn main() {
+pub fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets it"));
     let root = manifest
         .ancestors()

@@ -56,8 +56,13 @@ struct Args {
     #[arg(long)]
     data: Option<PathBuf>,
     /// cpu, cuda or cuda:N [default: cuda when available, else cpu].
+    /// Under torchrun or srun, cuda means cuda:LOCAL_RANK.
     #[arg(long, value_parser = device_arg)]
     device: Option<Device>,
+    /// Under torchrun or srun: seconds a rank waits for the others (rendezvous
+    /// and each collective) before failing.
+    #[arg(long, default_value_t = 300)]
+    dist_timeout_s: u64,
     /// Compute dtype f32|bf16|f16 [default: bf16 on CUDA, f32 on CPU].
     #[arg(long, value_parser = dtype_arg)]
     dtype: Option<Kind>,
@@ -265,6 +270,7 @@ fn model_run(args: &Args, dir: &Path) -> Result<Option<EvalReport>> {
     if !data.is_file() {
         bail!("--data {}: no such file", data.display());
     }
+    }
     let (config, weights) = resolve_model_dir(dir)?;
     let model_dir = if dir.is_dir() {
         dir.to_path_buf()
@@ -297,6 +303,21 @@ fn model_run(args: &Args, dir: &Path) -> Result<Option<EvalReport>> {
         _ => {}
     }
     let device = pick_device(args.device);
+    // torchrun / srun: one process per GPU, picked by the local rank; NCCL on
+    // CUDA, Gloo on the CPU. No launcher variables: a single process.
+    let launch = distributed::LaunchEnv::from_env()?;
+    let device = match (&launch, device) {
+        (Some(env), Device::Cuda(_)) => Device::Cuda(env.local_rank),
+        (_, device) => device,
+    };
+    let data_parallel = launch.as_ref().map(|env| {
+        let timeout = std::time::Duration::from_secs(args.dist_timeout_s);
+        distributed::GroupOptions::from_launch(
+            env,
+            distributed::Backend::for_device(device),
+            timeout,
+        )
+    });
     if device == Device::Cpu {
         trainer::keep_freed_memory();
     }
@@ -323,10 +344,14 @@ fn model_run(args: &Args, dir: &Path) -> Result<Option<EvalReport>> {
         eval_max_new_tokens: 64,
         run_args: serde_json::json!(std::env::args().collect::<Vec<_>>()),
         run_dir,
+        data_parallel,
     };
-    let mut printer = JobPrinter::new(!args.no_progress);
+    let mut printer = JobPrinter::new(!args.no_progress && launch.as_ref().is_none_or(|e| e.rank == 0));
     let job = run_job_observed(&spec, &tok, &mut |e| printer.event(e))?;
     printer.finish();
+    if launch.is_some_and(|env| env.rank != 0) {
+        return Ok(None);
+    }
     println!(
         "trained {} steps in {:.1} s: loss {:.4} -> {:.4} ({} skipped)",
         job.train.steps_run,

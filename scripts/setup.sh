@@ -30,6 +30,14 @@ if [ -n "${EXTRA_PY:-}" ]; then
     "$venv_python" -m pip install --quiet --disable-pip-version-check $EXTRA_PY
 fi
 
+# The CUDA C runtime and CCCL headers that libtorch's ProcessGroupNCCL.hpp needs
+# (crates/distributed compiles against it); header-only wheels, matching CUDA 13.0.
+nvidia_include="$("$venv_python" -c 'import os, torch; print(os.path.join(os.path.dirname(os.path.dirname(torch.__file__)), "nvidia", "cu13", "include"))')"
+if [ ! -f "$nvidia_include/crt/host_config.h" ] || [ ! -e "$nvidia_include/nv/target" ]; then
+    echo "setup: installing the CUDA 13.0 crt and CCCL headers into .venv"
+    "$venv_python" -m pip install --quiet --disable-pip-version-check "nvidia-cuda-crt==13.0.*" "nvidia-cuda-cccl==13.0.*"
+fi
+
 torch_dir="$("$venv_python" -c 'import os, torch; print(os.path.dirname(torch.__file__))')"
 ln -sfn "$torch_dir" .libtorch
 [ -f .libtorch/lib/libtorch_cpu.so ] || { echo "setup: $torch_dir has no lib/libtorch_cpu.so" >&2; exit 1; }

@@ -72,22 +72,9 @@ pub fn forward_backward(
     denom: f64,
     plan: BackpropPlan,
 ) -> Result<f64> {
-    let frozen_prefix = |ids: &Tensor| -> Result<Tensor> {
-        tch::no_grad(|| {
-            let mut h = model.embed(ids);
-            for l in 0..plan.first_trained_layer {
-                h = model.block_forward(l, &h, 0)?;
-            }
-            Ok(h)
-        })
-    };
-    let x0 = if plan.first_trained_layer > 0 {
-        frozen_prefix(input_ids)?
-    } else {
-        model.embed(input_ids)
-    };
+    let x0 = embed_and_frozen(model, input_ids, plan)?;
     if plan.checkpointing {
-        checkpointed(model, x0, labels, denom, plan.first_trained_layer)
+        blockwise(model, x0, labels, denom, plan, &mut |_| Ok(()))
     } else {
         let mut h = x0;
         for l in plan.first_trained_layer..model.num_layers() {
@@ -99,35 +86,83 @@ pub fn forward_backward(
     }
 }
 
-fn checkpointed(
+/// As [`forward_backward`], but the backward runs block by block from the top
+/// (with or without recomputation, as `plan` says) and calls `block_done(l)`
+/// as soon as block `l`'s gradients are complete, so that a data-parallel
+/// run can start reducing them while the blocks below still run backward.
+pub(crate) fn forward_backward_blockwise(
+    model: &Qwen3Model,
+    input_ids: &Tensor,
+    labels: &Tensor,
+    denom: f64,
+    plan: BackpropPlan,
+    block_done: &mut dyn FnMut(usize) -> Result<()>,
+) -> Result<f64> {
+    let x0 = embed_and_frozen(model, input_ids, plan)?;
+    blockwise(model, x0, labels, denom, plan, block_done)
+}
+
+/// The embedding lookup and the frozen blocks (without a graph when frozen).
+fn embed_and_frozen(model: &Qwen3Model, input_ids: &Tensor, plan: BackpropPlan) -> Result<Tensor> {
+    if plan.first_trained_layer == 0 {
+        return Ok(model.embed(input_ids));
+    }
+    tch::no_grad(|| {
+        let mut h = model.embed(input_ids);
+        for l in 0..plan.first_trained_layer {
+            h = model.block_forward(l, &h, 0)?;
+        }
+        Ok(h)
+    })
+}
+
+/// Forward of the trained blocks, each from a detached input, then backward
+/// from the top one block at a time. With `plan.checkpointing` the forward
+/// keeps only each block's input and recomputes the block in the backward;
+/// without it, each block's graph is kept from the forward.
+fn blockwise(
     model: &Qwen3Model,
     x0: Tensor,
     labels: &Tensor,
     denom: f64,
-    first: usize,
+    plan: BackpropPlan,
+    block_done: &mut dyn FnMut(usize) -> Result<()>,
 ) -> Result<f64> {
-    // 1. Forward without a graph, keeping each trained block's input.
-    let mut inputs = Vec::with_capacity(model.num_layers() - first);
-    let last = tch::no_grad(|| -> Result<Tensor> {
-        let mut h = x0.detach();
-        for l in first..model.num_layers() {
-            let next = model.block_forward(l, &h, 0)?;
-            inputs.push(h);
+    let first = plan.first_trained_layer;
+    // 1. Forward, keeping each trained block's input (and its output with a
+    //    graph when not recomputing).
+    let mut saved: Vec<(Tensor, Option<Tensor>)> = Vec::with_capacity(model.num_layers() - first);
+    let mut h = x0.detach();
+    for l in first..model.num_layers() {
+        if plan.checkpointing {
+            let next = tch::no_grad(|| model.block_forward(l, &h, 0))?;
+            saved.push((h, None));
             h = next;
+        } else {
+            let x = h.detach().set_requires_grad(true);
+            let out = model.block_forward(l, &x, 0)?;
+            h = out.detach();
+            saved.push((x, Some(out)));
         }
-        Ok(h)
-    })?;
+    }
     // 2. Head and loss with a graph from the last hidden state.
-    let top = last.detach().set_requires_grad(true);
+    let top = h.detach().set_requires_grad(true);
     let ce = masked_ce_sum(model, &top, labels)?;
     (&ce / denom).f_backward()?;
     let mut g = top.grad();
-    // 3. Blocks in reverse: recompute with a graph, backpropagate g.
-    for (l, input) in (first..model.num_layers()).zip(inputs).rev() {
-        let x = input.detach().set_requires_grad(true);
-        let out = model.block_forward(l, &x, 0)?;
+    // 3. Blocks in reverse: (recompute with a graph and) backpropagate g.
+    for (l, (input, out)) in (first..model.num_layers()).zip(saved).rev() {
+        let (x, out) = match out {
+            Some(out) => (input, out),
+            None => {
+                let x = input.detach().set_requires_grad(true);
+                let out = model.block_forward(l, &x, 0)?;
+                (x, out)
+            }
+        };
         (out * &g).sum(Kind::Float).f_backward()?;
         g = x.grad();
+        block_done(l)?;
     }
     // 4. The embedding lookup, when it trains.
     if x0.requires_grad() {

@@ -148,6 +148,7 @@ pub fn run_default_observed(
         eval_max_new_tokens: 32,
         run_args: serde_json::json!({ "mode": "default" }),
         train: train.clone(),
+        data_parallel: None,
     };
     let job = run_job_locked(&spec, &tok, &lock, observe)?;
     Ok(DefaultRunReport {

@@ -158,6 +158,9 @@ pub enum Error {
     /// The `.dat` reader or writer reported an error.
     #[error("dat: {0}")]
     Dat(#[from] dat_format::Error),
+    /// A collective or the data-parallel launch failed.
+    #[error("distributed: {0}")]
+    Distributed(#[from] distributed::DistError),
     /// The NVFP4 library reported an error.
     #[error("nvfp4: {0}")]
     Nvfp4(#[from] nvfp4_kernels::Error),

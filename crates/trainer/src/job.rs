@@ -73,6 +73,10 @@ pub struct JobSpec {
     pub eval_max_new_tokens: usize,
     /// Recorded in checkpoints.
     pub run_args: serde_json::Value,
+    /// Join this data-parallel group (launched by torchrun or srun); `None`:
+    /// a single process. Ranks other than 0 train but export, plot and
+    /// evaluate nothing.
+    pub data_parallel: Option<distributed::GroupOptions>,
 }
 
 /// Training data: a file, or TSV text held in memory (the embedded default).
@@ -254,7 +258,12 @@ pub(crate) fn run_job_locked(
 ) -> Result<JobReport> {
     debug_assert_eq!(lock.dir(), spec.run_dir.as_path());
     let start = Instant::now();
+    // Only rank 0 of a data-parallel group reports; the others train silently.
+    let main_process = spec.data_parallel.as_ref().is_none_or(|g| g.rank == 0);
     let mut emit = |e: &JobEvent<'_>| {
+        if !main_process {
+            return;
+        }
         if !matches!(e, JobEvent::Step(_)) {
             tracing::info!("{e}");
         }
@@ -278,6 +287,9 @@ pub(crate) fn run_job_locked(
     let eval_set: Vec<_> = pick_eval_examples(&data, spec.eval_samples);
     let mut trainer = Trainer::new(model, spec.train.clone(), data, pad)?;
     trainer.set_run_args(spec.run_args.clone());
+    if let Some(group) = &spec.data_parallel {
+        trainer.set_data_parallel(distributed::ProcessGroup::new(group)?)?;
+    }
     emit(&JobEvent::Training {
         tensors: trainer.param_names().len(),
         parameters: trainer.params.iter().map(|p| p.numel() as u64).sum(),
@@ -297,6 +309,16 @@ pub(crate) fn run_job_locked(
     }
     let train = trainer.train_with(&mut |p| emit(&JobEvent::Step(*p)))?;
     let losses: Vec<(u64, f64)> = trainer.history().iter().map(|m| (m.step, m.loss)).collect();
+    if !trainer.is_main_process() {
+        return Ok(JobReport {
+            train,
+            losses,
+            eval: None,
+            loss_png: None,
+            examples,
+            wall_s: start.elapsed().as_secs_f64(),
+        });
+    }
     // After a resume the metrics log holds the earlier steps too: plot them all.
     let history = match &spec.train.metrics {
         Some(p) if trainer.step_count() > losses.len() as u64 => {

@@ -38,6 +38,7 @@ mod budget;
 mod config;
 mod data;
 mod demo;
+mod dist;
 mod error;
 mod eval;
 mod fsutil;
@@ -65,6 +66,7 @@ pub use demo::{
     write_default_base, DefaultRunOptions, DefaultRunReport, DEFAULT_MODEL_CONFIG,
     DEFAULT_TRAIN_TSV, DEFAULT_WEIGHTS_SEED,
 };
+pub use dist::DataParallel;
 pub use error::{Error, Result};
 pub use eval::{exact_match, greedy_answers, EvalReport, EvalSample, GreedyAnswer};
 pub use fsutil::write_atomic;

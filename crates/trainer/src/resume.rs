@@ -23,9 +23,10 @@ const RNG_TAG: &[u8; 8] = b"chacha8s";
 
 impl Trainer {
     /// Writes a checkpoint for the current step (no-op without a checkpoint
-    /// directory) and returns its path.
+    /// directory, and on data-parallel ranks other than 0, whose state equals
+    /// rank 0's) and returns its path.
     pub fn save_checkpoint(&self) -> Result<Option<PathBuf>> {
-        let Some(mgr) = &self.ckpt else {
+        let Some(mgr) = self.ckpt.as_ref().filter(|_| self.is_main_process()) else {
             return Ok(None);
         };
         let mut rng_state = RNG_TAG.to_vec();

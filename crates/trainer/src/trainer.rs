@@ -9,7 +9,7 @@ use tch::Tensor;
 use checkpoint::CheckpointManager;
 use qwen3_model::Qwen3Model;
 
-use crate::backprop::{forward_backward, BackpropPlan};
+use crate::backprop::BackpropPlan;
 use crate::batch::{make_batch, Batch, DataCursor, DataOrder};
 use crate::config::{NonFinitePolicy, TrainConfig};
 use crate::data::Dataset;
@@ -58,19 +58,21 @@ pub struct Trainer {
     pub(crate) names: Vec<String>,
     pub(crate) params: Vec<Tensor>,
     pub(crate) optim: AdamW,
-    schedule: Schedule,
+    pub(crate) schedule: Schedule,
     order: DataOrder,
     pub(crate) cursor: DataCursor,
     pub(crate) step: u64,
     pub(crate) skipped: u64,
-    total_steps: u64,
+    pub(crate) total_steps: u64,
     pad_id: u32,
-    plan: BackpropPlan,
+    pub(crate) plan: BackpropPlan,
     pub(crate) ckpt: Option<CheckpointManager>,
     log: Option<MetricsLog>,
     pub(crate) append_log: bool,
     history: Vec<StepMetrics>,
     pub(crate) run_args: serde_json::Value,
+    /// Data-parallel group (see dist.rs); `None`: a single process.
+    pub(crate) dp: Option<crate::dist::DataParallel>,
 }
 
 impl Trainer {
@@ -135,6 +137,7 @@ impl Trainer {
             append_log: false,
             history: Vec::new(),
             run_args: serde_json::Value::Null,
+            dp: None,
             cfg,
         })
     }
@@ -202,10 +205,8 @@ impl Trainer {
         let tokens: usize = batches.iter().map(|b| b.tokens).sum();
         let denom = targets.max(1) as f64;
         self.optim.zero_grad();
-        let mut ce = 0.0;
-        for b in &batches {
-            ce += forward_backward(&self.model, &b.input_ids, &b.labels, denom, self.plan)?;
-        }
+        let mine = self.my_share(batches);
+        let ce = self.accumulate_gradients(&mine, denom)?;
         let loss = ce / denom;
         // Clipping happens inside the update (AdamW::step_scaled): the fused
         // kernel scales each gradient as it reads it.
@@ -233,9 +234,8 @@ impl Trainer {
     }
 
     fn next_batches(&mut self) -> Vec<Batch> {
-        let idx = self
-            .order
-            .take(&mut self.cursor, self.cfg.examples_per_step());
+        let count = self.global_examples_per_step();
+        let idx = self.order.take(&mut self.cursor, count);
         let examples: Vec<_> = idx.iter().map(|&i| &self.data.examples[i]).collect();
         let device = self.model.device();
         examples
@@ -287,7 +287,7 @@ impl Trainer {
     }
 
     fn record(&mut self, m: &StepMetrics) -> Result<()> {
-        if self.log.is_none() {
+        if self.log.is_none() && self.is_main_process() {
             if let Some(path) = &self.cfg.metrics {
                 self.log = Some(MetricsLog::open(path, self.append_log)?);
             }
@@ -310,6 +310,8 @@ impl Trainer {
     pub fn train_with(&mut self, on_step: &mut dyn FnMut(&StepProgress)) -> Result<TrainReport> {
         let start = Instant::now();
         let first = self.step;
+        // Only rank 0 reports progress (all ranks log through tracing).
+        let main_process = self.is_main_process();
         let mut first_loss = f64::NAN;
         let mut final_loss = f64::NAN;
         let mut last_checkpoint = None;
@@ -327,11 +329,13 @@ impl Trainer {
                 m.lr,
                 m.grad_norm
             );
-            on_step(&StepProgress {
-                metrics: &m,
-                first_step: first,
-                total_steps: self.total_steps,
-            });
+            if main_process {
+                on_step(&StepProgress {
+                    metrics: &m,
+                    first_step: first,
+                    total_steps: self.total_steps,
+                });
+            }
             if self
                 .cfg
                 .save_every

@@ -1,0 +1,3 @@
+// See gloo/decl.h: the wheel lacks gloo headers; declarations are enough here.
+#pragma once
+#include <gloo/decl.h>

@@ -1,0 +1,264 @@
+//! Data parallelism: one process per device, each running the same model on a
+//! disjoint shard of every global batch, gradients averaged across processes.
+//!
+//! - Global batch: `batch_size * grad_accum * world_size` examples per step,
+//!   drawn from the one data order that every rank computes identically. Its
+//!   micro-batches (of `batch_size`, padded as a single process would pad
+//!   them) are dealt round-robin: micro-batch `j` goes to rank `j % world`.
+//!   So the per-micro-batch gradients are the ones a single process with
+//!   `grad_accum * world` micro-batches computes; only the order in which they
+//!   are summed differs.
+//! - Loss scaling: every rank divides by the *global* target count (known to
+//!   all ranks from the global batch), so summing the ranks' gradients gives
+//!   the global mean gradient without a further division.
+//! - Overlap: on a rank's last micro-batch the backward runs block by block
+//!   from the top ([`forward_backward_blockwise`]); as soon as block `l` is
+//!   done, its gradients are flattened into one bucket and all-reduced
+//!   asynchronously while the blocks below run backward. The remaining
+//!   tensors (embedding, final norm, head) form the last bucket. All buckets
+//!   are waited on before the norm and the optimizer step.
+//! - Gradients are then identical on every rank, so the global norm, clipping
+//!   and the AdamW update need no further communication, and the weights stay
+//!   identical (the initial weights are broadcast from rank 0 once).
+//! - Rank 0 alone draws progress, writes metrics and checkpoints.
+use std::collections::BTreeMap;
+
+use distributed::{ProcessGroup, ReduceOp, Work};
+use tch::{Kind, Tensor};
+
+use crate::backprop::forward_backward_blockwise;
+use crate::batch::Batch;
+use crate::error::{Error, Result};
+use crate::trainer::Trainer;
+
+/// A trainer's membership of a data-parallel group.
+#[derive(Debug)]
+pub struct DataParallel {
+    group: ProcessGroup,
+    /// Parameter indices (into `Trainer::params`) per block, then the rest.
+    buckets: BTreeMap<usize, Vec<usize>>,
+    rest: Vec<usize>,
+}
+
+/// One bucket in flight: its flat copy and the indices it covers.
+struct Pending {
+    flat: Tensor,
+    members: Vec<usize>,
+    work: Work,
+}
+
+impl DataParallel {
+    /// This process's rank.
+    pub fn rank(&self) -> usize {
+        self.group.rank()
+    }
+
+    /// Number of processes.
+    pub fn world_size(&self) -> usize {
+        self.group.world_size()
+    }
+}
+
+/// Block index of a parameter name (`model.layers.7.mlp...` -> 7).
+fn block_of(name: &str) -> Option<usize> {
+    let rest = name.split("layers.").nth(1)?;
+    rest.split('.').next()?.parse().ok()
+}
+
+impl Trainer {
+    /// Joins a data-parallel group: from now on each step draws the global
+    /// batch (`world_size` times the per-process examples), runs this rank's
+    /// share and averages gradients across ranks. Rank 0's weights are
+    /// broadcast so that every rank starts equal; the step count and schedule
+    /// are recomputed for the global batch.
+    pub fn set_data_parallel(&mut self, group: ProcessGroup) -> Result<()> {
+        for p in &self.params {
+            let mut data = p.detach();
+            group.broadcast(&mut data, 0)?;
+        }
+        let mut buckets: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+        let mut rest = Vec::new();
+        for (i, name) in self.names.iter().enumerate() {
+            match block_of(name) {
+                Some(l) => buckets.entry(l).or_default().push(i),
+                None => rest.push(i),
+            }
+        }
+        let world = group.world_size();
+        self.set_global_batch(world)?;
+        self.dp = Some(DataParallel {
+            group,
+            buckets,
+            rest,
+        });
+        Ok(())
+    }
+
+    /// The data-parallel group, if any.
+    pub fn data_parallel(&self) -> Option<&DataParallel> {
+        self.dp.as_ref()
+    }
+
+    /// Whether this process prints, draws progress and writes files.
+    pub fn is_main_process(&self) -> bool {
+        self.dp.as_ref().is_none_or(|dp| dp.rank() == 0)
+    }
+
+    /// Step count and schedule for a global batch `world` times the
+    /// per-process one (epochs count global examples).
+    fn set_global_batch(&mut self, world: usize) -> Result<()> {
+        let mut global = self.cfg.clone();
+        global.grad_accum *= world;
+        self.total_steps = global.total_steps(self.data.examples.len());
+        self.schedule =
+            self.cfg
+                .schedule
+                .build(self.cfg.warmup, self.total_steps, self.cfg.min_lr_ratio)?;
+        Ok(())
+    }
+
+    /// Examples drawn per optimizer step by all processes together.
+    pub(crate) fn global_examples_per_step(&self) -> usize {
+        self.cfg.examples_per_step() * self.dp.as_ref().map_or(1, DataParallel::world_size)
+    }
+
+    /// This rank's micro-batches of the global batch (all of them without a group).
+    pub(crate) fn my_share(&self, batches: Vec<Batch>) -> Vec<Batch> {
+        match &self.dp {
+            None => batches,
+            Some(dp) => batches
+                .into_iter()
+                .enumerate()
+                .filter(|(j, _)| j % dp.world_size() == dp.rank())
+                .map(|(_, b)| b)
+                .collect(),
+        }
+    }
+
+    /// Forward and backward of this rank's micro-batches; with a group, the
+    /// gradients are summed across ranks (bucket by bucket, overlapped with
+    /// the last micro-batch's backward) and the returned CE sum is global.
+    pub(crate) fn accumulate_gradients(&mut self, mine: &[Batch], denom: f64) -> Result<f64> {
+        // With a group the last micro-batch runs blockwise, reducing as it goes.
+        let (earlier, last) = match (&self.dp, mine.split_last()) {
+            (None, _) => (mine, None),
+            (Some(_), Some((last, earlier))) => (earlier, Some(last)),
+            (Some(_), None) => {
+                return Err(Error::config(
+                    "batch-size",
+                    "at least one micro-batch per process",
+                    "none for this rank",
+                ))
+            }
+        };
+        let mut ce = 0.0;
+        for b in earlier {
+            ce += crate::backprop::forward_backward(
+                &self.model,
+                &b.input_ids,
+                &b.labels,
+                denom,
+                self.plan,
+            )?;
+        }
+        let (Some(dp), Some(last)) = (&self.dp, last) else {
+            return Ok(ce);
+        };
+        let mut pending = Vec::with_capacity(dp.buckets.len() + 1);
+        let params = &self.params;
+        ce += forward_backward_blockwise(
+            &self.model,
+            &last.input_ids,
+            &last.labels,
+            denom,
+            self.plan,
+            &mut |l| {
+                if let Some(members) = dp.buckets.get(&l) {
+                    pending.extend(launch(&dp.group, params, members)?);
+                }
+                Ok(())
+            },
+        )?;
+        // Buckets of blocks below the trained ones never fire; send what is left.
+        let launched: Vec<usize> = pending.iter().flat_map(|p| p.members.clone()).collect();
+        let left: Vec<usize> = dp
+            .buckets
+            .values()
+            .flatten()
+            .chain(&dp.rest)
+            .copied()
+            .filter(|i| !launched.contains(i))
+            .collect();
+        if !left.is_empty() {
+            pending.extend(launch(&dp.group, params, &left)?);
+        }
+        for p in pending {
+            finish(p, params)?;
+        }
+        let mut total = Tensor::from_slice(&[ce]);
+        dp.group.all_reduce(&mut total, ReduceOp::Sum)?;
+        Ok(total.double_value(&[0]))
+    }
+}
+
+/// Flattens the gradients of `members` and starts their all-reduce, one
+/// bucket per gradient kind. Tensors without a gradient take no part (the same
+/// on every rank: all run the same graph).
+fn launch(group: &ProcessGroup, params: &[Tensor], members: &[usize]) -> Result<Vec<Pending>> {
+    let mut by_kind: Vec<(Kind, Vec<usize>)> = Vec::new();
+    for &i in members {
+        let g = params[i].grad();
+        if !g.defined() {
+            continue;
+        }
+        match by_kind.iter_mut().find(|(k, _)| *k == g.kind()) {
+            Some((_, list)) => list.push(i),
+            None => by_kind.push((g.kind(), vec![i])),
+        }
+    }
+    by_kind
+        .into_iter()
+        .map(|(_, members)| {
+            let grads: Vec<Tensor> = members
+                .iter()
+                .map(|&i| params[i].grad().reshape([-1]))
+                .collect();
+            let mut flat = Tensor::cat(&grads, 0);
+            let work = group.all_reduce_async(&mut flat, ReduceOp::Sum)?;
+            Ok(Pending {
+                flat,
+                members,
+                work,
+            })
+        })
+        .collect()
+}
+
+/// Waits for a bucket and writes the summed gradients back.
+fn finish(pending: Pending, params: &[Tensor]) -> Result<()> {
+    pending.work.wait()?;
+    let mut offset = 0;
+    tch::no_grad(|| {
+        for &i in &pending.members {
+            let mut g = params[i].grad();
+            let n = g.numel() as i64;
+            let piece = pending.flat.narrow(0, offset, n).view_as(&g);
+            g.copy_(&piece);
+            offset += n;
+        }
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::block_of;
+
+    #[test]
+    fn parameter_names_map_to_blocks() {
+        assert_eq!(block_of("model.layers.12.mlp.up_proj.weight"), Some(12));
+        assert_eq!(block_of("model.layers.0.input_layernorm.weight"), Some(0));
+        assert_eq!(block_of("model.embed_tokens.weight"), None);
+        assert_eq!(block_of("lm_head.weight"), None);
+    }
+}
