@@ -270,7 +270,6 @@ fn model_run(args: &Args, dir: &Path) -> Result<Option<EvalReport>> {
     if !data.is_file() {
         bail!("--data {}: no such file", data.display());
     }
-    }
     let (config, weights) = resolve_model_dir(dir)?;
     let model_dir = if dir.is_dir() {
         dir.to_path_buf()
@@ -346,7 +345,8 @@ fn model_run(args: &Args, dir: &Path) -> Result<Option<EvalReport>> {
         run_dir,
         data_parallel,
     };
-    let mut printer = JobPrinter::new(!args.no_progress && launch.as_ref().is_none_or(|e| e.rank == 0));
+    let mut printer =
+        JobPrinter::new(!args.no_progress && launch.as_ref().is_none_or(|e| e.rank == 0));
     let job = run_job_observed(&spec, &tok, &mut |e| printer.event(e))?;
     printer.finish();
     if launch.is_some_and(|env| env.rank != 0) {
