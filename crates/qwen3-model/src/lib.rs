@@ -47,6 +47,14 @@ mod norm;
 mod random;
 mod rope;
 mod train;
+/// Standard NVFP4 checkpoint layouts (compressed-tensors, ModelOpt): reading and writing.
+mod weights {
+    pub(crate) mod compressed_tensors;
+    pub(crate) mod export_dir;
+    pub(crate) mod modelopt;
+    pub(crate) mod packed_source;
+    pub(crate) mod quant_config;
+}
 // --- generation (helper G): `mod sampling; mod generate;` go here ---
 mod generate;
 mod sampling;
@@ -59,6 +67,10 @@ pub use linear::LinearWeight;
 pub use model::{LoadOptions, Qwen3Model};
 pub use nvfp4_kernels::ComputePath;
 pub use train::WeightRef;
+pub use weights::export_dir::{
+    export_model_dir, model_files_in, DirExportOptions, DirFormat, MODEL_FILES,
+};
+pub use weights::quant_config::PackedLayout;
 // --- generation (helper G): `pub use sampling::..; pub use generate::..;` go here ---
 pub use generate::{
     generate, Conversation, FinishReason, GenerateOptions, Generation, PrefillMode,
