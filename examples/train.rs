@@ -21,7 +21,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use qwen3_nvfp4::{init_tracing, parse_device, parse_dtype};
+use qwen3_nvfp4::{convert_model, init_tracing, parse_device, parse_dtype, ModelFormat};
 use tokenizer_bridge::Qwen3Tokenizer;
 use trainer::{
     resolve_model_dir, run_default, run_job, DataSource, DefaultRunOptions, EvalReport, JobSpec,
@@ -107,6 +107,13 @@ struct Args {
     /// Also export a Hugging Face safetensors directory.
     #[arg(long)]
     export_hf: Option<PathBuf>,
+    /// Also export the trained model as a complete model directory in --format
+    /// (compressed-tensors: ready for vLLM / SGLang).
+    #[arg(long, value_name = "DIR")]
+    export: Option<PathBuf>,
+    /// Format of --export.
+    #[arg(long, value_enum, default_value_t = ModelFormat::CompressedTensors)]
+    format: ModelFormat,
     /// Seed of the data order.
     #[arg(long)]
     seed: Option<u64>,
@@ -178,7 +185,7 @@ fn default_run(args: &Args) -> Result<Option<EvalReport>> {
         run_dir.display()
     );
     let report = run_default(&DefaultRunOptions {
-        run_dir,
+        run_dir: run_dir.clone(),
         progress: !args.no_progress,
         steps: args.steps,
     })?;
@@ -199,6 +206,8 @@ fn default_run(args: &Args) -> Result<Option<EvalReport>> {
     }
     print_samples(job.eval.as_ref());
     println!("wall time: {:.1} s", job.wall_s);
+    let cfg = trainer::default_model_config()?;
+    export_trained(args, &cfg, &report.trained_dat, &run_dir, tch::Device::Cpu)?;
     Ok(job.eval.clone())
 }
 
@@ -246,6 +255,11 @@ fn model_run(args: &Args, dir: &std::path::Path) -> Result<Option<EvalReport>> {
             );
         }
     }
+    let trained_dat = args
+        .export_dat
+        .clone()
+        .unwrap_or_else(|| run_dir.join("trained.dat"));
+    let export_cfg = config.clone();
     let spec = JobSpec {
         config,
         weights,
@@ -259,11 +273,7 @@ fn model_run(args: &Args, dir: &std::path::Path) -> Result<Option<EvalReport>> {
         system_prompt: args.system_prompt.clone(),
         train,
         resume,
-        export_dat: Some(
-            args.export_dat
-                .clone()
-                .unwrap_or_else(|| run_dir.join("trained.dat")),
-        ),
+        export_dat: Some(trained_dat.clone()),
         export_hf: args.export_hf.clone(),
         eval_samples: args.eval_samples,
         eval_max_new_tokens: 64,
@@ -283,7 +293,27 @@ fn model_run(args: &Args, dir: &std::path::Path) -> Result<Option<EvalReport>> {
         println!("loss curve: {}", p.display());
     }
     print_samples(job.eval.as_ref());
+    export_trained(args, &export_cfg, &trained_dat, &model_dir, device)?;
     Ok(job.eval)
+}
+
+/// `--export DIR --format F`: the exported `.dat` converted to F (NVFP4
+/// codes and scales carry over without re-quantizing).
+fn export_trained(
+    args: &Args,
+    cfg: &qwen3_model::Qwen3Config,
+    trained_dat: &std::path::Path,
+    files_dir: &std::path::Path,
+    device: tch::Device,
+) -> Result<()> {
+    let Some(out) = &args.export else {
+        return Ok(());
+    };
+    let weights = trainer::WeightsSource::Dat(trained_dat.to_path_buf());
+    let r = convert_model(cfg, &weights, files_dir, args.format, out, device)
+        .with_context(|| format!("--export {}", out.display()))?;
+    println!("exported {:?}: {} ({} files)", args.format, out.display(), r.files.len());
+    Ok(())
 }
 
 /// TrainConfig from the flags, starting from the library defaults.

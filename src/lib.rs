@@ -3,6 +3,7 @@
 //! - [`parse_device`] / [`parse_dtype`]: the `--device cpu|cuda[:N]` and
 //!   `--dtype f32|bf16|f16` spellings;
 //! - [`init_tracing`]: logs to stderr, filtered by `RUST_LOG`;
+//! - [`convert_model`]: `dat convert --to-format` / `train --export --format`;
 //! - [`ModelFiles`]: `--model-dir` / `--weight` / `--config` / `--tokenizer` resolution;
 //! - [`ChatSession`]: multi-turn chat with a KV cache kept across turns, or recomputed;
 //! - [`write_atomic`], [`write_logits`]: files a user keeps (`--dump-logits`);
@@ -18,6 +19,7 @@
 #![deny(missing_docs)]
 
 mod chat;
+mod convert;
 mod device;
 mod logging;
 mod logits_dump;
@@ -35,6 +37,7 @@ fn heavy_test_lock() -> std::sync::MutexGuard<'static, ()> {
 }
 
 pub use chat::{ChatSession, ChatTurn};
+pub use convert::{convert_model, resolve_input, Converted, ModelFormat};
 pub use device::{device_name, dtype_name, parse_device, parse_dtype};
 pub use logging::init_tracing;
 pub use logits_dump::{read_logits, write_logits, LOGITS_KEY};

@@ -70,7 +70,7 @@ pub use train::WeightRef;
 pub use weights::export_dir::{
     export_model_dir, model_files_in, DirExportOptions, DirFormat, MODEL_FILES,
 };
-pub use weights::quant_config::PackedLayout;
+pub use weights::quant_config::{detect_packed_layout, PackedLayout};
 // --- generation (helper G): `pub use sampling::..; pub use generate::..;` go here ---
 pub use generate::{
     generate, Conversation, FinishReason, GenerateOptions, Generation, PrefillMode,

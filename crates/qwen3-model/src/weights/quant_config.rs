@@ -195,6 +195,12 @@ pub(crate) fn detect(dir: &Path) -> Result<Option<QuantSpec>> {
     Ok(None)
 }
 
+/// The standard NVFP4 layout of the checkpoint directory `dir`, `None` for
+/// a plain (unquantized) one; errors name an unknown or unsupported field.
+pub fn detect_packed_layout(dir: &Path) -> Result<Option<PackedLayout>> {
+    Ok(detect(dir)?.map(|q| q.layout))
+}
+
 /// Parses a compressed-tensors `quantization_config` from a JSON string
 /// (for tests and callers that hold the config already).
 #[cfg(test)]
