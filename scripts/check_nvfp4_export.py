@@ -6,10 +6,11 @@ transformers' Qwen3ForCausalLM is built from them (f32, CPU, eager
 attention), and its logits for the prompt in LOGITS must equal the logits
 this project computed (also in LOGITS) within 1e-5 relative to max |logit|.
 
-  check_nvfp4_export.py --format compressed-tensors|modelopt --dir DIR --logits FILE
+  check_nvfp4_export.py --check compressed-tensors|modelopt DIR LOGITS [--check ...]
 
-FILE is a safetensors file with `prompt` (i64 [T]) and `logits` (f32 [T, V]).
-Exit status 0 when they agree, 1 otherwise; the result is printed either way.
+LOGITS is a safetensors file with `prompt` (i64 [T]) and `logits` (f32 [T, V]).
+Several checks run in one process (importing the libraries is the slow part).
+Exit status 0 when every check agrees, 1 otherwise; each result is printed.
 Run by the Rust test `tests/nvfp4_interop.rs` (CI), with the venv of scripts/setup.sh.
 """
 
@@ -28,27 +29,34 @@ from nvfp4_interop import ct_dequantize, modelopt_dequantize, qwen3_logits  # no
 TOLERANCE = 1e-5
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--format", required=True, choices=["compressed-tensors", "modelopt"])
-    ap.add_argument("--dir", required=True, type=Path)
-    ap.add_argument("--logits", required=True, type=Path)
-    args = ap.parse_args()
-    ours = load_file(str(args.logits))
-    if args.format == "compressed-tensors":
-        state, reader = ct_dequantize(args.dir), "compressed-tensors (library decompression)"
+def check(fmt: str, model_dir: Path, logits: Path) -> bool:
+    ours = load_file(str(logits))
+    if fmt == "compressed-tensors":
+        state, reader = ct_dequantize(model_dir), "compressed-tensors (library decompression)"
+    elif fmt == "modelopt":
+        state, reader = modelopt_dequantize(model_dir)
     else:
-        state, reader = modelopt_dequantize(args.dir)
-    ref = qwen3_logits(args.dir, state, ours["prompt"].long())
+        print(f"{model_dir}: unknown format {fmt!r} -> FAIL")
+        return False
+    ref = qwen3_logits(model_dir, state, ours["prompt"].long())
     got = ours["logits"].float()
     if ref.shape != got.shape:
-        print(f"shape mismatch: transformers {tuple(ref.shape)}, ours {tuple(got.shape)}")
-        return 1
+        print(f"{model_dir}: shape mismatch: transformers {tuple(ref.shape)}, ours {tuple(got.shape)} -> FAIL")
+        return False
     err = (ref - got).abs().max().item() / ref.abs().max().item()
     ok = err <= TOLERANCE
-    print(f"{args.format} via {reader}: max |diff| / max |logit| = {err:.3e} "
+    print(f"{model_dir.name}: {fmt} via {reader}: max |diff| / max |logit| = {err:.3e} "
           f"(tolerance {TOLERANCE:.0e}) -> {'OK' if ok else 'FAIL'}")
-    return 0 if ok else 1
+    return ok
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--check", nargs=3, action="append", required=True,
+                    metavar=("FORMAT", "DIR", "LOGITS"))
+    args = ap.parse_args()
+    results = [check(fmt, Path(d), Path(l)) for fmt, d, l in args.check]
+    return 0 if all(results) else 1
 
 
 if __name__ == "__main__":

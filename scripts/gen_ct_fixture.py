@@ -5,10 +5,10 @@ Qwen3 quantized to NVFP4 (W4A16, `nvfp4-pack-quantized`) by the
 the weights that package decompresses. The Rust test `ct_fixture` loads the
 directory with this project's reader and compares.
 
-  config.json, model.safetensors   written by transformers' save_pretrained after
-                                   compressed-tensors' ModelCompressor compressed the
-                                   model (its config.json quantization_config)
-  reference.safetensors            prompt [11] (i64), logits [11, V] (f32)
+  model/config.json, model/model.safetensors
+                         written by transformers' save_pretrained after compressed-tensors'
+                         ModelCompressor compressed the model (its quantization_config)
+  reference.safetensors  prompt [11] (i64), logits [11, V] (f32)
 
 Qparams come from the library too: `generate_gparam` (per-tensor global scale)
 and `calculate_qparams` (E4M3 block scales), as llm-compressor's observers call
@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from nvfp4_interop import ct_dequantize, qwen3_logits  # noqa: E402
 
 OUT = Path(__file__).resolve().parent.parent / "crates/qwen3-model/tests/fixtures/compressed_tensors"
+MODEL = OUT / "model"
 SEED = 13
 VOCAB = 320
 PROMPT_LEN = 11
@@ -74,19 +75,19 @@ def main() -> None:
 
     compressor = ModelCompressor.from_pretrained_model(model, quantization_format="nvfp4-pack-quantized")
     compressor.compress_model(model)
-    OUT.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(OUT)
-    compressor.update_config(str(OUT))
-    for extra in OUT.glob("*"):
-        if extra.name not in ("config.json", "model.safetensors", "reference.safetensors", "README.md"):
+    MODEL.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(MODEL)
+    compressor.update_config(str(MODEL))
+    for extra in MODEL.glob("*"):
+        if extra.name not in ("config.json", "model.safetensors"):
             extra.unlink()
 
     from safetensors.torch import save_file
 
     ids = torch.randint(0, VOCAB, (PROMPT_LEN,), generator=torch.Generator().manual_seed(SEED))
-    logits = qwen3_logits(OUT, ct_dequantize(OUT), ids)
+    logits = qwen3_logits(MODEL, ct_dequantize(MODEL), ids)
     save_file({"prompt": ids, "logits": logits.contiguous()}, OUT / "reference.safetensors")
-    qc = json.loads((OUT / "config.json").read_text())["quantization_config"]
+    qc = json.loads((MODEL / "config.json").read_text())["quantization_config"]
     print(f"wrote {OUT}: format {qc['format']}, ignore {qc['ignore']}, "
           f"max |logit| {logits.abs().max().item():.3f}")
 
