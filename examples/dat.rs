@@ -130,13 +130,18 @@ fn run(command: Command) -> Result<()> {
             ..
         } => {
             let (Some(format), Some(out)) = (to_format, out) else {
-                bail!("convert {}: pass --to-format FORMAT and --out DIR", input.display());
+                bail!(
+                    "convert {}: pass --to-format FORMAT and --out DIR",
+                    input.display()
+                );
             };
             let (cfg, weights, files_dir) = resolve_input(&input, config.as_deref())?;
             let device = parse_device(&device)?;
             let r = convert_model(&cfg, &weights, &files_dir, format, &out, device)
                 .with_context(|| format!("converting {} to {}", input.display(), out.display()))?;
-            r.files.iter().for_each(|f| println!("wrote {}", f.display()));
+            r.files
+                .iter()
+                .for_each(|f| println!("wrote {}", f.display()));
             println!(
                 "{}: {} in {} files; load {:.1} s, write {:.1} s",
                 out.display(),

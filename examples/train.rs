@@ -312,7 +312,12 @@ fn export_trained(
     let weights = trainer::WeightsSource::Dat(trained_dat.to_path_buf());
     let r = convert_model(cfg, &weights, files_dir, args.format, out, device)
         .with_context(|| format!("--export {}", out.display()))?;
-    println!("exported {:?}: {} ({} files)", args.format, out.display(), r.files.len());
+    println!(
+        "exported {:?}: {} ({} files)",
+        args.format,
+        out.display(),
+        r.files.len()
+    );
     Ok(())
 }
 

@@ -72,7 +72,9 @@ pub fn convert_model(
         }
         other => {
             let format = match other {
-                ModelFormat::CompressedTensors => DirFormat::Packed(PackedLayout::CompressedTensors),
+                ModelFormat::CompressedTensors => {
+                    DirFormat::Packed(PackedLayout::CompressedTensors)
+                }
                 ModelFormat::Modelopt => DirFormat::Packed(PackedLayout::ModelOpt),
                 _ => DirFormat::Bf16,
             };
@@ -101,10 +103,18 @@ pub fn convert_model(
 fn side_files(dir: &Path) -> Result<Vec<(String, Vec<u8>)>> {
     let mut files = model_files_in(dir)?;
     if !files.iter().any(|(n, _)| n == "tokenizer.json") {
-        tracing::info!("no tokenizer.json in {}: exporting the bundled Qwen3 tokenizer", dir.display());
-        files.push(("tokenizer.json".into(), tokenizer_bridge::bundled_tokenizer_json()?));
+        tracing::info!(
+            "no tokenizer.json in {}: exporting the bundled Qwen3 tokenizer",
+            dir.display()
+        );
+        files.push((
+            "tokenizer.json".into(),
+            tokenizer_bridge::bundled_tokenizer_json()?,
+        ));
         if !files.iter().any(|(n, _)| n == "tokenizer_config.json") {
-            let cfg = tokenizer_bridge::BUNDLED_TOKENIZER_CONFIG_JSON.as_bytes().to_vec();
+            let cfg = tokenizer_bridge::BUNDLED_TOKENIZER_CONFIG_JSON
+                .as_bytes()
+                .to_vec();
             files.push(("tokenizer_config.json".into(), cfg));
         }
     }
@@ -113,7 +123,10 @@ fn side_files(dir: &Path) -> Result<Vec<(String, Vec<u8>)>> {
 
 /// `dat convert`'s input: a `.dat` file or a model directory, with the
 /// config from `config` when given.
-pub fn resolve_input(input: &Path, config: Option<&Path>) -> Result<(Qwen3Config, WeightsSource, PathBuf)> {
+pub fn resolve_input(
+    input: &Path,
+    config: Option<&Path>,
+) -> Result<(Qwen3Config, WeightsSource, PathBuf)> {
     let (mut cfg, weights) = match (input.is_file(), config) {
         // A .dat with an explicit config need not have one beside it.
         (true, Some(_)) => (None, WeightsSource::Dat(input.to_path_buf())),
@@ -128,7 +141,10 @@ pub fn resolve_input(input: &Path, config: Option<&Path>) -> Result<(Qwen3Config
     }
     let files_dir = match input.is_dir() {
         true => input.to_path_buf(),
-        false => input.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(".")),
+        false => input
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from(".")),
     };
     Ok((cfg.expect("set above"), weights, files_dir))
 }

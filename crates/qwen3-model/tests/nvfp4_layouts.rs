@@ -66,7 +66,10 @@ fn assert_packed_equal(what: &str, model: &Qwen3Model, dat: &DatFile) -> usize {
     let mut checked = 0;
     for (key, w) in model.named_weights() {
         let WeightRef::Packed(q) = w else { continue };
-        let want = dat.nvfp4(key.strip_suffix(".weight").unwrap()).unwrap().unwrap();
+        let want = dat
+            .nvfp4(key.strip_suffix(".weight").unwrap())
+            .unwrap()
+            .unwrap();
         let got = q.to_host();
         assert_eq!(got.qdata, want.qdata, "{what}: {key} codes");
         assert_eq!(got.scale, want.scale, "{what}: {key} scales");
@@ -92,7 +95,10 @@ fn two_level_dat_round_trips_bit_identically_through_both_layouts() {
             let dir = tmp.path().join(format!("{layout}"));
             // Small shards: several files and an index.
             let files = export(&model, &dir, layout, 20_000);
-            assert!(files.iter().any(|f| f == "model.safetensors.index.json"), "{files:?}");
+            assert!(
+                files.iter().any(|f| f == "model.safetensors.index.json"),
+                "{files:?}"
+            );
             for f in ["config.json", "generation_config.json", "tokenizer.json"] {
                 assert!(dir.join(f).is_file(), "{layout}: {f} missing");
             }
@@ -106,7 +112,11 @@ fn two_level_dat_round_trips_bit_identically_through_both_layouts() {
             let ids = Tensor::from_slice(&case.ids("prompt_a")).view([1, -1]);
             let want = tch::no_grad(|| model.forward(&ids, None)).unwrap();
             let got = tch::no_grad(|| back.forward(&ids, None)).unwrap();
-            assert!(got.equal(&want), "{} {layout}: logits differ after the round trip", case.name);
+            assert!(
+                got.equal(&want),
+                "{} {layout}: logits differ after the round trip",
+                case.name
+            );
         }
     }
 }
@@ -131,8 +141,14 @@ fn single_level_dat_exports_global_scale_one_and_reads_back_single_level() {
             .filter(|(k, _)| k.ends_with(&format!(".{global}")))
             .map(|(_, t)| f32::from_le_bytes(t.data().try_into().unwrap()))
             .collect();
-        assert!(!scales.is_empty() && scales.iter().all(|&s| s == 1.0), "{scales:?}");
-        assert_eq!(assert_packed_equal(&format!("{layout}"), &reload(&dir), &dat), 0);
+        assert!(
+            !scales.is_empty() && scales.iter().all(|&s| s == 1.0),
+            "{scales:?}"
+        );
+        assert_eq!(
+            assert_packed_equal(&format!("{layout}"), &reload(&dir), &dat),
+            0
+        );
     }
 }
 
@@ -152,7 +168,11 @@ fn checkpoint_written_by_compressed_tensors_loads_with_its_logits() {
             .collect();
     let ids = reference["prompt"].to_kind(Kind::Int64).view([1, -1]);
     let logits = tch::no_grad(|| model.forward(&ids, None)).unwrap();
-    assert_close("compressed-tensors fixture", &logits.squeeze_dim(0), &reference["logits"]);
+    assert_close(
+        "compressed-tensors fixture",
+        &logits.squeeze_dim(0),
+        &reference["logits"],
+    );
     // Its per-tensor scales are genuinely two-level (the library's amax-based ones).
     let two_level = model
         .named_weights()
@@ -179,15 +199,29 @@ fn edited_fixture(tmp: &Path, from: &str, to: &str) -> PathBuf {
 #[test]
 fn unsupported_quantization_configs_are_errors_naming_the_field() {
     let cases = [
-        ("\"group_size\": 16", "\"group_size\": 32", "quantization_config.config_groups.group_0.weights.group_size"),
-        ("\"quant_method\": \"compressed-tensors\"", "\"quant_method\": \"awq\"", "quantization_config.quant_method"),
-        ("\"format\": \"nvfp4-pack-quantized\",\n    \"global", "\"format\": \"float-quantized\",\n    \"global", "quantization_config.format"),
+        (
+            "\"group_size\": 16",
+            "\"group_size\": 32",
+            "quantization_config.config_groups.group_0.weights.group_size",
+        ),
+        (
+            "\"quant_method\": \"compressed-tensors\"",
+            "\"quant_method\": \"awq\"",
+            "quantization_config.quant_method",
+        ),
+        (
+            "\"format\": \"nvfp4-pack-quantized\",\n    \"global",
+            "\"format\": \"float-quantized\",\n    \"global",
+            "quantization_config.format",
+        ),
     ];
     for (from, to, field) in cases {
         let tmp = tempfile::tempdir().unwrap();
         let dir = edited_fixture(tmp.path(), from, to);
         let cfg = Qwen3Config::from_file(&dir.join("config.json")).unwrap();
-        let err = Qwen3Model::load_hf_dir(&dir, &cfg, &cpu()).unwrap_err().to_string();
+        let err = Qwen3Model::load_hf_dir(&dir, &cfg, &cpu())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(&format!("`{field}`")), "{field}: {err}");
     }
 }
@@ -200,9 +234,17 @@ fn export_refuses_a_non_empty_target_and_leaves_it_alone() {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("notes.txt"), "mine").unwrap();
     let opts = DirExportOptions::new(DirFormat::Packed(PackedLayout::CompressedTensors));
-    let err = export_model_dir(&model, &dir, &opts).unwrap_err().to_string();
-    assert!(err.contains("not empty") && err.contains("notes.txt"), "{err}");
-    assert_eq!(std::fs::read_to_string(dir.join("notes.txt")).unwrap(), "mine");
+    let err = export_model_dir(&model, &dir, &opts)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("not empty") && err.contains("notes.txt"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("notes.txt")).unwrap(),
+        "mine"
+    );
     // Nothing staged is left beside it.
     assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1);
 }
@@ -211,7 +253,11 @@ fn export_refuses_a_non_empty_target_and_leaves_it_alone() {
 fn venv_python() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let py = root.join(".venv/bin/python");
-    assert!(py.exists(), "{} missing: run ./scripts/setup.sh", py.display());
+    assert!(
+        py.exists(),
+        "{} missing: run ./scripts/setup.sh",
+        py.display()
+    );
     py
 }
 
@@ -266,7 +312,12 @@ fn qwen3_4b_export_and_import_on_gpu() {
     for layout in LAYOUTS {
         let dir = tmp.path().join(format!("{layout}"));
         let start = std::time::Instant::now();
-        let files = export_model_dir(&model, &dir, &DirExportOptions::new(DirFormat::Packed(layout))).unwrap();
+        let files = export_model_dir(
+            &model,
+            &dir,
+            &DirExportOptions::new(DirFormat::Packed(layout)),
+        )
+        .unwrap();
         let export_s = start.elapsed().as_secs_f64();
         let bytes: u64 = files
             .iter()
@@ -281,7 +332,9 @@ fn qwen3_4b_export_and_import_on_gpu() {
             bytes as f64 / 1e9,
             files.len()
         );
-        let ids = Tensor::from_slice(&[9707i64, 11, 1879]).view([1, -1]).to_device(Device::Cuda(0));
+        let ids = Tensor::from_slice(&[9707i64, 11, 1879])
+            .view([1, -1])
+            .to_device(Device::Cuda(0));
         let a = tch::no_grad(|| model.forward(&ids, None)).unwrap();
         let b = tch::no_grad(|| back.forward(&ids, None)).unwrap();
         assert!(a.equal(&b), "{layout}: logits differ after the round trip");

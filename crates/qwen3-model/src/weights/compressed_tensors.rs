@@ -100,11 +100,17 @@ mod tests {
             let stored = stored_global(Some(g));
             let back = global_from_stored(stored);
             // One f32 rounding each way: at most one ulp apart.
-            assert!((back.to_bits() as i64 - g.to_bits() as i64).abs() <= 1, "g {g} -> {back}");
+            assert!(
+                (back.to_bits() as i64 - g.to_bits() as i64).abs() <= 1,
+                "g {g} -> {back}"
+            );
             for (code, scale) in [(7u8, 0x7Eu8), (0x9, 0x30), (0x3, 0x01)] {
                 let ours = e2m1_to_f32(code) * e4m3_to_f32(scale) * g;
                 let theirs = ct_value(code, scale, stored);
-                assert!((ours - theirs).abs() <= ours.abs() * 3e-7, "{ours} vs {theirs}");
+                assert!(
+                    (ours - theirs).abs() <= ours.abs() * 3e-7,
+                    "{ours} vs {theirs}"
+                );
             }
         }
     }
@@ -121,7 +127,9 @@ mod tests {
         let text = serde_json::to_string(&json!({ "quantization_config": qc })).unwrap();
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("config.json"), text).unwrap();
-        let spec = super::super::quant_config::detect(dir.path()).unwrap().unwrap();
+        let spec = super::super::quant_config::detect(dir.path())
+            .unwrap()
+            .unwrap();
         assert!(!spec.activations_quantized && spec.ignore.is_empty());
     }
 }

@@ -195,7 +195,11 @@ fn write_weights(model: &Qwen3Model, dir: &Path, opts: &DirExportOptions) -> Res
         .into_iter()
         .map(|(key, weight)| {
             let nbytes = group_bytes(&weight, is_quantized_key(&key), opts.format);
-            Group { key, weight, nbytes }
+            Group {
+                key,
+                weight,
+                nbytes,
+            }
         })
         .collect();
     let shards = split_shards(&groups, opts.max_shard_bytes);
@@ -241,7 +245,8 @@ fn write_weights(model: &Qwen3Model, dir: &Path, opts: &DirExportOptions) -> Res
     }
     let mut written = names.clone();
     if names.len() > 1 {
-        let index = serde_json::json!({ "metadata": { "total_size": total }, "weight_map": weight_map });
+        let index =
+            serde_json::json!({ "metadata": { "total_size": total }, "weight_map": weight_map });
         written.push(write_json(dir, "model.safetensors.index.json", &index)?);
     }
     Ok(written)
@@ -337,7 +342,10 @@ fn group_tensors(g: &Group<'_>, opts: &DirExportOptions) -> Result<(Vec<OutTenso
             let WeightRef::Dense(t) = &g.weight else {
                 unreachable!("host() is None only for dense weights")
             };
-            Ok((vec![dense_tensor(&g.key, t, format == DirFormat::Bf16)?], None))
+            Ok((
+                vec![dense_tensor(&g.key, t, format == DirFormat::Bf16)?],
+                None,
+            ))
         }
     }
 }
@@ -361,7 +369,10 @@ fn dense_tensor(key: &str, t: &Tensor, force_bf16: bool) -> Result<OutTensor> {
         }
     };
     let shape = out.size().iter().map(|&d| d as usize).collect();
-    let flat = out.f_contiguous()?.f_view_dtype(Kind::Uint8)?.f_reshape([-1])?;
+    let flat = out
+        .f_contiguous()?
+        .f_view_dtype(Kind::Uint8)?
+        .f_reshape([-1])?;
     Ok(OutTensor {
         key: key.to_string(),
         dtype,
@@ -371,17 +382,19 @@ fn dense_tensor(key: &str, t: &Tensor, force_bf16: bool) -> Result<OutTensor> {
 }
 
 /// `config.json` (+ `hf_quant_config.json`), the generation config and the extra files.
-fn write_side_files(model: &Qwen3Model, dir: &Path, opts: &DirExportOptions) -> Result<Vec<String>> {
+fn write_side_files(
+    model: &Qwen3Model,
+    dir: &Path,
+    opts: &DirExportOptions,
+) -> Result<Vec<String>> {
     let mut cfg = model.config().clone();
     if cfg.tie_word_embeddings && !model.uses_tied_head() {
         tracing::warn!("the model has its own lm_head: exporting with tie_word_embeddings = false");
         cfg.tie_word_embeddings = false;
     }
     cfg.torch_dtype = Some("bfloat16".into());
-    let mut config: Value = serde_json::from_str(&cfg.to_json_string()).map_err(|source| Error::ConfigJson {
-        path: None,
-        source,
-    })?;
+    let mut config: Value = serde_json::from_str(&cfg.to_json_string())
+        .map_err(|source| Error::ConfigJson { path: None, source })?;
     let mut written = Vec::new();
     let ignore: Vec<String> = Vec::new();
     match opts.format {
@@ -390,12 +403,19 @@ fn write_side_files(model: &Qwen3Model, dir: &Path, opts: &DirExportOptions) -> 
         }
         DirFormat::Packed(PackedLayout::ModelOpt) => {
             config["quantization_config"] = mo::quantization_config(&ignore);
-            written.push(write_json(dir, MODELOPT_FILE, &mo::hf_quant_config(&ignore))?);
+            written.push(write_json(
+                dir,
+                MODELOPT_FILE,
+                &mo::hf_quant_config(&ignore),
+            )?);
         }
         DirFormat::Bf16 => {}
     }
     written.push(write_json(dir, "config.json", &config)?);
-    let has_generation = opts.files.iter().any(|(n, _)| n == "generation_config.json");
+    let has_generation = opts
+        .files
+        .iter()
+        .any(|(n, _)| n == "generation_config.json");
     if !has_generation {
         let generation = serde_json::json!({
             "bos_token_id": cfg.bos_token_id,

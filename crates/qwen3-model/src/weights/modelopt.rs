@@ -74,7 +74,10 @@ mod tests {
     fn global_scale_is_ours_unchanged_and_one_for_single_level() {
         assert_eq!(stored_global(None), 1.0);
         for g in [1e-4f32, 0.0212, 7.0e3] {
-            assert_eq!(global_from_stored(stored_global(Some(g))).to_bits(), g.to_bits());
+            assert_eq!(
+                global_from_stored(stored_global(Some(g))).to_bits(),
+                g.to_bits()
+            );
         }
     }
 
@@ -86,7 +89,10 @@ mod tests {
         for (code, scale, g) in [(7u8, 0x7Eu8, 0.0212f32), (0xB, 0x31, 3.5e-3)] {
             let ours = e2m1_to_f32(code) * e4m3_to_f32(scale) * g;
             let theirs = e2m1_to_f32(code) * (e4m3_to_f32(scale) * g);
-            assert!((ours - theirs).abs() <= ours.abs() * 1.2e-7, "{ours} vs {theirs}");
+            assert!(
+                (ours - theirs).abs() <= ours.abs() * 1.2e-7,
+                "{ours} vs {theirs}"
+            );
         }
     }
 
@@ -95,14 +101,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cfg = json!({ "quantization_config": quantization_config(&[]) });
         std::fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
-        let spec = super::super::quant_config::detect(dir.path()).unwrap().unwrap();
-        assert_eq!(spec.layout, super::super::quant_config::PackedLayout::ModelOpt);
+        let spec = super::super::quant_config::detect(dir.path())
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            spec.layout,
+            super::super::quant_config::PackedLayout::ModelOpt
+        );
         std::fs::write(
             dir.path().join(super::super::quant_config::MODELOPT_FILE),
             hf_quant_config(&["lm_head".into()]).to_string(),
         )
         .unwrap();
-        let spec = super::super::quant_config::detect(dir.path()).unwrap().unwrap();
+        let spec = super::super::quant_config::detect(dir.path())
+            .unwrap()
+            .unwrap();
         assert_eq!(spec.ignore, vec!["lm_head".to_string()]);
         assert!(!spec.activations_quantized);
     }

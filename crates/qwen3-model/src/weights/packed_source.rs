@@ -65,7 +65,9 @@ impl PackedLayout {
     /// export recorded when it still encodes to the stored bits; else the
     /// conversion, with 1 meaning single level (`None`).
     pub(crate) fn read_global(self, stored: f32, exact: Option<f32>) -> Option<f32> {
-        if let Some(g) = exact.filter(|&g| self.stored_global(Some(g)).to_bits() == stored.to_bits()) {
+        if let Some(g) =
+            exact.filter(|&g| self.stored_global(Some(g)).to_bits() == stored.to_bits())
+        {
             return Some(g);
         }
         let g = self.global_from_stored(stored);
@@ -105,9 +107,18 @@ impl PackedSource {
     }
 
     /// `Ok(None)` when `base` has no packed tensor (absent or stored unquantized).
-    fn parts(&self, base: &str, rows: usize, cols: usize) -> std::result::Result<Option<Parts<'_>>, String> {
+    fn parts(
+        &self,
+        base: &str,
+        rows: usize,
+        cols: usize,
+    ) -> std::result::Result<Option<Parts<'_>>, String> {
         let n = self.spec.layout.names();
-        let raw = |part: &str| self.st.raw(&self.key(base, part)).map_err(|e| e.to_string());
+        let raw = |part: &str| {
+            self.st
+                .raw(&self.key(base, part))
+                .map_err(|e| e.to_string())
+        };
         let Some(q) = raw(n.packed)? else {
             return Ok(None);
         };
@@ -127,12 +138,25 @@ impl PackedSource {
             Ok(())
         };
         if cols % BLOCK_SIZE != 0 {
-            return Err(format!("{base}: {cols} columns is not a multiple of {BLOCK_SIZE}"));
+            return Err(format!(
+                "{base}: {cols} columns is not a multiple of {BLOCK_SIZE}"
+            ));
         }
         expect(&q, n.packed, &[Dtype::U8], &[rows, cols / 2])?;
-        let missing = |part: &str| format!("missing {} (beside {})", self.key(base, part), self.key(base, n.packed));
+        let missing = |part: &str| {
+            format!(
+                "missing {} (beside {})",
+                self.key(base, part),
+                self.key(base, n.packed)
+            )
+        };
         let s = raw(n.scale)?.ok_or_else(|| missing(n.scale))?;
-        expect(&s, n.scale, &[Dtype::F8_E4M3, Dtype::U8], &[rows, cols / BLOCK_SIZE])?;
+        expect(
+            &s,
+            n.scale,
+            &[Dtype::F8_E4M3, Dtype::U8],
+            &[rows, cols / BLOCK_SIZE],
+        )?;
         let g = raw(n.global)?.ok_or_else(|| missing(n.global))?;
         let stored = match (g.dtype, g.bytes) {
             (Dtype::F32, &[a, b, c, d]) => f32::from_le_bytes([a, b, c, d]),
@@ -155,7 +179,10 @@ impl PackedSource {
         Ok(Some(Parts {
             qdata: q.bytes,
             scale: s.bytes,
-            global: self.spec.layout.read_global(stored, exact_global(g.metadata, base)),
+            global: self
+                .spec
+                .layout
+                .read_global(stored, exact_global(g.metadata, base)),
         }))
     }
 }

@@ -92,7 +92,9 @@ impl<'a> Obj<'a> {
         let got = match (self.get(key), default) {
             (Some(Value::String(s)), _) => s.clone(),
             (None, Some(d)) => d.to_string(),
-            (None, None) => return Err(self.err(key, format!("missing; expected one of {allowed:?}"))),
+            (None, None) => {
+                return Err(self.err(key, format!("missing; expected one of {allowed:?}")))
+            }
             (Some(v), _) => return Err(self.err(key, format!("expected a string, found {v}"))),
         };
         if !allowed.contains(&got.as_str()) {
@@ -106,7 +108,9 @@ impl<'a> Obj<'a> {
 
     fn num_is(&self, key: &str, want: u64, default: Option<u64>) -> Result<()> {
         let got = match (self.get(key), default) {
-            (Some(v), _) => v.as_u64().ok_or_else(|| self.err(key, format!("expected an integer, found {v}")))?,
+            (Some(v), _) => v
+                .as_u64()
+                .ok_or_else(|| self.err(key, format!("expected an integer, found {v}")))?,
             (None, Some(d)) => d,
             (None, None) => return Err(self.err(key, format!("missing; expected {want}"))),
         };
@@ -258,7 +262,8 @@ fn nvfp4_args(args: &Obj<'_>, activations: bool) -> Result<()> {
             "dynamic",
             format!(
                 "unsupported {}; NVFP4 activations are quantized dynamically per group (\"local\")",
-                v.map(Value::to_string).unwrap_or_else(|| "(missing)".into())
+                v.map(Value::to_string)
+                    .unwrap_or_else(|| "(missing)".into())
             ),
         )),
     }
@@ -338,14 +343,46 @@ mod tests {
     #[test]
     fn each_unsupported_field_is_named() {
         let cases = [
-            (r#""format": "nvfp4-pack-quantized","#, r#""format": "pack-quantized","#, "quantization_config.format"),
-            (r#""num_bits": 4"#, r#""num_bits": 8"#, "quantization_config.config_groups.group_0.weights.num_bits"),
-            (r#""group_size": 16"#, r#""group_size": 32"#, "quantization_config.config_groups.group_0.weights.group_size"),
-            (r#""strategy": "tensor_group""#, r#""strategy": "group""#, "quantization_config.config_groups.group_0.weights.strategy"),
-            (r#""symmetric": true"#, r#""symmetric": false"#, "quantization_config.config_groups.group_0.weights.symmetric"),
-            (r#""kv_cache_scheme": null"#, r#""kv_cache_scheme": {"num_bits": 8}"#, "quantization_config.kv_cache_scheme"),
-            (r#""transform_config": {}"#, r#""transform_config": {"r1": 1}"#, "quantization_config.transform_config"),
-            (r#""quantization_status": "compressed""#, r#""quantization_status": "frozen""#, "quantization_config.quantization_status"),
+            (
+                r#""format": "nvfp4-pack-quantized","#,
+                r#""format": "pack-quantized","#,
+                "quantization_config.format",
+            ),
+            (
+                r#""num_bits": 4"#,
+                r#""num_bits": 8"#,
+                "quantization_config.config_groups.group_0.weights.num_bits",
+            ),
+            (
+                r#""group_size": 16"#,
+                r#""group_size": 32"#,
+                "quantization_config.config_groups.group_0.weights.group_size",
+            ),
+            (
+                r#""strategy": "tensor_group""#,
+                r#""strategy": "group""#,
+                "quantization_config.config_groups.group_0.weights.strategy",
+            ),
+            (
+                r#""symmetric": true"#,
+                r#""symmetric": false"#,
+                "quantization_config.config_groups.group_0.weights.symmetric",
+            ),
+            (
+                r#""kv_cache_scheme": null"#,
+                r#""kv_cache_scheme": {"num_bits": 8}"#,
+                "quantization_config.kv_cache_scheme",
+            ),
+            (
+                r#""transform_config": {}"#,
+                r#""transform_config": {"r1": 1}"#,
+                "quantization_config.transform_config",
+            ),
+            (
+                r#""quantization_status": "compressed""#,
+                r#""quantization_status": "frozen""#,
+                "quantization_config.quantization_status",
+            ),
         ];
         for (from, to, field) in cases {
             let json = W4A16.replacen(from, to, 1);
@@ -366,7 +403,10 @@ mod tests {
         .unwrap();
         let err = detect(dir.path()).unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("quantization_config.quant_method") && msg.contains("gptq"), "{msg}");
+        assert!(
+            msg.contains("quantization_config.quant_method") && msg.contains("gptq"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -381,11 +421,17 @@ mod tests {
         )
         .unwrap();
         let q = detect(dir.path()).unwrap().unwrap();
-        assert_eq!((q.layout, q.activations_quantized), (PackedLayout::ModelOpt, false));
+        assert_eq!(
+            (q.layout, q.activations_quantized),
+            (PackedLayout::ModelOpt, false)
+        );
         assert_eq!(q.ignore, vec!["lm_head".to_string()]);
         std::fs::write(&file, r#"{"quantization": {"quant_algo": "FP8"}}"#).unwrap();
         let msg = detect(dir.path()).unwrap_err().to_string();
-        assert!(msg.contains("`quantization.quant_algo`") && msg.contains("FP8"), "{msg}");
+        assert!(
+            msg.contains("`quantization.quant_algo`") && msg.contains("FP8"),
+            "{msg}"
+        );
     }
 
     #[test]
