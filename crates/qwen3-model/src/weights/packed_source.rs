@@ -137,7 +137,7 @@ impl PackedSource {
             }
             Ok(())
         };
-        if cols % BLOCK_SIZE != 0 {
+        if !cols.is_multiple_of(BLOCK_SIZE) {
             return Err(format!(
                 "{base}: {cols} columns is not a multiple of {BLOCK_SIZE}"
             ));
