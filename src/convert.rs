@@ -16,7 +16,8 @@ use tch::Device;
 use trainer::WeightsSource;
 
 /// Output formats.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum ModelFormat {
     /// compressed-tensors `nvfp4-pack-quantized` directory (vLLM, SGLang).
     CompressedTensors,
