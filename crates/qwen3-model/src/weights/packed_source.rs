@@ -15,8 +15,9 @@ use tch::{Device, Kind, Tensor};
 use super::quant_config::{PackedLayout, QuantSpec};
 use super::{compressed_tensors as ct, modelopt as mo};
 use crate::error::Result;
-use crate::hf::{HfSource, RawTensor};
-use crate::loader::{ProjCheck, WeightSource};
+use super::safetensors::{HfSource, RawTensor};
+use super::schema::TensorSpec;
+use super::source::{Check, WeightSource};
 
 /// Safetensors metadata key of an export's exact global scales: a JSON
 /// object `{ "<module>": <f32 bits as u32> }` for the two-level tensors of
@@ -203,30 +204,29 @@ impl WeightSource for PackedSource {
         self.st.keys()
     }
 
-    fn check_dense(&self, key: &str, shape: &[usize]) -> Option<String> {
-        self.st.check_dense(key, shape)
-    }
-
-    fn check_projection(&self, base: &str, rows: usize, cols: usize) -> ProjCheck {
-        match self.parts(base, rows, cols) {
-            Ok(Some(_)) => ProjCheck::Present,
-            Ok(None) => self.st.check_projection(base, rows, cols),
-            Err(problem) => ProjCheck::Problem(problem),
+    fn check(&self, spec: &TensorSpec) -> Check {
+        let &[rows, cols] = spec.shape.as_slice() else {
+            return self.st.check(spec);
+        };
+        if !spec.is_packed() {
+            return self.st.check(spec);
+        }
+        match self.parts(spec.base(), rows, cols) {
+            Ok(Some(_)) => Check::Present,
+            Ok(None) => self.st.check(spec),
+            Err(problem) => Check::Problem(problem),
         }
     }
 
-    fn dense(&mut self, key: &str, kind: Kind, device: Device) -> Result<Tensor> {
-        self.st.dense(key, kind, device)
+    fn dense(&mut self, spec: &TensorSpec, kind: Kind, device: Device) -> Result<Tensor> {
+        self.st.dense(spec, kind, device)
     }
 
-    fn projection(&mut self, base: &str, device: Device) -> Result<Nvfp4Tensor> {
-        let shape = self
-            .st
-            .raw(&self.key(base, self.spec.layout.names().packed))?
-            .map(|t| t.shape.to_vec());
-        if let Some([rows, half]) = shape.as_deref() {
-            if let Ok(Some(p)) = self.parts(base, *rows, half * 2) {
-                let q = Nvfp4HostRef::new_named(base, p.qdata, p.scale, *rows, half * 2, p.global)?;
+    fn packed(&mut self, spec: &TensorSpec, device: Device) -> Result<Nvfp4Tensor> {
+        let base = spec.base();
+        if let &[rows, cols] = spec.shape.as_slice() {
+            if let Ok(Some(p)) = self.parts(base, rows, cols) {
+                let q = Nvfp4HostRef::new_named(base, p.qdata, p.scale, rows, cols, p.global)?;
                 return Ok(Nvfp4Tensor::from_host(&q, device)?);
             }
         }
@@ -237,6 +237,6 @@ impl WeightSource for PackedSource {
             "stored unquantized in a {} checkpoint: quantized to NVFP4 on load (single level)",
             self.spec.layout
         );
-        self.st.projection(base, device)
+        self.st.packed(spec, device)
     }
 }
