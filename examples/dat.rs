@@ -3,6 +3,7 @@
 //! ```text
 //! cargo run --release --example dat -- inspect model.dat
 //! cargo run --release --example dat -- convert --from-hf models/Qwen3-4B-Instruct-2507 --to qwen3-4b.dat
+//! cargo run --release --example dat -- convert qwen3-4b.dat --config config.json --to-format compressed-tensors --out qwen3-4b-nvfp4/
 //! cargo run --release --example dat -- to-hf qwen3-4b.dat --out exported/ --dtype bf16
 //! ```
 //!
@@ -13,13 +14,15 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use dat_format::{
     convert_hf_dir_to_dat, export_dat_to_hf_dir_with, DatFile, ElemType, ExportOptions,
 };
 use nvfp4_kernels::ScaleMode;
-use qwen3_nvfp4::{init_tracing, run_main};
+use qwen3_nvfp4::{
+    convert_model, init_tracing, parse_device, resolve_input, run_main, ModelFormat,
+};
 
 /// Inspect `.dat` weight files; convert Hugging Face safetensors models to NVFP4 `.dat` and back.
 #[derive(Parser, Debug)]
@@ -39,15 +42,35 @@ enum Command {
         #[arg(long)]
         summary: bool,
     },
-    /// Quantize a Hugging Face safetensors model directory (bf16/f16/f32, sharded or not) to NVFP4 `.dat`.
+    /// Convert a model between formats.
+    ///
+    /// `convert INPUT --to-format FORMAT --out DIR`: INPUT is a `.dat` file or a model
+    /// directory (`.dat`, bf16/f16/f32 safetensors, compressed-tensors or ModelOpt NVFP4);
+    /// NVFP4 codes and scales carry over without re-quantizing. `--from-hf DIR --to FILE`
+    /// quantizes a bf16/f16/f32 safetensors directory to `.dat` (`--two-level` adds global scales).
     Convert {
-        /// Model directory with model.safetensors or model.safetensors.index.json and its shards.
+        /// A `.dat` file or a model directory.
+        #[arg(conflicts_with = "from_hf")]
+        input: Option<PathBuf>,
+        /// Output format (with INPUT).
+        #[arg(long, value_enum, requires = "out")]
+        to_format: Option<ModelFormat>,
+        /// Output directory (for `dat`: the `.dat` file), written to a temporary name, then renamed into place.
         #[arg(long, value_name = "DIR")]
-        from_hf: PathBuf,
-        /// Output `.dat` file (written to a temporary file, then renamed into place).
+        out: Option<PathBuf>,
+        /// config.json of INPUT (default: the one in INPUT or beside it).
         #[arg(long, value_name = "FILE")]
-        to: PathBuf,
-        /// Add a per-tensor global scale (amax / (6 * 448)) to every quantized weight; not readable by the original tools.
+        config: Option<PathBuf>,
+        /// Device to load on: cpu, cuda, cuda:N.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Model directory with model.safetensors or model.safetensors.index.json and its shards.
+        #[arg(long, value_name = "DIR", requires = "to")]
+        from_hf: Option<PathBuf>,
+        /// Output `.dat` file of `--from-hf`.
+        #[arg(long, value_name = "FILE")]
+        to: Option<PathBuf>,
+        /// With --from-hf: add a per-tensor global scale (amax / (6 * 448)) to every quantized weight; not readable by the original tools.
         #[arg(long)]
         two_level: bool,
     },
@@ -95,10 +118,49 @@ fn run(command: Command) -> Result<()> {
     match command {
         Command::Inspect { file, summary } => inspect(&file, summary),
         Command::Convert {
-            from_hf,
-            to,
-            two_level,
+            input: Some(input),
+            to_format,
+            out,
+            config,
+            device,
+            ..
         } => {
+            let (Some(format), Some(out)) = (to_format, out) else {
+                bail!(
+                    "convert {}: pass --to-format FORMAT and --out DIR",
+                    input.display()
+                );
+            };
+            let (cfg, weights, files_dir) = resolve_input(&input, config.as_deref())?;
+            let device = parse_device(&device)?;
+            let r = convert_model(&cfg, &weights, &files_dir, format, &out, device)
+                .with_context(|| format!("converting {} to {}", input.display(), out.display()))?;
+            r.files
+                .iter()
+                .for_each(|f| println!("wrote {}", f.display()));
+            println!(
+                "{}: {} in {} files; load {:.1} s, write {:.1} s",
+                out.display(),
+                human(r.bytes),
+                r.files.len(),
+                r.load_s,
+                r.write_s
+            );
+            Ok(())
+        }
+        Command::Convert {
+            from_hf: Some(from_hf),
+            to: Some(to),
+            two_level,
+            ..
+        } => {
+            if let Some(layout) = qwen3_model::detect_packed_layout(&from_hf)? {
+                bail!(
+                    "{} is already NVFP4 ({layout}); convert it without re-quantizing: convert {} --to-format dat --out FILE",
+                    from_hf.display(),
+                    from_hf.display()
+                );
+            }
             let mode = if two_level {
                 ScaleMode::TwoLevel
             } else {
@@ -119,6 +181,9 @@ fn run(command: Command) -> Result<()> {
                 start.elapsed().as_secs_f64()
             );
             Ok(())
+        }
+        Command::Convert { .. } => {
+            bail!("convert: pass INPUT --to-format FORMAT --out DIR (or --from-hf DIR --to FILE)")
         }
         Command::ToHf {
             file,

@@ -28,7 +28,8 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
 use nvfp4_kernels::ComputePath;
 use qwen3_nvfp4::{
-    device_arg, dtype_arg, init_tracing, parse_arg, pick_device, run_main, JobPrinter,
+    convert_model, device_arg, dtype_arg, init_tracing, parse_arg, pick_device, run_main,
+    JobPrinter, ModelFormat,
 };
 use tch::{Device, Kind};
 use tokenizer_bridge::Qwen3Tokenizer;
@@ -130,6 +131,13 @@ struct Args {
     /// Also export a Hugging Face safetensors directory.
     #[arg(long)]
     export_hf: Option<PathBuf>,
+    /// Also export the trained model as a complete model directory in --format
+    /// (compressed-tensors: ready for vLLM / SGLang).
+    #[arg(long, value_name = "DIR")]
+    export: Option<PathBuf>,
+    /// Format of --export.
+    #[arg(long, value_enum, default_value_t = ModelFormat::CompressedTensors)]
+    format: ModelFormat,
     /// Seed of the data order.
     #[arg(long, default_value_t = defaults().seed)]
     seed: u64,
@@ -235,7 +243,7 @@ fn default_run(args: &Args, matches: &ArgMatches) -> Result<Option<EvalReport>> 
     let mut printer = JobPrinter::new(!args.no_progress);
     let report = run_default_observed(
         &DefaultRunOptions {
-            run_dir,
+            run_dir: run_dir.clone(),
             progress: !args.no_progress,
             steps: args.steps,
         },
@@ -259,6 +267,8 @@ fn default_run(args: &Args, matches: &ArgMatches) -> Result<Option<EvalReport>> 
     }
     print_samples(job.eval.as_ref());
     println!("wall time: {:.1} s", job.wall_s);
+    let cfg = trainer::default_model_config()?;
+    export_trained(args, &cfg, &report.trained_dat, &run_dir, tch::Device::Cpu)?;
     Ok(job.eval.clone())
 }
 
@@ -323,6 +333,11 @@ fn model_run(args: &Args, dir: &Path) -> Result<Option<EvalReport>> {
     let run_dir = run_dir(args, "train");
     let train = train_config(args, &run_dir)?;
     println!("run dir: {}", run_dir.display());
+    let trained_dat = args
+        .export_dat
+        .clone()
+        .unwrap_or_else(|| run_dir.join("model").join("model.dat"));
+    let export_cfg = config.clone();
     let spec = JobSpec {
         config,
         weights,
@@ -333,11 +348,7 @@ fn model_run(args: &Args, dir: &Path) -> Result<Option<EvalReport>> {
         system_prompt: args.system_prompt.clone(),
         train,
         resume,
-        export_dat: Some(
-            args.export_dat
-                .clone()
-                .unwrap_or_else(|| run_dir.join("model").join("model.dat")),
-        ),
+        export_dat: Some(trained_dat.clone()),
         export_hf: args.export_hf.clone(),
         eval_samples: args.eval_samples,
         eval_max_new_tokens: 64,
@@ -364,6 +375,7 @@ fn model_run(args: &Args, dir: &Path) -> Result<Option<EvalReport>> {
         println!("loss curve: {}", p.display());
     }
     print_samples(job.eval.as_ref());
+    export_trained(args, &export_cfg, &trained_dat, &model_dir, device)?;
     Ok(job.eval)
 }
 
@@ -406,6 +418,30 @@ fn train_config(args: &Args, run_dir: &Path) -> Result<TrainConfig> {
     c.adamw.state = args.optim_state;
     c.validate()?;
     Ok(c)
+}
+
+/// `--export DIR --format F`: the exported `.dat` converted to F (NVFP4
+/// codes and scales carry over without re-quantizing).
+fn export_trained(
+    args: &Args,
+    cfg: &qwen3_model::Qwen3Config,
+    trained_dat: &std::path::Path,
+    files_dir: &std::path::Path,
+    device: tch::Device,
+) -> Result<()> {
+    let Some(out) = &args.export else {
+        return Ok(());
+    };
+    let weights = trainer::WeightsSource::Dat(trained_dat.to_path_buf());
+    let r = convert_model(cfg, &weights, files_dir, args.format, out, device)
+        .with_context(|| format!("--export {}", out.display()))?;
+    println!(
+        "exported {:?}: {} ({} files)",
+        args.format,
+        out.display(),
+        r.files.len()
+    );
+    Ok(())
 }
 
 fn print_samples(eval: Option<&EvalReport>) {

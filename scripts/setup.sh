@@ -5,8 +5,9 @@
 # which .cargo/config.toml hands to tch's build. Idempotent: a second run only
 # checks and takes a second or two.
 #
-# Optional: EXTRA_PY="transformers==..." also installs Python packages needed by
-# the fixture generators (scripts/gen_*.py); the tests never need them.
+# Also installs the pinned Python packages of the NVFP4 interop checks
+# (compressed-tensors, transformers, nvidia-modelopt), which a test runs.
+# Optional: EXTRA_PY="..." installs further Python packages.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -24,6 +25,21 @@ if [ "${have%%+*}" != "$want" ]; then
     echo "setup: installing torch==$want into .venv (about a minute, ~4.6 GB)"
     "$venv_python" -m pip install --quiet --disable-pip-version-check "torch==$want" numpy
     have="$("$venv_python" -c 'import torch, sys; sys.stdout.write(torch.__version__)')"
+fi
+# The independent Python readers the interop tests spawn
+# (scripts/check_nvfp4_export.py via crates/qwen3-model/tests/nvfp4_layouts.rs):
+# exact pins, installed only when a version differs (a second run checks in ~1 s).
+# `requests` is imported by nvidia-modelopt without being declared.
+interop_pins="compressed-tensors==0.20.1 transformers==5.24.0 nvidia-modelopt==0.47.0 requests==2.34.2"
+# shellcheck disable=SC2086
+if ! "$venv_python" - $interop_pins >/dev/null 2>&1 <<'EOF'
+import sys, importlib.metadata as m
+sys.exit(any(m.version(p.split("==")[0]) != p.split("==")[1] for p in sys.argv[1:]))
+EOF
+then
+    echo "setup: installing $interop_pins into .venv"
+    # shellcheck disable=SC2086
+    "$venv_python" -m pip install --quiet --disable-pip-version-check $interop_pins
 fi
 if [ -n "${EXTRA_PY:-}" ]; then
     # shellcheck disable=SC2086

@@ -7,6 +7,7 @@
 //! - [`run_main`]: errors printed once, no backtrace, exit status 1;
 //! - [`JobPrinter`]: the training job's events and progress bar;
 //! - [`init_tracing`]: logs to stderr, filtered by `RUST_LOG`;
+//! - [`convert_model`]: `dat convert --to-format` / `train --export --format`;
 //! - [`ModelFiles`]: `--model-dir` / `--weight` / `--config` / `--tokenizer` resolution;
 //! - [`ChatSession`]: multi-turn chat with a KV cache kept across turns, or recomputed;
 //! - [`write_atomic`], [`write_logits`]: files a user keeps (`--dump-logits`);
@@ -23,6 +24,7 @@
 
 mod chat;
 mod cli;
+mod convert;
 mod device;
 mod logging;
 mod logits_dump;
@@ -42,6 +44,7 @@ fn heavy_test_lock() -> std::sync::MutexGuard<'static, ()> {
 
 pub use chat::{fit_context, ChatSession, ChatTurn};
 pub use cli::{device_arg, dtype_arg, error_text, parse_arg, run_main};
+pub use convert::{convert_model, resolve_input, Converted, ModelFormat};
 pub use device::{device_name, dtype_name, parse_device, parse_dtype, pick_device};
 pub use logging::init_tracing;
 pub use logits_dump::{read_logits, write_logits, LOGITS_KEY};

@@ -109,6 +109,28 @@ pub enum Error {
         reason: String,
     },
 
+    /// A checkpoint's quantization config (`quantization_config` in
+    /// `config.json`, or `hf_quant_config.json`) is unknown or asks for
+    /// something this project cannot load; `field` is its JSON path.
+    #[error("{}: `{field}`: {reason}", path.display())]
+    QuantizationConfig {
+        /// The file holding the field.
+        path: PathBuf,
+        /// JSON path of the field, e.g. `quantization_config.format`.
+        field: String,
+        /// What is wrong and what is supported.
+        reason: String,
+    },
+
+    /// An export target cannot be written (exists and is not empty, has no name).
+    #[error("export to {}: {reason}", path.display())]
+    ExportTarget {
+        /// The target directory.
+        path: PathBuf,
+        /// Why it cannot be used.
+        reason: String,
+    },
+
     /// The fused decode step cannot run this model (it then decodes through
     /// the per-op forward); names the first unmet requirement.
     #[error("fused decode unavailable: {reason}")]

@@ -62,6 +62,10 @@ pub use model::{LoadOptions, Qwen3Model};
 pub use nvfp4_kernels::ComputePath;
 pub use sampling::{Sampler, SamplingParams};
 pub use train::WeightRef;
+pub use weights::export_dir::{
+    export_model_dir, model_files_in, DirExportOptions, DirFormat, MODEL_FILES,
+};
+pub use weights::quant_config::{detect_packed_layout, PackedLayout};
 pub use weights::resolve::{ModelPaths, WeightFormat};
 pub use weights::schema::{
     hf_rank, is_packed_key, LayerTensor, TensorClass, TensorRole, TensorSpec, WeightSchema,

@@ -24,10 +24,21 @@ struct Shard {
     path: PathBuf,
     mmap: Mmap,
     data_start: usize,
+    /// The header's `__metadata__` string map.
+    metadata: HashMap<String, String>,
+}
+
+/// A stored tensor as it is in its shard: dtype, shape, payload bytes.
+pub(crate) struct RawTensor<'a> {
+    pub(crate) dtype: Dtype,
+    pub(crate) shape: &'a [usize],
+    pub(crate) bytes: &'a [u8],
+    /// The shard's `__metadata__`.
+    pub(crate) metadata: &'a HashMap<String, String>,
 }
 
 /// Every tensor of every shard, indexed by key.
-struct HfSource {
+pub(crate) struct HfSource {
     dir: PathBuf,
     shards: Vec<Shard>,
     index: HashMap<String, (usize, TensorInfo)>,
@@ -80,7 +91,7 @@ fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 impl HfSource {
-    fn open(dir: &Path) -> Result<Self> {
+    pub(crate) fn open(dir: &Path) -> Result<Self> {
         let mut src = HfSource {
             dir: dir.to_path_buf(),
             shards: Vec::new(),
@@ -112,13 +123,40 @@ impl HfSource {
                     ));
                 }
             }
+            let metadata = meta.metadata().clone().unwrap_or_default();
             src.shards.push(Shard {
                 path,
                 mmap,
                 data_start: 8 + header_len,
+                metadata,
             });
         }
         Ok(src)
+    }
+
+    /// The tensor as stored (no conversion), `None` when absent. Errors when
+    /// the header's offsets point outside the file.
+    pub(crate) fn raw(&self, key: &str) -> Result<Option<RawTensor<'_>>> {
+        let Some((shard_idx, info)) = self.index.get(key) else {
+            return Ok(None);
+        };
+        let shard = &self.shards[*shard_idx];
+        let (start, end) = info.data_offsets;
+        let bytes = shard
+            .mmap
+            .get(shard.data_start + start..shard.data_start + end)
+            .ok_or_else(|| {
+                st_err(
+                    &shard.path,
+                    format!("{key}: data offsets {start}..{end} are outside the file"),
+                )
+            })?;
+        Ok(Some(RawTensor {
+            dtype: info.dtype,
+            shape: &info.shape,
+            bytes,
+            metadata: &shard.metadata,
+        }))
     }
 
     /// The tensor under `key`, checked against the logical shape of `spec`.
@@ -137,26 +175,14 @@ impl HfSource {
     }
 
     /// The tensor as stored, on `device` (one host copy out of the map, one upload).
-    fn load(&self, key: &str, device: Device) -> Result<Tensor> {
-        let (shard_idx, info) = self
-            .index
-            .get(key)
+    pub(crate) fn load(&self, key: &str, device: Device) -> Result<Tensor> {
+        let t = self
+            .raw(key)?
             .ok_or_else(|| st_err(&self.dir, format!("missing {key}")))?;
-        let shard = &self.shards[*shard_idx];
-        let (start, end) = info.data_offsets;
-        let bytes = shard
-            .mmap
-            .get(shard.data_start + start..shard.data_start + end)
-            .ok_or_else(|| {
-                st_err(
-                    &shard.path,
-                    format!("{key}: data offsets {start}..{end} are outside the file"),
-                )
-            })?;
-        let kind = float_kind(info.dtype)
-            .ok_or_else(|| st_err(&shard.path, format!("{key}: dtype {:?}", info.dtype)))?;
-        let shape: Vec<i64> = info.shape.iter().map(|&d| d as i64).collect();
-        Ok(Tensor::f_from_data_size(bytes, &shape, kind)?.to_device(device))
+        let kind = float_kind(t.dtype)
+            .ok_or_else(|| st_err(&self.dir, format!("{key}: dtype {:?}", t.dtype)))?;
+        let shape: Vec<i64> = t.shape.iter().map(|&d| d as i64).collect();
+        Ok(Tensor::f_from_data_size(t.bytes, &shape, kind)?.to_device(device))
     }
 }
 
@@ -199,7 +225,20 @@ impl Qwen3Model {
     /// sharded or not), quantizing every projection to NVFP4 on load. The same
     /// strict audit as [`Qwen3Model::load_dat`] applies; a `lm_head.weight`
     /// present in the files is used even when the config ties embeddings.
+    ///
+    /// A directory in a standard NVFP4 layout (compressed-tensors
+    /// `nvfp4-pack-quantized` or ModelOpt NVFP4, recognised from
+    /// `config.json`'s `quantization_config` or `hf_quant_config.json`) loads
+    /// its packed codes and scales as stored, without re-quantizing; an
+    /// unknown or unsupported quantization config is an error naming the field.
     pub fn load_hf_dir(dir: &Path, cfg: &Qwen3Config, opts: &LoadOptions) -> Result<Self> {
-        assemble(cfg, opts, &mut HfSource::open(dir)?)
+        match crate::weights::quant_config::detect(dir)? {
+            Some(spec) => assemble(
+                cfg,
+                opts,
+                &mut crate::weights::packed_source::PackedSource::open(dir, spec)?,
+            ),
+            None => assemble(cfg, opts, &mut HfSource::open(dir)?),
+        }
     }
 }
