@@ -109,8 +109,10 @@ impl Qwen3Model {
         self.lm_head.is_none()
     }
 
-    /// An empty cache for `batch` sequences with room for `capacity` positions.
-    pub fn new_cache(&self, batch: usize, capacity: usize) -> KvCache {
+    /// An empty cache for `batch` sequences with room for `capacity`
+    /// positions; [`Error::OutOfMemory`](crate::Error::OutOfMemory) with the
+    /// bytes when that cannot be allocated.
+    pub fn new_cache(&self, batch: usize, capacity: usize) -> Result<KvCache> {
         let c = &self.cfg;
         KvCache::new(
             self.layers.len(),

@@ -98,6 +98,24 @@ pub struct Dataset {
     pub stats: DataStats,
 }
 
+impl Dataset {
+    /// Checks every token against a model's vocabulary of `vocab` ids: the
+    /// first id outside it is an error naming the file, line and id.
+    pub fn check_vocab(&self, vocab: usize) -> Result<()> {
+        for ex in &self.examples {
+            if let Some(&id) = ex.tokens.iter().find(|&&id| id as usize >= vocab) {
+                return Err(Error::TokenOutOfVocab {
+                    path: self.path.clone(),
+                    line: ex.line,
+                    id,
+                    vocab,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Parsed content of one data line, before tokenization.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Conversation {

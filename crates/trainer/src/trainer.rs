@@ -70,6 +70,17 @@ impl Trainer {
     /// (any id: they are masked).
     pub fn new(model: Qwen3Model, cfg: TrainConfig, data: Dataset, pad_id: u32) -> Result<Self> {
         cfg.validate()?;
+        // Every id that reaches the model is checked here, once: batches are
+        // built only from these examples and `pad_id`.
+        let vocab = model.config().vocab_size;
+        data.check_vocab(vocab)?;
+        if pad_id as usize >= vocab {
+            return Err(Error::config(
+                "pad id",
+                format!("an id below the vocabulary size {vocab}"),
+                pad_id,
+            ));
+        }
         let layers = model.num_layers();
         if let Some(k) = cfg.train_last_layers.filter(|&k| k > layers) {
             return Err(Error::config(
