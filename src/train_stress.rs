@@ -143,7 +143,8 @@ pub fn run_train_phase(
 ) -> Result<PhaseRecord> {
     // libtorch's thread pool and allocator caches appear on first use: warm
     // them up so the baseline holds them.
-    let _ = Tensor::randn([64, 64], (Kind::Float, Device::Cpu)).matmul(&Tensor::eye(64, (Kind::Float, Device::Cpu)));
+    let _ = Tensor::randn([64, 64], (Kind::Float, Device::Cpu))
+        .matmul(&Tensor::eye(64, (Kind::Float, Device::Cpu)));
     let rss_before = process_rss()?;
     let losses = {
         let mut t = trainer(dir, setup)?;

@@ -58,7 +58,9 @@ fn crates_depend_strictly_downward() {
     let mut violations = Vec::new();
     for package in packages {
         let name = package["name"].as_str().expect("package name");
-        let deps = package["dependencies"].as_array().expect("dependencies array");
+        let deps = package["dependencies"]
+            .as_array()
+            .expect("dependencies array");
         // `kind` is null for a normal dependency, "dev" or "build" otherwise.
         for dep in deps.iter().filter(|d| d["name"] == TEST_SUPPORT) {
             if dep["kind"].as_str() != Some("dev") {

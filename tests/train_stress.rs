@@ -6,9 +6,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use qwen3_nvfp4::{
-    phase_line, run_train_phase, run_train_stress, TrainPhase, TrainStressSetup,
-};
+use qwen3_nvfp4::{phase_line, run_train_phase, run_train_stress, TrainPhase, TrainStressSetup};
 
 const TEST: &str = "training_cycles_in_fresh_processes_repeat_exactly_without_growth";
 /// Set in a child: "start" or "resume", and the cycle directory.
@@ -41,7 +39,14 @@ fn training_cycles_in_fresh_processes_repeat_exactly_without_growth() {
     let command = |phase: TrainPhase, dir: &Path| {
         let mut c = Command::new(&exe);
         c.args(["--exact", TEST, "--nocapture", "--test-threads=1"])
-            .env(CHILD_PHASE, if phase == TrainPhase::Start { "start" } else { "resume" })
+            .env(
+                CHILD_PHASE,
+                if phase == TrainPhase::Start {
+                    "start"
+                } else {
+                    "resume"
+                },
+            )
             .env(CHILD_DIR, dir)
             .env(test_support::SEED_VAR, seed.to_string());
         c

@@ -8,7 +8,7 @@ use std::fs::{self, OpenOptions};
 use std::path::{Path, PathBuf};
 
 use checkpoint::{CheckpointManager, Error, TrainingState, FORMAT_VERSION, METADATA_FILE};
-use common::{random_bits};
+use common::random_bits;
 use tch::{Device, Kind, Tensor};
 
 fn save(manager: &CheckpointManager, step: u64) -> PathBuf {

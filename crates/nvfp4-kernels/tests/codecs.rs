@@ -218,8 +218,8 @@ fn torch_float8_cast_after_clamp_matches_scalar_encoder_on(device: Device) {
     let unclamped = Tensor::from_slice(&[470.0f32])
         .to_device(device)
         .to_kind(Kind::Float8e4m3fn);
-    let byte = Vec::<u8>::try_from(&unclamped.view_dtype(Kind::Uint8).to_device(Device::Cpu))
-        .expect("u8");
+    let byte =
+        Vec::<u8>::try_from(&unclamped.view_dtype(Kind::Uint8).to_device(Device::Cpu)).expect("u8");
     println!(
         "torch float8 cast of 470 without clamp on {device:?}: {:#04x}",
         byte[0]

@@ -35,8 +35,8 @@ fn dequant_matmul_linear_matches_f64_reference_on_cuda() {
 
 fn dequant_matmul_linear_matches_f64_reference_on(device: Device) {
     let mut rng = common::rng();
-    let backend = Nvfp4Backend::resolve(ComputePath::DequantMatmulOnly, device)
-        .expect("always available");
+    let backend =
+        Nvfp4Backend::resolve(ComputePath::DequantMatmulOnly, device).expect("always available");
     assert!(!backend.uses_kernels());
     // (kind, relative tolerance of the result vs the f64 reference): f32
     // accumulates in f32; bf16 rounds x, W and y to 8 significant bits.
@@ -51,8 +51,8 @@ fn dequant_matmul_linear_matches_f64_reference_on(device: Device) {
         let q = quantize_ref(&w, n, k, ScaleMode::Single).expect("finite");
         let wd = dequantize_ref(&q.as_ref());
         // x rounded to `kind` first, so the reference sees the same input.
-        let xt = Tensor::randn([b as i64, t as i64, k as i64], (Kind::Float, Device::Cpu))
-            .to_kind(kind);
+        let xt =
+            Tensor::randn([b as i64, t as i64, k as i64], (Kind::Float, Device::Cpu)).to_kind(kind);
         let x = Vec::<f32>::try_from(&xt.to_kind(Kind::Float).flatten(0, -1)).expect("f32");
         let want = matmul_t_f64(&x, &wd, b * t, k, n);
         let wt = Nvfp4Tensor::from_host(&q.as_ref(), device).expect("upload");

@@ -1,6 +1,7 @@
 //! Allocations whose size the user picks (KV caches: batch x capacity, grown
 //! by `--max-tokens`) fail with an error naming the bytes, never a panic or a
-//! killed process.
+//! killed process; and [`guard_libtorch`] turns any other libtorch failure
+//! inside a user-facing call (a forward, a training step) into an error.
 //!
 //! On CUDA, libtorch's `f_zeros` reports out-of-memory as an error. On the
 //! CPU that is not enough: Linux over-commits, so a request larger than the
@@ -58,6 +59,32 @@ pub(crate) fn zeros(what: &str, shape: &[usize], kind: Kind, device: Device) -> 
     })
 }
 
+/// Runs `f`, turning a libtorch failure raised as a panic inside it (tch's
+/// infallible ops unwrap; a CUDA out-of-memory in a matmul arrives that
+/// way, with libtorch's message naming the bytes) into [`Error::Libtorch`].
+/// The panic hook still reports it on stderr first. Generic over the error
+/// type so that a caller's own errors pass through unchanged.
+pub fn guard_libtorch<T, E: From<Error>>(
+    during: &str,
+    f: impl FnOnce() -> std::result::Result<T, E>,
+) -> std::result::Result<T, E> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(result) => result,
+        Err(panic) => {
+            let reason = match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
+                (Some(s), _) => s.to_string(),
+                (_, Some(s)) => s.clone(),
+                _ => "(non-text panic payload)".to_string(),
+            };
+            Err(Error::Libtorch {
+                during: during.to_string(),
+                reason,
+            }
+            .into())
+        }
+    }
+}
+
 pub(crate) fn gib(bytes: u64) -> f64 {
     bytes as f64 / (1u64 << 30) as f64
 }
@@ -79,8 +106,25 @@ mod tests {
         let available = host_available_bytes().expect("Linux has /proc/meminfo");
         let err = ensure_fits("test buffer", available + (1 << 30), Device::Cpu).unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("test buffer") && msg.contains("available"), "{msg}");
+        assert!(
+            msg.contains("test buffer") && msg.contains("available"),
+            "{msg}"
+        );
         ensure_fits("small", 1 << 20, Device::Cpu).unwrap();
+    }
+
+    #[test]
+    fn a_libtorch_failure_inside_the_guard_is_an_error() {
+        let err = guard_libtorch::<_, Error>("a bad matmul", || {
+            Ok(Tensor::ones([2, 3], (Kind::Float, Device::Cpu))
+                .matmul(&Tensor::ones([4, 5], (Kind::Float, Device::Cpu))))
+        })
+        .unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, Error::Libtorch { .. }), "{msg}");
+        assert!(msg.contains("a bad matmul") && msg.contains("2x3"), "{msg}");
+        let ok = guard_libtorch::<_, Error>("a good one", || Ok(3)).unwrap();
+        assert_eq!(ok, 3);
     }
 
     #[test]

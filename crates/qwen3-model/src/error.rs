@@ -114,6 +114,16 @@ pub enum Error {
         reason: String,
     },
 
+    /// libtorch failed inside a call (out of memory in an op, a kernel
+    /// error): what was running and libtorch's message.
+    #[error("libtorch failed during {during}: {reason}")]
+    Libtorch {
+        /// The call (e.g. "forward").
+        during: String,
+        /// libtorch's message (for out-of-memory it names the bytes).
+        reason: String,
+    },
+
     /// The fused decode step cannot run this model (it then decodes through
     /// the per-op forward); names the first unmet requirement.
     #[error("fused decode unavailable: {reason}")]

@@ -52,6 +52,7 @@ mod train;
 mod generate;
 mod sampling;
 
+pub use alloc::guard_libtorch;
 pub use config::Qwen3Config;
 pub use error::{Error, Result};
 pub use fused_decode::FusedDecoder;

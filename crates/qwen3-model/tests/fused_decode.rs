@@ -132,9 +132,12 @@ fn fused_step_tracks_the_per_op_forward() {
             (64, 4, 2, false, 5),
             (32, 4, 4, false, 70),
         ] {
-            let model =
-                Qwen3Model::random(&cfg(d, hq, hkv, tied), &LoadOptions::new(gpu), test_support::seed())
-                    .unwrap();
+            let model = Qwen3Model::random(
+                &cfg(d, hq, hkv, tied),
+                &LoadOptions::new(gpu),
+                test_support::seed(),
+            )
+            .unwrap();
             let c = compare_paths(&model, prompt, 24);
             println!(
                 "head_dim {d}, {hq}/{hkv} heads, tied {tied}, prompt {prompt}: error vs f32 \
@@ -164,9 +167,12 @@ fn fused_step_tracks_the_per_op_forward() {
 fn graph_replays_equal_eager_launches_bit_for_bit() {
     let gpu = test_support::cuda();
     tch::no_grad(|| {
-        let model =
-            Qwen3Model::random(&cfg(128, 8, 2, false), &LoadOptions::new(gpu), test_support::seed())
-                .unwrap();
+        let model = Qwen3Model::random(
+            &cfg(128, 8, 2, false),
+            &LoadOptions::new(gpu),
+            test_support::seed(),
+        )
+        .unwrap();
         let prompt: Vec<i64> = (0..40).map(|i| (i * 37 + 11) % 1000).collect();
         let (mut eager_cache, _) = prefilled(&model, &prompt, 80);
         let (mut graph_cache, _) = prefilled(&model, &prompt, 80);
@@ -202,7 +208,10 @@ fn generate_decodes_per_op_on_the_cpu() {
 #[test]
 #[ignore = "needs CUDA"]
 fn generate_decodes_through_the_fused_step_on_cuda() {
-    generate_decodes_through_the_fused_step_on_cuda_only(test_support::cuda(), cfg(64, 4, 2, false));
+    generate_decodes_through_the_fused_step_on_cuda_only(
+        test_support::cuda(),
+        cfg(64, 4, 2, false),
+    );
 }
 
 fn generate_decodes_through_the_fused_step_on_cuda_only(device: Device, cfg: Qwen3Config) {
@@ -275,7 +284,10 @@ fn the_fused_step_refuses_an_id_outside_the_vocabulary() {
     let vocab = model.config().vocab_size;
     let mut decoder = FusedDecoder::new(&model).unwrap();
     let mut cache = model.new_cache(1, 8).unwrap();
-    let err = decoder.step(&mut cache, vocab as u32).unwrap_err().to_string();
+    let err = decoder
+        .step(&mut cache, vocab as u32)
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains(&format!("id {vocab} ")) && err.contains(&format!("0..{vocab}")),
         "{err}"

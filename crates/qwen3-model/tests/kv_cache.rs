@@ -98,7 +98,10 @@ fn memory_accounting_matches_the_layout() {
         1,
     )
     .unwrap();
-    assert_eq!(bf16.new_cache(3, 100).unwrap().memory_bytes(), per_pos * 100 / 2);
+    assert_eq!(
+        bf16.new_cache(3, 100).unwrap().memory_bytes(),
+        per_pos * 100 / 2
+    );
 }
 
 #[test]
@@ -172,7 +175,8 @@ fn repeated_runs_with_and_without_cache_are_identical() {
 #[test]
 fn forward_last_is_the_last_row_of_forward_with_and_without_cache() {
     let cfg = tiny_cfg(false);
-    let model = Qwen3Model::random(&cfg, &LoadOptions::new(Device::Cpu), test_support::seed()).unwrap();
+    let model =
+        Qwen3Model::random(&cfg, &LoadOptions::new(Device::Cpu), test_support::seed()).unwrap();
     let ids = random_ids(cfg.vocab_size, 2, 9);
     let full = model.forward(&ids, None).unwrap();
     let last = model.forward_last(&ids, None).unwrap();
@@ -180,7 +184,10 @@ fn forward_last_is_the_last_row_of_forward_with_and_without_cache() {
     // The same blocks; only the head matmul's row count (BLAS blocking) differs.
     let r = rel_diff(&last, &full.narrow(1, 8, 1));
     assert!(r <= REL_TOL, "uncached: {r:e}");
-    let (mut a, mut b) = (model.new_cache(2, 16).unwrap(), model.new_cache(2, 16).unwrap());
+    let (mut a, mut b) = (
+        model.new_cache(2, 16).unwrap(),
+        model.new_cache(2, 16).unwrap(),
+    );
     let _ = model.forward(&ids.narrow(1, 0, 5), Some(&mut a)).unwrap();
     let _ = model
         .forward_last(&ids.narrow(1, 0, 5), Some(&mut b))
@@ -212,7 +219,10 @@ fn a_cache_that_cannot_be_allocated_is_an_error_naming_the_bytes() {
         "{err}"
     );
     let msg = err.to_string();
-    assert!(msg.contains(&bytes.to_string()) && msg.contains("kv cache"), "{msg}");
+    assert!(
+        msg.contains(&bytes.to_string()) && msg.contains("kv cache"),
+        "{msg}"
+    );
     // A size that overflows 64-bit byte counts is an error too, not a wrap.
     let err = model.new_cache(1 << 20, usize::MAX / 4).unwrap_err();
     assert!(err.to_string().contains("overflows"), "{err}");

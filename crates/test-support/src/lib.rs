@@ -25,9 +25,10 @@ pub const SEED_VAR: &str = "QWEN3_TEST_SEED";
 /// not silently turn a replay into a fresh run.
 pub fn seed() -> u64 {
     let seed = match std::env::var(SEED_VAR) {
-        Ok(s) => s.trim().parse::<u64>().unwrap_or_else(|_| {
-            panic!("{SEED_VAR}={s:?} is not an unsigned integer seed")
-        }),
+        Ok(s) => s
+            .trim()
+            .parse::<u64>()
+            .unwrap_or_else(|_| panic!("{SEED_VAR}={s:?} is not an unsigned integer seed")),
         Err(_) => fresh(),
     } & (i64::MAX as u64);
     // The harness names each test's thread after the test.

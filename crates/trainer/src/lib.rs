@@ -73,4 +73,3 @@ pub use optim::{
 pub use plot::plot_loss_curve;
 pub use schedule::{Schedule, ScheduleKind};
 pub use trainer::{TrainReport, Trainer};
-

@@ -203,10 +203,16 @@ impl Trainer {
         let tokens: usize = batches.iter().map(|b| b.tokens).sum();
         let denom = targets.max(1) as f64;
         self.optim.zero_grad();
-        let mut ce = 0.0;
-        for b in &batches {
-            ce += forward_backward(&self.model, &b.input_ids, &b.labels, denom, self.plan)?;
-        }
+        // A libtorch failure (out of memory in the backward, say) comes back
+        // as an error naming the step, before any weight is updated.
+        let (model, plan) = (&self.model, self.plan);
+        let ce = qwen3_model::guard_libtorch(&format!("training step {}", self.step), || {
+            let mut ce = 0.0;
+            for b in &batches {
+                ce += forward_backward(model, &b.input_ids, &b.labels, denom, plan)?;
+            }
+            Ok::<f64, Error>(ce)
+        })?;
         let loss = ce / denom;
         // Clipping happens inside the update (AdamW::step_scaled): the fused
         // kernel scales each gradient as it reads it.

@@ -82,7 +82,10 @@ fn check_dir(dir: &Path) -> Option<u64> {
     }
     let listed = CheckpointManager::new(dir, 2).unwrap().latest().unwrap();
     let listed_step = listed.map(|p| CheckpointManager::verify(&p).unwrap().state.step);
-    assert_eq!(listed_step, latest, "latest() must be the newest complete one");
+    assert_eq!(
+        listed_step, latest,
+        "latest() must be the newest complete one"
+    );
     latest
 }
 
@@ -198,7 +201,10 @@ fn sigkill_during_saves_never_exposes_a_partial_checkpoint() {
         .collect();
     assert_eq!(resumed_losses, straight_losses, "losses after the resume");
     for (a, b) in weights(&straight).iter().zip(weights(&resumed)) {
-        assert!(a.equal(&b), "weights after the resume must be bitwise equal");
+        assert!(
+            a.equal(&b),
+            "weights after the resume must be bitwise equal"
+        );
     }
     assert_eq!(straight.cursor(), resumed.cursor());
 }

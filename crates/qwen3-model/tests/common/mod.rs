@@ -168,4 +168,3 @@ pub fn rel_diff(got: &Tensor, want: &Tensor) -> f64 {
     let want = want.to_device(Device::Cpu).to_kind(Kind::Double);
     (&got - &want).abs().max().double_value(&[]) / want.abs().max().double_value(&[])
 }
-
