@@ -23,6 +23,7 @@ const TEST: &str = "sigkill_during_saves_never_exposes_a_partial_checkpoint";
 /// Set in the child: the checkpoint directory to train into.
 const CHILD_DIR: &str = "QWEN3_KILL_TEST_CHILD_DIR";
 const MID_SAVE_KILLS: usize = 20;
+const CHILD_SAVES: usize = 300;
 const MAX_CHILDREN: usize = 80;
 const VOCAB: usize = 96;
 
@@ -51,15 +52,16 @@ fn trainer(dir: &Path, seed: u64) -> Trainer {
     .unwrap()
 }
 
-/// Child mode: resume from the latest checkpoint, then step and save
-/// forever, announcing each save on stdout.
+/// Child mode: resume from the latest checkpoint, then step and save,
+/// announcing each save on stdout, until killed (or `CHILD_SAVES` saves, so
+/// that a child whose parent died does not run on).
 fn child(dir: &Path) {
     let seed = test_support::seed();
     let mut t = trainer(dir, seed);
     if let Some(latest) = t.latest_checkpoint().unwrap() {
         t.resume_from(&latest).unwrap();
     }
-    loop {
+    for _ in 0..CHILD_SAVES {
         t.step().unwrap();
         println!("@@saving {}", t.step_count());
         t.save_checkpoint().unwrap();
