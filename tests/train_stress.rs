@@ -1,7 +1,8 @@
 //! FR-11 for training (src/train_stress.rs): three cycles of start -> save
 //! -> resume -> export, every phase in a fresh process (this test binary,
-//! re-run in child mode), give bitwise the same losses and export, and each
-//! process's resident memory returns to its baseline within `TOLERANCE`.
+//! re-run in child mode), give bitwise the same losses and export; each
+//! process's resident memory comes back within `KEPT` of its start once the
+//! trainer is dropped and ends within `GROWTH` of cycle 0's.
 
 use std::path::Path;
 use std::process::Command;
@@ -13,10 +14,13 @@ const TEST: &str = "training_cycles_in_fresh_processes_repeat_exactly_without_gr
 const CHILD_PHASE: &str = "QWEN3_TRAIN_STRESS_PHASE";
 const CHILD_DIR: &str = "QWEN3_TRAIN_STRESS_DIR";
 const CYCLES: usize = 3;
-/// Resident memory a process may keep after dropping everything, and may end
-/// above cycle 0: allocator slack, not the model (a leaked trainer of this
-/// size would be caught by repeating, and any per-step leak grows with steps).
-const TOLERANCE: u64 = 16 << 20;
+/// Resident memory a process may keep after dropping the trainer: libtorch's
+/// autograd engine threads and allocator arenas stay once created (measured
+/// 20 MiB, the same in every process).
+const KEPT: u64 = 32 << 20;
+/// How far a process may end above the same phase of cycle 0 (measured
+/// under 0.5 MiB): this is the leak check across runs.
+const GROWTH: u64 = 4 << 20;
 
 fn setup(seed: u64) -> TrainStressSetup {
     TrainStressSetup { seed, steps: 3 }
@@ -51,7 +55,7 @@ fn training_cycles_in_fresh_processes_repeat_exactly_without_growth() {
             .env(test_support::SEED_VAR, seed.to_string());
         c
     };
-    let report = run_train_stress(CYCLES, root.path(), TOLERANCE, &command).unwrap();
+    let report = run_train_stress(CYCLES, root.path(), KEPT, GROWTH, &command).unwrap();
     println!("{}", report.table());
     assert_eq!(report.cycles.len(), CYCLES);
     let first = &report.cycles[0];
