@@ -38,7 +38,7 @@ mod block;
 mod config;
 mod error;
 mod fused_decode;
-mod hf;
+mod generate;
 mod kv_cache;
 mod linear;
 mod loader;
@@ -47,22 +47,25 @@ mod model;
 mod norm;
 mod random;
 mod rope;
-mod train;
-// --- generation (helper G): `mod sampling; mod generate;` go here ---
-mod generate;
 mod sampling;
+mod train;
+mod weights;
 
 pub use alloc::guard_libtorch;
 pub use config::Qwen3Config;
 pub use error::{Error, Result};
 pub use fused_decode::FusedDecoder;
+pub use generate::{
+    generate, Conversation, FinishReason, GenerateOptions, Generation, PrefillMode,
+};
 pub use kv_cache::{KvCache, DEFAULT_GROW_CHUNK};
 pub use linear::LinearWeight;
 pub use model::{LoadOptions, Qwen3Model};
 pub use nvfp4_kernels::ComputePath;
-pub use train::WeightRef;
-// --- generation (helper G): `pub use sampling::..; pub use generate::..;` go here ---
-pub use generate::{
-    generate, Conversation, FinishReason, GenerateOptions, Generation, PrefillMode,
-};
 pub use sampling::{Sampler, SamplingParams};
+pub use train::WeightRef;
+pub use weights::resolve::{ModelPaths, WeightFormat};
+pub use weights::schema::{
+    hf_rank, is_packed_key, LayerTensor, TensorClass, TensorRole, TensorSpec, WeightSchema,
+    EMBED_KEY, FINAL_NORM_KEY, LM_HEAD_KEY,
+};
