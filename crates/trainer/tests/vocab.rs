@@ -8,6 +8,14 @@ mod common;
 use tokenizer_bridge::Qwen3Tokenizer;
 use trainer::{load_data, BadLinePolicy, DataOptions, Error, TrainConfig, Trainer};
 
+/// The error of a trainer that must not be built (`Trainer` is not `Debug`).
+fn refused(built: Result<Trainer, Error>) -> Error {
+    match built {
+        Ok(_) => panic!("the trainer was built; expected a refusal"),
+        Err(e) => e,
+    }
+}
+
 fn config() -> TrainConfig {
     TrainConfig {
         steps: Some(1),
@@ -27,9 +35,12 @@ fn an_id_outside_the_vocabulary_is_named_with_its_file_and_line() {
     let pos = data.examples[bad].tokens.len() / 2;
     data.examples[bad].tokens[pos] = vocab as u32;
     let line = data.examples[bad].line;
-    let err = Trainer::new(common::tiny_model(&cfg, seed), config(), data, 0)
-        .err()
-        .expect("an out-of-vocabulary id is refused");
+    let err = refused(Trainer::new(
+        common::tiny_model(&cfg, seed),
+        config(),
+        data,
+        0,
+    ));
     match &err {
         Error::TokenOutOfVocab {
             line: l,
@@ -61,9 +72,7 @@ fn a_tokenizer_larger_than_the_model_is_caught_on_the_first_line() {
     };
     let data = load_data(&path, &tok, &opts).unwrap();
     let cfg = common::tiny_config(256, true);
-    let err = Trainer::new(common::tiny_model(&cfg, 1), config(), data, 0)
-        .err()
-        .expect("refused");
+    let err = refused(Trainer::new(common::tiny_model(&cfg, 1), config(), data, 0));
     let msg = err.to_string();
     assert!(
         msg.starts_with(&format!("{}:3: token id ", path.display())) && msg.contains("0..256"),
@@ -80,9 +89,12 @@ fn a_pad_id_outside_the_vocabulary_is_refused() {
     let seed = test_support::seed();
     let cfg = common::tiny_config(64, true);
     let data = common::random_dataset(4, 64, seed);
-    let err = Trainer::new(common::tiny_model(&cfg, seed), config(), data, 64)
-        .err()
-        .expect("refused");
+    let err = refused(Trainer::new(
+        common::tiny_model(&cfg, seed),
+        config(),
+        data,
+        64,
+    ));
     assert!(
         err.to_string().contains("pad id") && err.to_string().contains("64"),
         "{err}"
