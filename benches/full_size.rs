@@ -102,7 +102,7 @@ fn main() -> Result<()> {
     );
 
     let weights_mem = probe.bytes_in_use()? - base_mem;
-    let cache = model.new_cache(1, 4096);
+    let cache = model.new_cache(1, 4096).unwrap();
     let cache_bytes = cache.memory_bytes();
     drop(cache);
     emit(
@@ -218,7 +218,7 @@ fn profile_decode(model: &Qwen3Model) -> Result<()> {
     };
     for ctx in [64usize, 512, 1024] {
         let ids = prompt(ctx, vocab);
-        let mut cache = model.new_cache(1, ctx + 64);
+        let mut cache = model.new_cache(1, ctx + 64).unwrap();
         let ids_t = tch::Tensor::from_slice(&ids.iter().map(|&i| i as i64).collect::<Vec<_>>())
             .view([1, -1]);
         let _prefilled =
@@ -235,7 +235,7 @@ fn profile_decode(model: &Qwen3Model) -> Result<()> {
     }
     // The decode loop by hand: forward of one token, argmax, read the id back.
     let ids = prompt(512, vocab);
-    let mut cache = model.new_cache(1, 512 + 128);
+    let mut cache = model.new_cache(1, 512 + 128).unwrap();
     let ids_t =
         tch::Tensor::from_slice(&ids.iter().map(|&i| i as i64).collect::<Vec<_>>()).view([1, -1]);
     let logits = tch::no_grad(|| model.forward(&ids_t.to_device(device), Some(&mut cache)))?;
@@ -255,14 +255,14 @@ fn profile_decode(model: &Qwen3Model) -> Result<()> {
         max_new_tokens: 64,
         ..GenerateOptions::default()
     };
-    let mut cache = model.new_cache(1, 512 + 128);
+    let mut cache = model.new_cache(1, 512 + 128).unwrap();
     let g = tch::no_grad(|| generate(model, Some(&mut cache), &ids, &opts, &mut |_| true))?;
     emit(
         json!({"metric": "profile_generate_ms_per_token", "value": 1e3 / g.decode_tokens_per_s(),
                 "fused": g.fused_decode}),
     );
     for graph in [false, true] {
-        let mut cache = model.new_cache(1, 512 + 128);
+        let mut cache = model.new_cache(1, 512 + 128).unwrap();
         let logits = tch::no_grad(|| model.forward(&ids_t.to_device(device), Some(&mut cache)))?;
         let mut next = logits.get(0).get(-1).argmax(0, false).int64_value(&[]) as u32;
         let mut dec = qwen3_model::FusedDecoder::new(model)?.with_graph(graph);
@@ -328,9 +328,9 @@ fn fused_vs_per_op(model: &Qwen3Model, twin: &Qwen3Model) -> Result<()> {
                 .to_kind(Kind::Float))
         };
     let (mut a, mut b, mut c) = (
-        model.new_cache(1, 600),
-        model.new_cache(1, 600),
-        twin.new_cache(1, 600),
+        model.new_cache(1, 600).unwrap(),
+        model.new_cache(1, 600).unwrap(),
+        twin.new_cache(1, 600).unwrap(),
     );
     let _ = last(model, &prompt, &mut a)?;
     let _ = last(model, &prompt, &mut b)?;
@@ -369,7 +369,7 @@ fn prompt(len: usize, vocab: usize) -> Vec<u32> {
 fn decode(model: &Qwen3Model, prompt_len: usize, new: usize) -> Result<()> {
     let ids = prompt(prompt_len, model.config().vocab_size);
     let run = |n: usize, fused: bool| -> Result<qwen3_model::Generation> {
-        let mut cache = model.new_cache(1, prompt_len + n + 1);
+        let mut cache = model.new_cache(1, prompt_len + n + 1).unwrap();
         let o = GenerateOptions {
             max_new_tokens: n,
             fused_decode: fused,
@@ -414,7 +414,7 @@ fn prefill(model: &Qwen3Model, len: usize) -> Result<()> {
     };
     let mut best = f64::MAX;
     for _ in 0..3 {
-        let mut cache = model.new_cache(1, len + 2);
+        let mut cache = model.new_cache(1, len + 2).unwrap();
         let g = tch::no_grad(|| generate(model, Some(&mut cache), &ids, &opts, &mut |_| true))?;
         best = best.min(g.prefill_time.as_secs_f64());
     }

@@ -277,7 +277,8 @@ impl Runner {
         };
         let mut cache = args
             .kv_cache
-            .then(|| self.model.new_cache(1, prompt.len() + opts.max_new_tokens));
+            .then(|| self.model.new_cache(1, prompt.len() + opts.max_new_tokens))
+            .transpose()?;
         let generation = self.streamed(|on_token| {
             Ok(generate(
                 &self.model,
@@ -344,13 +345,13 @@ impl Runner {
     ) -> Result<usize> {
         let tok = self.tokenizer()?;
         let new_chat = || ChatSession::new(&self.model, args.system.as_deref(), args.kv_cache);
-        let mut chat = new_chat();
+        let mut chat = new_chat()?;
         let mut failed = 0;
         for line in turns {
             match line.as_str() {
                 "/exit" | "/quit" => break,
                 "/reset" => {
-                    chat = new_chat();
+                    chat = new_chat()?;
                     eprintln!("(conversation reset)");
                     continue;
                 }

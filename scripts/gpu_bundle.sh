@@ -46,13 +46,19 @@ for b in $benches; do collect bench --no-run --bench "$b"; done
 
 cat > .gpu-bundle/run-tests.sh <<'RUN'
 #!/usr/bin/env bash
-# Runs on the GPU machine: every bundled test binary, one log each under $OUT.
+# Runs on the GPU machine: every bundled test binary with --include-ignored
+# (the `#[ignore = "needs CUDA"]` tests run here and fail if CUDA is missing).
+# The raw log of every binary is kept: all of them in $OUT/tests.log (one
+# "===== <binary>" header each) and as separate files in $OUT/test-logs.tar.gz
+# (at most 8 files come back from $OUT). The table of counts goes to stdout
+# and $OUT/summary.txt.
 set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 torch_lib=/opt/torch/.venv/lib/python3.12/site-packages/torch/lib
 nvrtc_dir="$(dirname "$(find /opt/torch/.venv /usr/local/cuda* -name 'libnvrtc.so*' 2>/dev/null | head -1)")"
 export LD_LIBRARY_PATH="$torch_lib:$nvrtc_dir:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
 export OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
+logs=/tmp/test-logs; rm -rf "$logs"; mkdir -p "$logs"
 # Test binaries find fixtures through the absolute CARGO_MANIFEST_DIR they were
 # built under; recreate that path when the tree sits elsewhere here.
 built_root="$(cat "$here/built_root")"
@@ -62,18 +68,22 @@ if [ "$repo" != "$built_root" ] && [ ! -e "$built_root" ]; then
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 fail=0
+summary="$OUT/summary.txt"
+printf '%-6s %-40s %7s %7s %8s\n' verdict binary passed failed ignored | tee "$summary"
 for t in "$here"/bin/test-* "$here"/bin/lib-*; do
     [ -e "$t" ] || continue
     name="$(basename "$t")"
-    log="/tmp/$name.log"
-    if "$t" --test-threads=1 > "$log" 2>&1; then
-        echo "PASS $name ($(grep -c '^test .* ok$' "$log") ok, $(grep -c 'SKIPPED' "$log") skipped)"
-    else
-        echo "FAIL $name"; tail -30 "$log"; fail=1
-    fi
-    # Only 8 files come back from $OUT: one combined log.
+    log="$logs/$name.log"
+    if "$t" --include-ignored --test-threads=1 > "$log" 2>&1; then verdict=PASS; else verdict=FAIL; fail=1; fi
+    # libtest's own count line: "test result: ok. P passed; F failed; I ignored; ..."
+    counts="$(grep -E '^test result:' "$log" | tail -1)"
+    count() { echo "$counts" | grep -oE "[0-9]+ $1" | grep -oE '[0-9]+' || echo '?'; }
+    printf '%-6s %-40s %7s %7s %8s\n' "$verdict" "$name" "$(count passed)" "$(count failed)" \
+        "$(count ignored)" | tee -a "$summary"
+    [ "$verdict" = PASS ] || tail -30 "$log"
     { echo "===== $name"; cat "$log"; } >> "$OUT/tests.log"
 done
+tar czf "$OUT/test-logs.tar.gz" -C "$logs" .
 exit $fail
 RUN
 chmod +x .gpu-bundle/run-tests.sh

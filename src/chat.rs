@@ -40,14 +40,18 @@ pub struct ChatSession {
 impl ChatSession {
     /// A new conversation, with an optional system message; `kv_cache` keeps
     /// one cache across turns, else every turn recomputes everything.
-    pub fn new(model: &Qwen3Model, system: Option<&str>, kv_cache: bool) -> Self {
-        Self {
+    pub fn new(model: &Qwen3Model, system: Option<&str>, kv_cache: bool) -> Result<Self> {
+        let conversation = match kv_cache {
+            true => Some(Conversation::new(model.new_cache(1, 1024)?)),
+            false => None,
+        };
+        Ok(Self {
             messages: system.map(ChatMessage::system).into_iter().collect(),
             rendered: String::new(),
-            conversation: kv_cache.then(|| Conversation::new(model.new_cache(1, 1024))),
+            conversation,
             closing: Vec::new(),
             reprefills: 0,
-        }
+        })
     }
 
     /// The messages so far.
@@ -186,11 +190,7 @@ mod tests {
             tie_word_embeddings: true,
             ..Qwen3Config::qwen3_4b()
         };
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64;
-        eprintln!("model seed {seed}");
+        let seed = test_support::seed();
         let model = Qwen3Model::random(&cfg, &LoadOptions::new(tch::Device::Cpu), seed).unwrap();
         let tok = Qwen3Tokenizer::bundled().unwrap();
         let opts = GenerateOptions {
@@ -205,7 +205,7 @@ mod tests {
     fn with_a_cache_each_turn_feeds_only_what_the_cache_lacks() {
         let _guard = crate::heavy_test_lock();
         let (model, tok, opts) = setup();
-        let mut chat = ChatSession::new(&model, Some("Be brief."), true);
+        let mut chat = ChatSession::new(&model, Some("Be brief."), true).unwrap();
         let first = chat.turn(&model, &tok, "Hi", &opts, &mut |_| true).unwrap();
         let rendered = tok
             .apply_chat_template(&chat.messages()[..2], true)
@@ -242,7 +242,7 @@ mod tests {
     fn without_a_cache_each_turn_recomputes_the_rendered_conversation() {
         let _guard = crate::heavy_test_lock();
         let (model, tok, opts) = setup();
-        let mut chat = ChatSession::new(&model, None, false);
+        let mut chat = ChatSession::new(&model, None, false).unwrap();
         let first = chat.turn(&model, &tok, "Hi", &opts, &mut |_| true).unwrap();
         let second = chat
             .turn(&model, &tok, "Again", &opts, &mut |_| true)

@@ -12,7 +12,9 @@
 //! - [`ChatSession`]: multi-turn chat with a KV cache kept across turns, or recomputed;
 //! - [`write_atomic`], [`write_logits`]: files a user keeps (`--dump-logits`);
 //! - [`MemoryProbe`]: device memory (CUDA) or RSS (CPU);
-//! - [`run_stress`], [`StressReport`]: the FR-11 stress matrix and its verdict.
+//! - [`run_stress`], [`StressReport`]: the FR-11 stress matrix and its verdict;
+//! - [`run_train_stress`], [`TrainStressReport`]: FR-11 for training (start,
+//!   save, resume, export in fresh processes) and its verdict.
 //!
 //! ```no_run
 //! let device = qwen3_nvfp4::parse_device("cpu")?;
@@ -33,6 +35,7 @@ mod model_files;
 mod progress;
 mod stress;
 mod stress_report;
+mod train_stress;
 
 /// RSS is per process and unit tests share one: tests that allocate a lot
 /// or read RSS take this lock so one never reads another's allocations.
@@ -55,4 +58,8 @@ pub use stress::{
     run_stress, run_stress_with, synthetic_prompt, write_synthetic_model, StressCase, StressOptions,
 };
 pub use stress_report::{RunRecord, StressReport, CHILD_REPORT_PREFIX};
+pub use train_stress::{
+    phase_line, run_train_phase, run_train_stress, PhaseRecord, TrainPhase, TrainStressReport,
+    TrainStressSetup, EXPORT_NAME, TRAIN_STRESS_PREFIX,
+};
 pub use trainer::write_atomic;

@@ -153,7 +153,8 @@ fn run_once(opts: &StressOptions, case: StressCase) -> Result<RunRecord> {
         fused_decode: true,
     };
     let mut cache = (case != StressCase::NoCache)
-        .then(|| model.new_cache(1, opts.prompt.len() + opts.max_new_tokens));
+        .then(|| model.new_cache(1, opts.prompt.len() + opts.max_new_tokens))
+        .transpose()?;
     let generation = generate(&model, cache.as_mut(), &opts.prompt, &gen, &mut |_| true)?;
     drop(cache);
     drop(model);

@@ -1,10 +1,15 @@
 //! The crates depend strictly downward:
 //! nvfp4-kernels <- dat-format <- qwen3-model <- checkpoint <- trainer, and
 //! tokenizer-bridge and distributed stand alone (used by trainer and the examples).
+//! `test-support` is a dev-only leaf: it depends on no sibling and every crate
+//! may use it, but only as a dev-dependency.
 //! Read from `cargo metadata`, so a new dependency edge that breaks the layering
 //! fails CI instead of slowly tangling the workspace.
 use std::collections::BTreeMap;
 use std::process::Command;
+
+/// The dev-only helper crate of the tests.
+const TEST_SUPPORT: &str = "test-support";
 
 /// Which sibling crates each workspace crate may depend on (any dependency kind).
 fn allowed() -> BTreeMap<&'static str, Vec<&'static str>> {
@@ -24,6 +29,7 @@ fn allowed() -> BTreeMap<&'static str, Vec<&'static str>> {
     trainer.push("distributed");
     allowed.insert("tokenizer-bridge", vec![]);
     allowed.insert("distributed", vec![]);
+    allowed.insert(TEST_SUPPORT, vec![]);
     allowed
 }
 
@@ -52,15 +58,24 @@ fn crates_depend_strictly_downward() {
     let mut violations = Vec::new();
     for package in packages {
         let name = package["name"].as_str().expect("package name");
+        let deps = package["dependencies"]
+            .as_array()
+            .expect("dependencies array");
+        // `kind` is null for a normal dependency, "dev" or "build" otherwise.
+        for dep in deps.iter().filter(|d| d["name"] == TEST_SUPPORT) {
+            if dep["kind"].as_str() != Some("dev") {
+                violations.push(format!("{name} -> {TEST_SUPPORT} (not a dev-dependency)"));
+            }
+        }
         let Some(may_use) = allowed.get(name) else {
             continue;
         };
         seen += 1;
-        for dep in package["dependencies"]
-            .as_array()
-            .expect("dependencies array")
-        {
+        for dep in deps {
             let dep_name = dep["name"].as_str().expect("dependency name");
+            if dep_name == TEST_SUPPORT {
+                continue; // checked for every package above
+            }
             let is_sibling = allowed.contains_key(dep_name);
             if is_sibling && !may_use.contains(&dep_name) {
                 violations.push(format!("{name} -> {dep_name}"));

@@ -36,11 +36,7 @@ fn tiny() -> Qwen3Config {
 }
 
 fn options(dir: &std::path::Path, iterations: usize, tolerance_mib: u64) -> StressOptions {
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    eprintln!("model seed {seed}");
+    let seed = test_support::seed();
     let (weight, config) = write_synthetic_model(&tiny(), seed, dir).unwrap();
     StressOptions {
         weight,

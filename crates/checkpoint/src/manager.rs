@@ -333,11 +333,7 @@ mod tests {
 
     #[test]
     fn should_keep_the_previous_checkpoint_when_killed_at_any_point_of_a_save() {
-        let seed = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as i64;
-        println!("seed {seed}");
+        let seed = test_support::seed_i64();
         let root = tempfile::tempdir().unwrap();
         // Tiny shards: three data files + the metadata, and the empty temp
         // dir before them: five crash points.

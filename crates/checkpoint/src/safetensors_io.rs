@@ -250,11 +250,7 @@ mod tests {
     fn should_write_files_the_reference_reader_accepts_bit_exactly() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.safetensors");
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as i64;
-        println!("seed {seed}");
+        let seed = test_support::seed_i64();
         tch::manual_seed(seed);
         let a = Tensor::randn([3, 5], (Kind::BFloat16, Device::Cpu));
         let b = Tensor::randint(255, [7], (Kind::Uint8, Device::Cpu));

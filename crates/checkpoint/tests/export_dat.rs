@@ -24,7 +24,7 @@ fn lenient() -> LoadOptions {
 #[test]
 fn should_reload_to_the_logits_of_the_trained_model() {
     for tied in [false, true] {
-        let seed = fresh_seed();
+        let seed = test_support::seed_i64();
         let cfg = tiny_cfg(tied);
         let model = trained_model(&cfg, seed);
         let ids = random_ids(cfg.vocab_size, 2, 7);
@@ -59,7 +59,7 @@ fn should_reload_to_the_logits_of_the_trained_model() {
 
 #[test]
 fn should_write_trained_embeddings_and_norms_and_requantized_masters() {
-    let seed = fresh_seed();
+    let seed = test_support::seed_i64();
     let cfg = tiny_cfg(false);
     let model = trained_model(&cfg, seed);
     let dir = tempfile::tempdir().unwrap();
@@ -173,7 +173,7 @@ fn perturb(model: &Qwen3Model, seed: i64) {
 
 #[test]
 fn should_keep_the_keys_order_and_elem_types_of_like() {
-    let seed = fresh_seed();
+    let seed = test_support::seed_i64();
     let cfg = tiny_cfg(false);
     let dir = tempfile::tempdir().unwrap();
     let like_path = dir.path().join("like.dat");
@@ -231,7 +231,7 @@ fn should_keep_the_keys_order_and_elem_types_of_like() {
 
 #[test]
 fn should_write_the_quantized_trained_embedding_as_head_of_a_tied_model() {
-    let seed = fresh_seed();
+    let seed = test_support::seed_i64();
     let cfg = tiny_cfg(true);
     let model = trained_model(&cfg, seed);
     assert!(model.uses_tied_head());
@@ -285,7 +285,7 @@ fn should_write_the_quantized_trained_embedding_as_head_of_a_tied_model() {
 
 #[test]
 fn should_keep_two_level_scaling_of_like() {
-    let seed = fresh_seed();
+    let seed = test_support::seed_i64();
     let cfg = tiny_cfg(false);
     let start = Qwen3Model::random(&cfg, &cpu_opts(), seed as u64).unwrap();
     let mut entries = Vec::new();
@@ -336,7 +336,7 @@ fn should_keep_two_level_scaling_of_like() {
 
 #[test]
 fn should_reject_a_like_file_of_another_shape() {
-    let seed = fresh_seed();
+    let seed = test_support::seed_i64();
     let model = trained_model(&tiny_cfg(false), seed);
     let other_cfg = qwen3_model::Qwen3Config {
         intermediate_size: 128,
@@ -359,7 +359,7 @@ fn should_reject_a_like_file_of_another_shape() {
 
 #[test]
 fn should_reject_a_like_entry_that_cannot_hold_a_float_weight() {
-    let seed = fresh_seed();
+    let seed = test_support::seed_i64();
     let model = trained_model(&tiny_cfg(false), seed);
     let norm = Tensor::ones([64], (Kind::Int, tch::Device::Cpu));
     let dir = tempfile::tempdir().unwrap();
@@ -378,7 +378,7 @@ fn should_reject_a_like_entry_that_cannot_hold_a_float_weight() {
 
 #[test]
 fn should_refuse_to_export_a_diverged_model() {
-    let model = trained_model(&tiny_cfg(false), fresh_seed());
+    let model = trained_model(&tiny_cfg(false), test_support::seed_i64());
     tch::no_grad(|| {
         let (_, p) = model
             .named_parameters()

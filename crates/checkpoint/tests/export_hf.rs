@@ -20,7 +20,7 @@ const REL_TOL: f64 = 1e-5;
 #[test]
 fn should_convert_back_to_the_same_codes_and_logits() {
     for tied in [false, true] {
-        let seed = fresh_seed();
+        let seed = test_support::seed_i64();
         let cfg = tiny_cfg(tied);
         let model = trained_model(&cfg, seed);
         let ids = random_ids(cfg.vocab_size, 2, 6);
@@ -90,7 +90,7 @@ fn should_convert_back_to_the_same_codes_and_logits() {
 #[test]
 fn should_write_f32_values_exactly_when_asked() {
     let cfg = tiny_cfg(false);
-    let model = trained_model(&cfg, fresh_seed());
+    let model = trained_model(&cfg, test_support::seed_i64());
     let root = tempfile::tempdir().unwrap();
     let hf = root.path().join("hf32");
     export_hf_dir_with(
@@ -132,8 +132,8 @@ fn should_replace_a_previous_export_atomically() {
     let cfg = tiny_cfg(true);
     let root = tempfile::tempdir().unwrap();
     let hf = root.path().join("hf");
-    export_hf_dir(&trained_model(&cfg, fresh_seed()), &hf).unwrap();
-    let second = trained_model(&cfg, fresh_seed() + 7);
+    export_hf_dir(&trained_model(&cfg, test_support::seed_i64()), &hf).unwrap();
+    let second = trained_model(&cfg, test_support::seed_i64() + 7);
     export_hf_dir(&second, &hf).unwrap();
     assert_eq!(
         dir_names(root.path()),
@@ -160,10 +160,10 @@ fn should_leave_the_previous_export_when_an_export_fails() {
     let cfg = tiny_cfg(false);
     let root = tempfile::tempdir().unwrap();
     let hf = root.path().join("hf");
-    export_hf_dir(&trained_model(&cfg, fresh_seed()), &hf).unwrap();
+    export_hf_dir(&trained_model(&cfg, test_support::seed_i64()), &hf).unwrap();
     let before = fs::read(hf.join("model.safetensors")).unwrap();
 
-    let broken = trained_model(&cfg, fresh_seed() + 1);
+    let broken = trained_model(&cfg, test_support::seed_i64() + 1);
     tch::no_grad(|| {
         let (_, p) = broken
             .named_parameters()
@@ -187,7 +187,7 @@ fn should_leave_the_previous_export_when_an_export_fails() {
 
 #[test]
 fn should_refuse_a_target_holding_foreign_files() {
-    let model = trained_model(&tiny_cfg(false), fresh_seed());
+    let model = trained_model(&tiny_cfg(false), test_support::seed_i64());
     let root = tempfile::tempdir().unwrap();
     let target = root.path().join("mine");
     fs::create_dir(&target).unwrap();

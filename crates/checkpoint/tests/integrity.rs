@@ -8,7 +8,7 @@ use std::fs::{self, OpenOptions};
 use std::path::{Path, PathBuf};
 
 use checkpoint::{CheckpointManager, Error, TrainingState, FORMAT_VERSION, METADATA_FILE};
-use common::{fresh_seed, random_bits};
+use common::random_bits;
 use tch::{Device, Kind, Tensor};
 
 fn save(manager: &CheckpointManager, step: u64) -> PathBuf {
@@ -24,7 +24,7 @@ fn save(manager: &CheckpointManager, step: u64) -> PathBuf {
 }
 
 fn setup() -> (tempfile::TempDir, CheckpointManager, PathBuf) {
-    tch::manual_seed(fresh_seed());
+    tch::manual_seed(test_support::seed_i64());
     let dir = tempfile::tempdir().unwrap();
     let manager = CheckpointManager::new(dir.path(), 5).unwrap();
     let path = save(&manager, 10);

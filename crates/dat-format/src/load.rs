@@ -88,11 +88,7 @@ mod tests {
 
     #[test]
     fn payload_round_trips_through_a_cpu_tensor_of_every_kind() {
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64;
-        println!("seed {seed}");
+        let seed = test_support::seed();
         let mut state = seed | 1;
         for elem in crate::ElemType::ALL {
             let kind = elem.kind();

@@ -107,7 +107,7 @@ fn mutations_reach_accepted_files_and_many_distinct_errors() {
     // Guards the fuzz tests against testing nothing: single-byte edits of the
     // valid file must sometimes be accepted (payload bytes) and otherwise hit
     // a variety of header checks.
-    let mut state = common::seed() | 1;
+    let mut state = test_support::seed() | 1;
     let mut next = move || {
         state ^= state << 13;
         state ^= state >> 7;

@@ -12,7 +12,7 @@ use rand::{Rng, SeedableRng};
 use tch::{Device, Kind, Tensor};
 
 fn rng() -> rand::rngs::StdRng {
-    rand::rngs::StdRng::seed_from_u64(common::seed())
+    rand::rngs::StdRng::seed_from_u64(test_support::seed())
 }
 
 fn random_payload(rng: &mut impl Rng, elem: ElemType, numel: usize) -> Vec<u8> {
@@ -316,11 +316,9 @@ fn write_tensor_refuses_floats_as_nvfp4_storage_types() {
 }
 
 #[test]
+#[ignore = "needs CUDA"]
 fn loads_to_cuda_with_the_same_values() {
-    if !tch::Cuda::is_available() {
-        println!("SKIPPED (no CUDA): loads_to_cuda_with_the_same_values");
-        return;
-    }
+    test_support::cuda();
     let mut rng = rng();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.dat");

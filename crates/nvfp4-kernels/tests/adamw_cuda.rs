@@ -16,12 +16,11 @@
 //!   (QuantMap::quantize as tch ops) or one step away, at least 99 % equal;
 //!   each block's absmax within `1e-6` of its scale.
 //!
-//! Without CUDA the GPU tests print `SKIPPED (no CUDA): <name>`; the argument
-//! checks run everywhere.
+//! The GPU tests are `#[ignore = "needs CUDA"]` (run with `--include-ignored`);
+//! the argument checks run everywhere.
 
 mod gpu_common;
 
-use gpu_common::{cuda_or_skip, fresh_seed};
 use nvfp4_kernels::cuda::{
     adamw_int8_blocks, adamw_update, AdamwStep, MomentRef, ADAMW_INT8_BLOCK,
 };
@@ -163,12 +162,10 @@ fn dense_case(dev: Device, kinds: [Kind; 3], shape: &[i64], offset: i64) -> f64 
 }
 
 #[test]
+#[ignore = "needs CUDA"]
 fn dense_state_matches_the_f64_reference() {
-    let name = "dense_state_matches_the_f64_reference";
-    let Some(dev) = cuda_or_skip(name) else {
-        return;
-    };
-    fresh_seed(name);
+    let dev = test_support::cuda();
+    tch::manual_seed(test_support::seed_i64());
     let kinds = [Kind::Float, Kind::BFloat16];
     for pk in kinds {
         for gk in kinds {
@@ -189,12 +186,10 @@ fn dense_state_matches_the_f64_reference() {
 }
 
 #[test]
+#[ignore = "needs CUDA"]
 fn dense_update_of_misaligned_views_takes_the_scalar_path_correctly() {
-    let name = "dense_update_of_misaligned_views_takes_the_scalar_path_correctly";
-    let Some(dev) = cuda_or_skip(name) else {
-        return;
-    };
-    fresh_seed(name);
+    let dev = test_support::cuda();
+    tch::manual_seed(test_support::seed_i64());
     for kinds in [
         [Kind::Float, Kind::Float, Kind::Float],
         [Kind::BFloat16, Kind::BFloat16, Kind::BFloat16],
@@ -378,12 +373,10 @@ fn int8_case(dev: Device, pk: Kind, gk: Kind, shape: &[i64]) -> (f64, f64) {
 }
 
 #[test]
+#[ignore = "needs CUDA"]
 fn int8_state_matches_the_reference_quantization() {
-    let name = "int8_state_matches_the_reference_quantization";
-    let Some(dev) = cuda_or_skip(name) else {
-        return;
-    };
-    fresh_seed(name);
+    let dev = test_support::cuda();
+    tch::manual_seed(test_support::seed_i64());
     for pk in [Kind::Float, Kind::BFloat16] {
         for gk in [Kind::Float, Kind::BFloat16] {
             let (mut ratio, mut equal) = (0f64, 1f64);
@@ -404,11 +397,9 @@ fn int8_state_matches_the_reference_quantization() {
 }
 
 #[test]
+#[ignore = "needs CUDA"]
 fn tensor_on_another_device_is_refused() {
-    let name = "tensor_on_another_device_is_refused";
-    let Some(dev) = cuda_or_skip(name) else {
-        return;
-    };
+    let dev = test_support::cuda();
     let p = Tensor::randn([8], (Kind::Float, dev));
     let g = Tensor::randn([8], (Kind::Float, Device::Cpu));
     let m = Tensor::zeros([8], (Kind::Float, dev));

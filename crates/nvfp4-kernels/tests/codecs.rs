@@ -95,7 +95,7 @@ fn e4m3_encoder_matches_brute_force_on_boundaries() {
 
 #[test]
 fn e4m3_encoder_matches_brute_force_on_random_f32() {
-    let mut rng = common::rng("e4m3_encoder_matches_brute_force_on_random_f32");
+    let mut rng = common::rng();
     for i in 0..150_000 {
         let x = match i % 3 {
             0 => f32::from_bits(rng.gen()), // any bit pattern, NaN included
@@ -113,7 +113,7 @@ fn e4m3_encoder_matches_brute_force_on_random_f32() {
 
 #[test]
 fn e2m1_encoder_matches_brute_force() {
-    let mut rng = common::rng("e2m1_encoder_matches_brute_force");
+    let mut rng = common::rng();
     let mut pts: Vec<f32> = Vec::new();
     for code in 0u8..8 {
         let v = e2m1_to_f32(code);
@@ -173,13 +173,21 @@ fn assert_codes_match(label: &str, xs: &[f32], encoded: &Tensor) {
 
 #[test]
 fn tensor_e4m3_encoder_matches_scalar_on_every_rounding_class() {
+    tensor_e4m3_encoder_matches_scalar_on_every_rounding_class_on(Device::Cpu);
+}
+
+#[test]
+#[ignore = "needs CUDA"]
+fn tensor_e4m3_encoder_matches_scalar_on_every_rounding_class_on_cuda() {
+    tensor_e4m3_encoder_matches_scalar_on_every_rounding_class_on(test_support::cuda());
+}
+
+fn tensor_e4m3_encoder_matches_scalar_on_every_rounding_class_on(device: Device) {
     let xs = class_representatives();
-    for device in common::devices("tensor_e4m3_encoder_matches_scalar_on_every_rounding_class") {
-        let t = Tensor::from_slice(&xs).to_device(device);
-        let codes = f32_to_e4m3_tensor(&t).expect("encode");
-        assert_eq!(codes.kind(), Kind::Uint8);
-        assert_codes_match(&format!("f32_to_e4m3_tensor on {device:?}"), &xs, &codes);
-    }
+    let t = Tensor::from_slice(&xs).to_device(device);
+    let codes = f32_to_e4m3_tensor(&t).expect("encode");
+    assert_eq!(codes.kind(), Kind::Uint8);
+    assert_codes_match(&format!("f32_to_e4m3_tensor on {device:?}"), &xs, &codes);
 }
 
 /// torch's float8_e4m3fn cast after clamping to +-448 is RNE like ours: checked
@@ -187,25 +195,33 @@ fn tensor_e4m3_encoder_matches_scalar_on_every_rounding_class() {
 /// NaN from 464 up, which is why the clamp is part of the contract.
 #[test]
 fn torch_float8_cast_after_clamp_matches_scalar_encoder() {
+    torch_float8_cast_after_clamp_matches_scalar_encoder_on(Device::Cpu);
+}
+
+#[test]
+#[ignore = "needs CUDA"]
+fn torch_float8_cast_after_clamp_matches_scalar_encoder_on_cuda() {
+    torch_float8_cast_after_clamp_matches_scalar_encoder_on(test_support::cuda());
+}
+
+fn torch_float8_cast_after_clamp_matches_scalar_encoder_on(device: Device) {
     let xs: Vec<f32> = class_representatives()
         .into_iter()
         .filter(|x| !x.is_nan())
         .collect();
-    for device in common::devices("torch_float8_cast_after_clamp_matches_scalar_encoder") {
-        let t = Tensor::from_slice(&xs).to_device(device);
-        let cast = t
-            .clamp(-448.0, 448.0)
-            .to_kind(Kind::Float8e4m3fn)
-            .view_dtype(Kind::Uint8);
-        assert_codes_match(&format!("torch float8 cast on {device:?}"), &xs, &cast);
-        let unclamped = Tensor::from_slice(&[470.0f32])
-            .to_device(device)
-            .to_kind(Kind::Float8e4m3fn);
-        let byte = Vec::<u8>::try_from(&unclamped.view_dtype(Kind::Uint8).to_device(Device::Cpu))
-            .expect("u8");
-        println!(
-            "torch float8 cast of 470 without clamp on {device:?}: {:#04x}",
-            byte[0]
-        );
-    }
+    let t = Tensor::from_slice(&xs).to_device(device);
+    let cast = t
+        .clamp(-448.0, 448.0)
+        .to_kind(Kind::Float8e4m3fn)
+        .view_dtype(Kind::Uint8);
+    assert_codes_match(&format!("torch float8 cast on {device:?}"), &xs, &cast);
+    let unclamped = Tensor::from_slice(&[470.0f32])
+        .to_device(device)
+        .to_kind(Kind::Float8e4m3fn);
+    let byte =
+        Vec::<u8>::try_from(&unclamped.view_dtype(Kind::Uint8).to_device(Device::Cpu)).expect("u8");
+    println!(
+        "torch float8 cast of 470 without clamp on {device:?}: {:#04x}",
+        byte[0]
+    );
 }

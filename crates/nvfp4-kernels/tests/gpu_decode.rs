@@ -1,10 +1,9 @@
 //! The decode-step kernels (`kernels/decode.cu`) against f64 references on
-//! fresh random inputs, plus CUDA-graph recording and replay. Without CUDA
-//! every test prints `SKIPPED (no CUDA): <name>` and returns.
+//! fresh random inputs, plus CUDA-graph recording and replay. Every test is
+//! `#[ignore = "needs CUDA"]`: run with `--include-ignored` on a GPU machine.
 
 mod gpu_common;
 
-use gpu_common::{cuda_or_skip, fresh_seed};
 use nvfp4_kernels::cuda::{self, AttnScratch, HeadLayout, KernelStream, QkvIo};
 use tch::{Device, Kind, Tensor};
 
@@ -40,12 +39,10 @@ fn attention_ref(q: &Tensor, kc: &Tensor, vc: &Tensor, l: &HeadLayout, pos: i64)
 }
 
 #[test]
+#[ignore = "needs CUDA"]
 fn split_attention_matches_f64_softmax_at_every_length() {
-    let name = "split_attention_matches_f64_softmax_at_every_length";
-    let Some(dev) = cuda_or_skip(name) else {
-        return;
-    };
-    fresh_seed(name);
+    let dev = test_support::cuda();
+    tch::manual_seed(test_support::seed_i64());
     let s = KernelStream::eager(dev).unwrap();
     for (d, hq, hkv) in [
         (128usize, 32usize, 8usize),
@@ -78,12 +75,10 @@ fn split_attention_matches_f64_softmax_at_every_length() {
 }
 
 #[test]
+#[ignore = "needs CUDA"]
 fn rmsnorm_adds_the_residual_in_bf16_then_normalises() {
-    let name = "rmsnorm_adds_the_residual_in_bf16_then_normalises";
-    let Some(dev) = cuda_or_skip(name) else {
-        return;
-    };
-    fresh_seed(name);
+    let dev = test_support::cuda();
+    tch::manual_seed(test_support::seed_i64());
     let s = KernelStream::eager(dev).unwrap();
     for n in [2560i64, 1000, 8192] {
         let resid = bf16_randn(&[n], dev);
@@ -120,12 +115,10 @@ fn rmsnorm_adds_the_residual_in_bf16_then_normalises() {
 }
 
 #[test]
+#[ignore = "needs CUDA"]
 fn qk_norm_rope_writes_rotated_queries_and_the_cache_row() {
-    let name = "qk_norm_rope_writes_rotated_queries_and_the_cache_row";
-    let Some(dev) = cuda_or_skip(name) else {
-        return;
-    };
-    fresh_seed(name);
+    let dev = test_support::cuda();
+    tch::manual_seed(test_support::seed_i64());
     let s = KernelStream::eager(dev).unwrap();
     let (hq, hkv, d, cap, pos) = (8i64, 2i64, 128i64, 40i64, 37i64);
     let layout = HeadLayout {
@@ -183,12 +176,10 @@ fn qk_norm_rope_writes_rotated_queries_and_the_cache_row() {
 }
 
 #[test]
+#[ignore = "needs CUDA"]
 fn silu_mul_rounds_like_the_bf16_reference() {
-    let name = "silu_mul_rounds_like_the_bf16_reference";
-    let Some(dev) = cuda_or_skip(name) else {
-        return;
-    };
-    fresh_seed(name);
+    let dev = test_support::cuda();
+    tch::manual_seed(test_support::seed_i64());
     let s = KernelStream::eager(dev).unwrap();
     let (g, u) = (bf16_randn(&[9728], dev), bf16_randn(&[9728], dev));
     let out = Tensor::full([9728], f64::NAN, (Kind::BFloat16, dev));
@@ -200,12 +191,10 @@ fn silu_mul_rounds_like_the_bf16_reference() {
 }
 
 #[test]
+#[ignore = "needs CUDA"]
 fn a_recorded_graph_replays_with_new_inputs_from_device_memory() {
-    let name = "a_recorded_graph_replays_with_new_inputs_from_device_memory";
-    let Some(dev) = cuda_or_skip(name) else {
-        return;
-    };
-    fresh_seed(name);
+    let dev = test_support::cuda();
+    tch::manual_seed(test_support::seed_i64());
     let table = bf16_randn(&[50, 256], dev);
     let mut m = meta(3, 0, dev);
     let row = Tensor::zeros([256], (Kind::BFloat16, dev));

@@ -1,6 +1,6 @@
 //! The CUDA quantize / dequantize / fake-quantize (STE) kernels against the
-//! CPU reference, bit for bit. Without CUDA every test prints
-//! `SKIPPED (no CUDA): <name>` and returns. Inputs are fresh each run (seed
+//! CPU reference, bit for bit. The GPU tests are
+//! `#[ignore = "needs CUDA"]` (run with `--include-ignored`). Inputs are fresh each run (seed
 //! printed); shapes are not multiples of any tile; outputs are poisoned
 //! before the kernels write them. The matmuls: tests/gpu_matmul.rs.
 
@@ -16,11 +16,10 @@ use tch::{Device, Kind, Tensor};
 const SHAPES: [(usize, usize); 3] = [(3, 2576), (1000, 64), (130, 4096)];
 
 #[test]
+#[ignore = "needs CUDA"]
 fn quantize_matches_reference_bit_for_bit() {
-    let Some(dev) = cuda_or_skip("quantize_matches_reference_bit_for_bit") else {
-        return;
-    };
-    fresh_seed("quantize_matches_reference_bit_for_bit");
+    let dev = test_support::cuda();
+    tch::manual_seed(test_support::seed_i64());
     for (rows, cols) in SHAPES {
         for bf16 in [false, true] {
             let host = weight_like(rows, cols, bf16);
@@ -46,11 +45,10 @@ fn quantize_matches_reference_bit_for_bit() {
 }
 
 #[test]
+#[ignore = "needs CUDA"]
 fn quantize_names_the_first_non_finite_element() {
-    let Some(dev) = cuda_or_skip("quantize_names_the_first_non_finite_element") else {
-        return;
-    };
-    fresh_seed("quantize_names_the_first_non_finite_element");
+    let dev = test_support::cuda();
+    tch::manual_seed(test_support::seed_i64());
     let (rows, cols) = (5, 48);
     for mode in [ScaleMode::Single, ScaleMode::TwoLevel] {
         let mut host = weight_like(rows, cols, false);
@@ -66,11 +64,10 @@ fn quantize_names_the_first_non_finite_element() {
 }
 
 #[test]
+#[ignore = "needs CUDA"]
 fn dequantize_matches_reference_bit_for_bit() {
-    let Some(dev) = cuda_or_skip("dequantize_matches_reference_bit_for_bit") else {
-        return;
-    };
-    fresh_seed("dequantize_matches_reference_bit_for_bit");
+    let dev = test_support::cuda();
+    tch::manual_seed(test_support::seed_i64());
     let (rows, cols) = (37, 2576);
     // Every byte value, NaN scales (0x7F, 0xFF) and negative scales included.
     let qdata = to_vec_u8(&Tensor::randint(
@@ -114,11 +111,10 @@ fn dequantize_matches_reference_bit_for_bit() {
 }
 
 #[test]
+#[ignore = "needs CUDA"]
 fn fake_quantize_matches_reference_bit_for_bit() {
-    let Some(dev) = cuda_or_skip("fake_quantize_matches_reference_bit_for_bit") else {
-        return;
-    };
-    fresh_seed("fake_quantize_matches_reference_bit_for_bit");
+    let dev = test_support::cuda();
+    tch::manual_seed(test_support::seed_i64());
     for (rows, cols) in SHAPES {
         for in_bf16 in [false, true] {
             let host = weight_like(rows, cols, in_bf16);
@@ -167,11 +163,10 @@ fn fake_quantize_matches_reference_bit_for_bit() {
 }
 
 #[test]
+#[ignore = "needs CUDA"]
 fn fake_quantize_poisons_non_finite_blocks_like_the_tch_ops() {
-    let Some(dev) = cuda_or_skip("fake_quantize_poisons_non_finite_blocks_like_the_tch_ops") else {
-        return;
-    };
-    fresh_seed("fake_quantize_poisons_non_finite_blocks_like_the_tch_ops");
+    let dev = test_support::cuda();
+    tch::manual_seed(test_support::seed_i64());
     let (rows, cols) = (4, 64);
     let mut host = weight_like(rows, cols, false);
     host[17] = f32::INFINITY;
@@ -191,11 +186,10 @@ fn fake_quantize_poisons_non_finite_blocks_like_the_tch_ops() {
 }
 
 #[test]
+#[ignore = "needs CUDA"]
 fn ste_forward_is_fake_quantize_and_gradient_is_identity() {
-    let Some(dev) = cuda_or_skip("ste_forward_is_fake_quantize_and_gradient_is_identity") else {
-        return;
-    };
-    fresh_seed("ste_forward_is_fake_quantize_and_gradient_is_identity");
+    let dev = test_support::cuda();
+    tch::manual_seed(test_support::seed_i64());
     let (rows, cols) = (33, 272);
     // bf16 input values, so the bf16 master holds exactly the same weights.
     let host = weight_like(rows, cols, true);
@@ -245,14 +239,24 @@ fn kernel_only_on_cpu_is_refused_with_the_reason() {
     assert!(matches!(err, Error::KernelUnavailable { .. }), "{err}");
 }
 
+/// Runs on every machine and asserts what is true on it.
 #[test]
-fn diagnose_reports_the_device_and_compiled_modules() {
+fn diagnose_says_whether_libtorch_sees_cuda() {
     let report = nvfp4_kernels::diagnose();
     println!("{report}");
-    let Some(_dev) = cuda_or_skip("diagnose_reports_the_device_and_compiled_modules") else {
-        assert!(report.contains("no CUDA device"), "{report}");
-        return;
-    };
+    assert_eq!(
+        report.contains("no CUDA device"),
+        !tch::Cuda::is_available(),
+        "{report}"
+    );
+}
+
+#[test]
+#[ignore = "needs CUDA"]
+fn diagnose_reports_the_device_and_compiled_modules() {
+    test_support::cuda();
+    let report = nvfp4_kernels::diagnose();
+    println!("{report}");
     assert!(report.contains("compute capability"), "{report}");
     for m in ["quantize", "dequantize", "gemv"] {
         assert!(report.contains(&format!("kernel module {m}: ")), "{report}");

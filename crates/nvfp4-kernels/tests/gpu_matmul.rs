@@ -1,8 +1,8 @@
 //! The CUDA matmul paths (fused W4A16 kernel for M <= 16, kernel
 //! dequantize + cuBLAS above, W4A4 emulation, the kernel backend) against f64
 //! matmuls within a stated bound, on shapes that are not multiples of any
-//! tile, with poisoned outputs. Without CUDA every test prints
-//! `SKIPPED (no CUDA): <name>` and returns.
+//! tile, with poisoned outputs. The GPU tests are
+//! `#[ignore = "needs CUDA"]` (run with `--include-ignored`).
 
 mod gpu_common;
 
@@ -50,11 +50,10 @@ fn check_matmul(what: &str, y: &Tensor, x: &Tensor, w: &Nvfp4Tensor, accum: Accu
 }
 
 #[test]
+#[ignore = "needs CUDA"]
 fn gemv_matches_f64_matmul_on_odd_shapes() {
-    let Some(dev) = cuda_or_skip("gemv_matches_f64_matmul_on_odd_shapes") else {
-        return;
-    };
-    fresh_seed("gemv_matches_f64_matmul_on_odd_shapes");
+    let dev = test_support::cuda();
+    tch::manual_seed(test_support::seed_i64());
     // N not a multiple of 16, K not a multiple of 32 or 128, K < 128, long K.
     for (n, k) in [(1000, 2576), (1000, 2560), (17, 64), (200, 9728)] {
         for global in [None, Some(0.0371f32)] {
@@ -76,11 +75,10 @@ fn gemv_matches_f64_matmul_on_odd_shapes() {
 }
 
 #[test]
+#[ignore = "needs CUDA"]
 fn grouped_gemv_computes_each_weight_as_its_own_launch() {
-    let Some(dev) = cuda_or_skip("grouped_gemv_computes_each_weight_as_its_own_launch") else {
-        return;
-    };
-    fresh_seed("grouped_gemv_computes_each_weight_as_its_own_launch");
+    let dev = test_support::cuda();
+    tch::manual_seed(test_support::seed_i64());
     let stream = cuda::KernelStream::eager(dev).unwrap();
     // q/k/v-like (rows not multiples of 16, mixed global scales), gate/up-like.
     for (rows, k) in [
@@ -140,11 +138,10 @@ fn grouped_gemv_computes_each_weight_as_its_own_launch() {
 }
 
 #[test]
+#[ignore = "needs CUDA"]
 fn gemv_block_shapes_all_agree_with_f64() {
-    let Some(dev) = cuda_or_skip("gemv_block_shapes_all_agree_with_f64") else {
-        return;
-    };
-    fresh_seed("gemv_block_shapes_all_agree_with_f64");
+    let dev = test_support::cuda();
+    tch::manual_seed(test_support::seed_i64());
     let (n, k) = (1000, 2576);
     let w = random_weight(n, k, None, dev);
     for (row_tiles, k_warps, depth) in [
@@ -182,11 +179,10 @@ fn gemv_block_shapes_all_agree_with_f64() {
 }
 
 #[test]
+#[ignore = "needs CUDA"]
 fn kernel_backend_linear_dispatches_and_matches_f64() {
-    let Some(dev) = cuda_or_skip("kernel_backend_linear_dispatches_and_matches_f64") else {
-        return;
-    };
-    fresh_seed("kernel_backend_linear_dispatches_and_matches_f64");
+    let dev = test_support::cuda();
+    tch::manual_seed(test_support::seed_i64());
     let backend = Nvfp4Backend::resolve(ComputePath::KernelOnly, dev).unwrap();
     assert!(backend.uses_kernels(), "{}", backend.describe());
     let (n, k) = (1000, 2576);
@@ -233,11 +229,10 @@ fn kernel_backend_linear_dispatches_and_matches_f64() {
 }
 
 #[test]
+#[ignore = "needs CUDA"]
 fn activation_quantization_matches_quantized_reference() {
-    let Some(dev) = cuda_or_skip("activation_quantization_matches_quantized_reference") else {
-        return;
-    };
-    fresh_seed("activation_quantization_matches_quantized_reference");
+    let dev = test_support::cuda();
+    tch::manual_seed(test_support::seed_i64());
     let backend = Nvfp4Backend::resolve(ComputePath::KernelOnly, dev)
         .unwrap()
         .with_activation_quantization(true);
@@ -260,10 +255,9 @@ fn activation_quantization_matches_quantized_reference() {
 }
 
 #[test]
+#[ignore = "needs CUDA"]
 fn bad_inputs_are_clear_errors() {
-    let Some(dev) = cuda_or_skip("bad_inputs_are_clear_errors") else {
-        return;
-    };
+    let dev = test_support::cuda();
     let w = random_weight(32, 64, None, dev);
     let x17 = Tensor::randn([17, 64], (Kind::BFloat16, dev));
     assert!(matches!(

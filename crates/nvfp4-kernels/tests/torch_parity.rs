@@ -47,110 +47,134 @@ fn f32_bits(t: &Tensor) -> Vec<u32> {
 
 #[test]
 fn tch_quantize_matches_reference_bit_for_bit() {
-    let mut rng = common::rng("tch_quantize_matches_reference_bit_for_bit");
-    for device in common::devices("tch_quantize_matches_reference_bit_for_bit") {
-        for case in 0..60 {
-            let (rows, cols) = common::shape(&mut rng, 9, 9);
-            let kind = [Kind::Float, Kind::BFloat16, Kind::Half][case % 3];
-            let mode = if case.is_multiple_of(2) {
-                ScaleMode::Single
-            } else {
-                ScaleMode::TwoLevel
-            };
-            // f16 cannot hold the large or f32-subnormal regimes; the reference
-            // quantizes what the tch path sees: x converted to `kind` and back.
-            let x = through_kind(&common::matrix(&mut rng, rows, cols), kind);
-            let want = quantize_ref(&x, rows, cols, mode).expect("reference");
-            let got = quantize(&tensor(&x, rows, cols, kind, device), mode)
-                .expect("tch")
-                .to_host();
-            let ctx = format!("case {case}: [{rows}, {cols}] {kind:?} {mode:?} on {device:?}");
-            assert_eq!(got.scale, want.scale, "scales differ, {ctx}");
-            assert_eq!(got.qdata, want.qdata, "packed codes differ, {ctx}");
-            assert_eq!(
-                got.global_scale.map(f32::to_bits),
-                want.global_scale.map(f32::to_bits),
-                "{ctx}"
-            );
-        }
+    tch_quantize_matches_reference_bit_for_bit_on(Device::Cpu);
+}
+
+#[test]
+#[ignore = "needs CUDA"]
+fn tch_quantize_matches_reference_bit_for_bit_on_cuda() {
+    tch_quantize_matches_reference_bit_for_bit_on(test_support::cuda());
+}
+
+fn tch_quantize_matches_reference_bit_for_bit_on(device: Device) {
+    let mut rng = common::rng();
+    for case in 0..60 {
+        let (rows, cols) = common::shape(&mut rng, 9, 9);
+        let kind = [Kind::Float, Kind::BFloat16, Kind::Half][case % 3];
+        let mode = if case.is_multiple_of(2) {
+            ScaleMode::Single
+        } else {
+            ScaleMode::TwoLevel
+        };
+        // f16 cannot hold the large or f32-subnormal regimes; the reference
+        // quantizes what the tch path sees: x converted to `kind` and back.
+        let x = through_kind(&common::matrix(&mut rng, rows, cols), kind);
+        let want = quantize_ref(&x, rows, cols, mode).expect("reference");
+        let got = quantize(&tensor(&x, rows, cols, kind, device), mode)
+            .expect("tch")
+            .to_host();
+        let ctx = format!("case {case}: [{rows}, {cols}] {kind:?} {mode:?} on {device:?}");
+        assert_eq!(got.scale, want.scale, "scales differ, {ctx}");
+        assert_eq!(got.qdata, want.qdata, "packed codes differ, {ctx}");
+        assert_eq!(
+            got.global_scale.map(f32::to_bits),
+            want.global_scale.map(f32::to_bits),
+            "{ctx}"
+        );
     }
 }
 
 #[test]
 fn tch_dequantize_matches_reference_bit_for_bit() {
-    let mut rng = common::rng("tch_dequantize_matches_reference_bit_for_bit");
-    for device in common::devices("tch_dequantize_matches_reference_bit_for_bit") {
-        for case in 0..40usize {
-            let (rows, cols) = common::shape(&mut rng, 7, 6);
-            // Arbitrary bytes: every code and every scale byte, NaN scales included.
-            let qd: Vec<u8> = (0..rows * cols / 2)
-                .map(|_| rand::Rng::gen(&mut rng))
-                .collect();
-            let sc: Vec<u8> = (0..rows * cols / 16)
-                .map(|_| rand::Rng::gen(&mut rng))
-                .collect();
-            let g = (!case.is_multiple_of(2)).then(|| rand::Rng::gen_range(&mut rng, 1e-6f32..1e3));
-            let r = Nvfp4HostRef::new(&qd, &sc, rows, cols, g).expect("valid");
-            let want: Vec<u32> = dequantize_ref(&r)
+    tch_dequantize_matches_reference_bit_for_bit_on(Device::Cpu);
+}
+
+#[test]
+#[ignore = "needs CUDA"]
+fn tch_dequantize_matches_reference_bit_for_bit_on_cuda() {
+    tch_dequantize_matches_reference_bit_for_bit_on(test_support::cuda());
+}
+
+fn tch_dequantize_matches_reference_bit_for_bit_on(device: Device) {
+    let mut rng = common::rng();
+    for case in 0..40usize {
+        let (rows, cols) = common::shape(&mut rng, 7, 6);
+        // Arbitrary bytes: every code and every scale byte, NaN scales included.
+        let qd: Vec<u8> = (0..rows * cols / 2)
+            .map(|_| rand::Rng::gen(&mut rng))
+            .collect();
+        let sc: Vec<u8> = (0..rows * cols / 16)
+            .map(|_| rand::Rng::gen(&mut rng))
+            .collect();
+        let g = (!case.is_multiple_of(2)).then(|| rand::Rng::gen_range(&mut rng, 1e-6f32..1e3));
+        let r = Nvfp4HostRef::new(&qd, &sc, rows, cols, g).expect("valid");
+        let want: Vec<u32> = dequantize_ref(&r)
+            .iter()
+            .map(|&v| canonical_bits(v))
+            .collect();
+        let t = Nvfp4Tensor::from_host(&r, device).expect("upload");
+        assert_eq!(t.device(), device);
+        let got = f32_bits(&dequantize(&t, Kind::Float));
+        assert_eq!(
+            got, want,
+            "case {case} [{rows}, {cols}] g {g:?} on {device:?}"
+        );
+        // bf16 / f16 outputs are the f32 values rounded to nearest even.
+        for kind in [Kind::BFloat16, Kind::Half] {
+            let out = dequantize(&t, kind);
+            assert_eq!(out.kind(), kind);
+            let back = f32_bits(&out);
+            let want_k: Vec<u32> = through_kind(&dequantize_ref(&r), kind)
                 .iter()
                 .map(|&v| canonical_bits(v))
                 .collect();
-            let t = Nvfp4Tensor::from_host(&r, device).expect("upload");
-            assert_eq!(t.device(), device);
-            let got = f32_bits(&dequantize(&t, Kind::Float));
-            assert_eq!(
-                got, want,
-                "case {case} [{rows}, {cols}] g {g:?} on {device:?}"
-            );
-            // bf16 / f16 outputs are the f32 values rounded to nearest even.
-            for kind in [Kind::BFloat16, Kind::Half] {
-                let out = dequantize(&t, kind);
-                assert_eq!(out.kind(), kind);
-                let back = f32_bits(&out);
-                let want_k: Vec<u32> = through_kind(&dequantize_ref(&r), kind)
-                    .iter()
-                    .map(|&v| canonical_bits(v))
-                    .collect();
-                assert_eq!(back, want_k, "case {case} {kind:?} on {device:?}");
-            }
+            assert_eq!(back, want_k, "case {case} {kind:?} on {device:?}");
         }
     }
 }
 
 #[test]
 fn fake_quantize_equals_dequantize_of_quantize() {
-    let mut rng = common::rng("fake_quantize_equals_dequantize_of_quantize");
-    for device in common::devices("fake_quantize_equals_dequantize_of_quantize") {
-        for case in 0..30 {
-            let (rows, cols) = common::shape(&mut rng, 8, 8);
-            let kind = [Kind::Float, Kind::BFloat16, Kind::Half][case % 3];
-            let mode = if case.is_multiple_of(2) {
-                ScaleMode::Single
-            } else {
-                ScaleMode::TwoLevel
-            };
-            let x = tensor(
-                &through_kind(&common::matrix(&mut rng, rows, cols), kind),
-                rows,
-                cols,
-                kind,
-                device,
-            );
-            let fq = fake_quantize(&x, mode);
-            assert_eq!((fq.kind(), fq.size()), (kind, x.size()));
-            let dq = dequantize(&quantize(&x, mode).expect("quantize"), kind);
-            assert_eq!(
-                f32_bits(&fq),
-                f32_bits(&dq),
-                "case {case} {kind:?} {mode:?} on {device:?}"
-            );
-        }
+    fake_quantize_equals_dequantize_of_quantize_on(Device::Cpu);
+}
+
+#[test]
+#[ignore = "needs CUDA"]
+fn fake_quantize_equals_dequantize_of_quantize_on_cuda() {
+    fake_quantize_equals_dequantize_of_quantize_on(test_support::cuda());
+}
+
+fn fake_quantize_equals_dequantize_of_quantize_on(device: Device) {
+    let mut rng = common::rng();
+    for case in 0..30 {
+        let (rows, cols) = common::shape(&mut rng, 8, 8);
+        let kind = [Kind::Float, Kind::BFloat16, Kind::Half][case % 3];
+        let mode = if case.is_multiple_of(2) {
+            ScaleMode::Single
+        } else {
+            ScaleMode::TwoLevel
+        };
+        let x = tensor(
+            &through_kind(&common::matrix(&mut rng, rows, cols), kind),
+            rows,
+            cols,
+            kind,
+            device,
+        );
+        let fq = fake_quantize(&x, mode);
+        assert_eq!((fq.kind(), fq.size()), (kind, x.size()));
+        let dq = dequantize(&quantize(&x, mode).expect("quantize"), kind);
+        assert_eq!(
+            f32_bits(&fq),
+            f32_bits(&dq),
+            "case {case} {kind:?} {mode:?} on {device:?}"
+        );
     }
 }
 
 #[test]
 fn fake_quantize_keeps_leading_dims() {
-    let mut rng = common::rng("fake_quantize_keeps_leading_dims");
+    let mut rng = common::rng();
     let x = common::matrix(&mut rng, 6, 32);
     let flat = fake_quantize(&Tensor::from_slice(&x).view([6, 32]), ScaleMode::Single);
     let shaped = fake_quantize(&Tensor::from_slice(&x).view([2, 3, 32]), ScaleMode::Single);
@@ -180,33 +204,41 @@ fn fake_quantize_turns_blocks_with_non_finite_values_into_nan() {
 
 #[test]
 fn ste_forward_is_fake_quantize_and_gradient_is_identity() {
-    let mut rng = common::rng("ste_forward_is_fake_quantize_and_gradient_is_identity");
-    for device in common::devices("ste_forward_is_fake_quantize_and_gradient_is_identity") {
-        for kind in [Kind::Float, Kind::BFloat16] {
-            let (rows, cols) = common::shape(&mut rng, 5, 4);
-            let x = tensor(
-                &common::matrix(&mut rng, rows, cols),
-                rows,
-                cols,
-                kind,
-                device,
-            )
-            .set_requires_grad(true);
-            let y = ste(&x, ScaleMode::Single);
-            assert_eq!(
-                f32_bits(&y),
-                f32_bits(&fake_quantize(&x, ScaleMode::Single)),
-                "{kind:?} on {device:?}"
-            );
-            let w = Tensor::randn([rows as i64, cols as i64], (kind, device));
-            (&y * &w).sum(Kind::Float).backward();
-            let grad = x.grad();
-            assert_eq!(
-                f32_bits(&grad),
-                f32_bits(&w),
-                "d(sum(ste(x) * w))/dx must be w, {kind:?} on {device:?}"
-            );
-        }
+    ste_forward_is_fake_quantize_and_gradient_is_identity_on(Device::Cpu);
+}
+
+#[test]
+#[ignore = "needs CUDA"]
+fn ste_forward_is_fake_quantize_and_gradient_is_identity_on_cuda() {
+    ste_forward_is_fake_quantize_and_gradient_is_identity_on(test_support::cuda());
+}
+
+fn ste_forward_is_fake_quantize_and_gradient_is_identity_on(device: Device) {
+    let mut rng = common::rng();
+    for kind in [Kind::Float, Kind::BFloat16] {
+        let (rows, cols) = common::shape(&mut rng, 5, 4);
+        let x = tensor(
+            &common::matrix(&mut rng, rows, cols),
+            rows,
+            cols,
+            kind,
+            device,
+        )
+        .set_requires_grad(true);
+        let y = ste(&x, ScaleMode::Single);
+        assert_eq!(
+            f32_bits(&y),
+            f32_bits(&fake_quantize(&x, ScaleMode::Single)),
+            "{kind:?} on {device:?}"
+        );
+        let w = Tensor::randn([rows as i64, cols as i64], (kind, device));
+        (&y * &w).sum(Kind::Float).backward();
+        let grad = x.grad();
+        assert_eq!(
+            f32_bits(&grad),
+            f32_bits(&w),
+            "d(sum(ste(x) * w))/dx must be w, {kind:?} on {device:?}"
+        );
     }
 }
 

@@ -131,6 +131,30 @@ pub enum Error {
         reason: String,
     },
 
+    /// A buffer the request needs cannot be allocated: what, how big, where
+    /// and why (libtorch's out-of-memory message, or the host's free memory).
+    #[error("cannot allocate {what}: {bytes} bytes ({:.2} GiB) on {device}: {reason}", crate::alloc::gib(*bytes))]
+    OutOfMemory {
+        /// The buffer (e.g. "kv cache of 4 layers x 2 x [1, 8, 4096, 128] BFloat16").
+        what: String,
+        /// Bytes requested.
+        bytes: u64,
+        /// The device asked.
+        device: String,
+        /// Why it failed.
+        reason: String,
+    },
+
+    /// libtorch failed inside a call (out of memory in an op, a kernel
+    /// error): what was running and libtorch's message.
+    #[error("libtorch failed during {during}: {reason}")]
+    Libtorch {
+        /// The call (e.g. "forward").
+        during: String,
+        /// libtorch's message (for out-of-memory it names the bytes).
+        reason: String,
+    },
+
     /// The fused decode step cannot run this model (it then decodes through
     /// the per-op forward); names the first unmet requirement.
     #[error("fused decode unavailable: {reason}")]

@@ -8,6 +8,7 @@
 
 use tch::{Device, Kind, Tensor};
 
+use crate::alloc;
 use crate::error::{Error, Result};
 
 /// Positions added per growth step when a forward does not fit.
@@ -29,7 +30,8 @@ pub struct KvCache {
 
 impl KvCache {
     /// A cache for `num_layers` layers with room for `capacity` positions.
-    /// `Qwen3Model::new_cache` is the usual way to get one.
+    /// `Qwen3Model::new_cache` is the usual way to get one. A capacity that
+    /// cannot be allocated is an [`Error::OutOfMemory`] naming the bytes.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         num_layers: usize,
@@ -39,7 +41,7 @@ impl KvCache {
         capacity: usize,
         kind: Kind,
         device: Device,
-    ) -> Self {
+    ) -> Result<Self> {
         let mut cache = KvCache {
             layers: Vec::with_capacity(num_layers),
             len: 0,
@@ -51,12 +53,8 @@ impl KvCache {
             device,
             grow_chunk: DEFAULT_GROW_CHUNK,
         };
-        for _ in 0..num_layers {
-            cache
-                .layers
-                .push((cache.alloc(capacity), cache.alloc(capacity)));
-        }
-        cache
+        cache.layers = cache.alloc_layers(num_layers, capacity)?;
+        Ok(cache)
     }
 
     /// Sets how many positions each growth step adds (at least 1).
@@ -65,9 +63,19 @@ impl KvCache {
         self
     }
 
-    fn alloc(&self, capacity: usize) -> Tensor {
-        let shape = [self.batch, self.kv_heads, capacity, self.head_dim].map(|d| d as i64);
-        Tensor::zeros(shape, (self.kind, self.device))
+    /// Zeroed (k, v) buffers for `num_layers` layers of `capacity`
+    /// positions; the total is checked before the first one is allocated.
+    fn alloc_layers(&self, num_layers: usize, capacity: usize) -> Result<Vec<(Tensor, Tensor)>> {
+        let shape = [self.batch, self.kv_heads, capacity, self.head_dim];
+        let what = format!(
+            "kv cache of {num_layers} layers x 2 x {shape:?} {:?}",
+            self.kind
+        );
+        let [b, h, c, d] = shape;
+        let total = alloc::bytes_of(&what, &[2 * num_layers, b, h, c, d], self.kind)?;
+        alloc::ensure_fits(&what, total, self.device)?;
+        let one = || alloc::zeros(&what, &shape, self.kind, self.device);
+        (0..num_layers).map(|_| Ok((one()?, one()?))).collect()
     }
 
     /// Number of cached positions.
@@ -168,12 +176,10 @@ impl KvCache {
         let new_cap = needed.div_ceil(self.grow_chunk) * self.grow_chunk;
         tracing::debug!(from = self.capacity, to = new_cap, "growing kv cache");
         let live = self.len as i64;
-        let mut grown = Vec::with_capacity(self.layers.len());
-        for (k, v) in &self.layers {
-            let (k2, v2) = (self.alloc(new_cap), self.alloc(new_cap));
-            k2.narrow(2, 0, live).copy_(&k.narrow(2, 0, live));
-            v2.narrow(2, 0, live).copy_(&v.narrow(2, 0, live));
-            grown.push((k2, v2));
+        let grown = self.alloc_layers(self.layers.len(), new_cap)?;
+        for ((k, v), (k2, v2)) in self.layers.iter().zip(&grown) {
+            k2.f_narrow(2, 0, live)?.f_copy_(&k.f_narrow(2, 0, live)?)?;
+            v2.f_narrow(2, 0, live)?.f_copy_(&v.f_narrow(2, 0, live)?)?;
         }
         self.layers = grown;
         self.capacity = new_cap;
@@ -214,7 +220,9 @@ mod tests {
     use super::*;
 
     fn cache(cap: usize) -> KvCache {
-        KvCache::new(2, 1, 2, 4, cap, Kind::Float, Device::Cpu).with_grow_chunk(8)
+        KvCache::new(2, 1, 2, 4, cap, Kind::Float, Device::Cpu)
+            .unwrap()
+            .with_grow_chunk(8)
     }
 
     fn kv(t: i64, fill: f64) -> Tensor {

@@ -22,7 +22,7 @@
 //! let cfg = Qwen3Config::from_file("config.json".as_ref())?;
 //! let dat = dat_format::DatFile::open("model.dat")?;
 //! let model = Qwen3Model::load_dat(&dat, &cfg, &LoadOptions::new(Device::cuda_if_available()))?;
-//! let mut cache = model.new_cache(1, 256);
+//! let mut cache = model.new_cache(1, 256)?;
 //! let prompt = Tensor::from_slice(&[9707i64, 0]).view([1, 2]);
 //! let logits = tch::no_grad(|| model.forward(&prompt, Some(&mut cache)))?; // [1, 2, vocab] f32
 //! let next = logits.select(1, -1).argmax(-1, false);                       // greedy
@@ -32,6 +32,7 @@
 //! ```
 #![deny(missing_docs)]
 
+mod alloc;
 mod attention;
 mod block;
 mod config;
@@ -50,6 +51,7 @@ mod sampling;
 mod train;
 mod weights;
 
+pub use alloc::guard_libtorch;
 pub use config::Qwen3Config;
 pub use error::{Error, Result};
 pub use fused_decode::FusedDecoder;

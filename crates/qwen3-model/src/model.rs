@@ -8,6 +8,7 @@ use std::sync::Arc;
 use nvfp4_kernels::{ComputePath, Nvfp4Backend};
 use tch::{Device, Kind, Tensor};
 
+use crate::alloc::guard_libtorch;
 use crate::attention::AttnContext;
 use crate::block::DecoderLayer;
 use crate::config::Qwen3Config;
@@ -109,8 +110,10 @@ impl Qwen3Model {
         self.lm_head.is_none()
     }
 
-    /// An empty cache for `batch` sequences with room for `capacity` positions.
-    pub fn new_cache(&self, batch: usize, capacity: usize) -> KvCache {
+    /// An empty cache for `batch` sequences with room for `capacity`
+    /// positions; [`Error::OutOfMemory`](crate::Error::OutOfMemory) with the
+    /// bytes when that cannot be allocated.
+    pub fn new_cache(&self, batch: usize, capacity: usize) -> Result<KvCache> {
         let c = &self.cfg;
         KvCache::new(
             self.layers.len(),
@@ -127,17 +130,21 @@ impl Qwen3Model {
     /// `cache.len()`, K/V are appended, and each query of the chunk sees the
     /// cache plus the chunk positions up to its own. Returns logits [B, T, vocab] f32.
     pub fn forward(&self, input_ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
-        let x = self.hidden_states(input_ids, cache)?;
-        self.head(&x)
+        guard_libtorch("forward", || {
+            let x = self.hidden_states(input_ids, cache)?;
+            self.head(&x)
+        })
     }
 
     /// [`Qwen3Model::forward`] that projects only the last position: logits
     /// `[B, 1, vocab]` f32. What generation needs after a prompt, without
     /// the `[T, vocab]` head matmul and its f32 copy for the other positions.
     pub fn forward_last(&self, input_ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
-        let x = self.hidden_states(input_ids, cache)?;
-        let t = x.size()[1];
-        self.head(&x.f_narrow(1, t - 1, 1)?)
+        guard_libtorch("forward", || {
+            let x = self.hidden_states(input_ids, cache)?;
+            let t = x.size()[1];
+            self.head(&x.f_narrow(1, t - 1, 1)?)
+        })
     }
 
     /// Embedding and every block (the final norm excluded): `[B, T, H]`.

@@ -41,11 +41,7 @@ mod tests {
 
     #[test]
     fn matches_a_f64_reference_and_returns_the_input_kind() {
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as i64;
-        println!("seed {seed}");
+        let seed = test_support::seed_i64();
         tch::manual_seed(seed);
         let x = Tensor::randn([3, 4, 64], (Kind::Float, Device::Cpu)) * 3.0;
         let w = Tensor::randn([64], (Kind::Float, Device::Cpu)) * 0.1 + 1.0;

@@ -72,11 +72,7 @@ mod tests {
 
     #[test]
     fn rotation_preserves_norm_and_position_zero_is_identity() {
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as i64;
-        println!("seed {seed}");
+        let seed = test_support::seed_i64();
         tch::manual_seed(seed);
         let r = Rotary::new(16, 5e6, Device::Cpu);
         let x = Tensor::randn([2, 3, 5, 16], (Kind::Float, Device::Cpu));

@@ -1,11 +1,11 @@
 //! The fused decode step (`FusedDecoder`) against the per-op forward, its
 //! reference: same logits within bf16 summation-order noise, same cache
 //! contents, and graph replays equal to eager launches bit for bit. The CUDA
-//! tests print `SKIPPED (no CUDA)` elsewhere; the refusal tests run anywhere.
+//! tests are `#[ignore = "needs CUDA"]`; the CPU halves run anywhere.
 
 mod common;
 
-use common::{cuda_or_skip, entries_of, fresh_seed, rel_diff, tiny_cfg, write_dat, BF16_REL_TOL};
+use common::{entries_of, rel_diff, tiny_cfg, write_dat, BF16_REL_TOL};
 use dat_format::DatFile;
 use qwen3_model::{
     generate, Error, FusedDecoder, GenerateOptions, KvCache, LoadOptions, Qwen3Config, Qwen3Model,
@@ -43,7 +43,7 @@ fn argmax(logits: &Tensor) -> u32 {
 
 /// Prefills `prompt` into a fresh cache through the per-op forward.
 fn prefilled(model: &Qwen3Model, prompt: &[i64], capacity: usize) -> (KvCache, Tensor) {
-    let mut cache = model.new_cache(1, capacity);
+    let mut cache = model.new_cache(1, capacity).unwrap();
     let ids = Tensor::from_slice(prompt)
         .view([1, -1])
         .to_device(model.device());
@@ -76,7 +76,7 @@ struct Comparison {
 fn compare_paths(model: &Qwen3Model, prompt_len: usize, steps: usize) -> Comparison {
     let vocab = model.config().vocab_size as i64;
     let twin = f32_twin(model);
-    tch::manual_seed(fresh_seed() as i64);
+    tch::manual_seed(test_support::seed_i64());
     let prompt: Vec<i64> = Vec::try_from(Tensor::randint(
         vocab,
         [prompt_len as i64],
@@ -120,10 +120,9 @@ fn compare_paths(model: &Qwen3Model, prompt_len: usize, steps: usize) -> Compari
 }
 
 #[test]
+#[ignore = "needs CUDA"]
 fn fused_step_tracks_the_per_op_forward() {
-    let Some(gpu) = cuda_or_skip("fused_step_tracks_the_per_op_forward") else {
-        return;
-    };
+    let gpu = test_support::cuda();
     tch::no_grad(|| {
         // head_dim 128 / 64 / 32 (4, 2, 1 values a lane), groups of 4, 2, 1,
         // tied and NVFP4 heads; prompts that leave many splits empty (5) or
@@ -133,9 +132,12 @@ fn fused_step_tracks_the_per_op_forward() {
             (64, 4, 2, false, 5),
             (32, 4, 4, false, 70),
         ] {
-            let model =
-                Qwen3Model::random(&cfg(d, hq, hkv, tied), &LoadOptions::new(gpu), fresh_seed())
-                    .unwrap();
+            let model = Qwen3Model::random(
+                &cfg(d, hq, hkv, tied),
+                &LoadOptions::new(gpu),
+                test_support::seed(),
+            )
+            .unwrap();
             let c = compare_paths(&model, prompt, 24);
             println!(
                 "head_dim {d}, {hq}/{hkv} heads, tied {tied}, prompt {prompt}: error vs f32 \
@@ -161,14 +163,16 @@ fn fused_step_tracks_the_per_op_forward() {
 }
 
 #[test]
+#[ignore = "needs CUDA"]
 fn graph_replays_equal_eager_launches_bit_for_bit() {
-    let Some(gpu) = cuda_or_skip("graph_replays_equal_eager_launches_bit_for_bit") else {
-        return;
-    };
+    let gpu = test_support::cuda();
     tch::no_grad(|| {
-        let model =
-            Qwen3Model::random(&cfg(128, 8, 2, false), &LoadOptions::new(gpu), fresh_seed())
-                .unwrap();
+        let model = Qwen3Model::random(
+            &cfg(128, 8, 2, false),
+            &LoadOptions::new(gpu),
+            test_support::seed(),
+        )
+        .unwrap();
         let prompt: Vec<i64> = (0..40).map(|i| (i * 37 + 11) % 1000).collect();
         let (mut eager_cache, _) = prefilled(&model, &prompt, 80);
         let (mut graph_cache, _) = prefilled(&model, &prompt, 80);
@@ -197,23 +201,26 @@ fn graph_replays_equal_eager_launches_bit_for_bit() {
 }
 
 #[test]
-fn generate_decodes_through_the_fused_step_on_cuda_only() {
-    let device = if tch::Cuda::is_available() {
-        Device::Cuda(0)
-    } else {
-        Device::Cpu
-    };
-    let cfg = if device.is_cuda() {
-        cfg(64, 4, 2, false)
-    } else {
-        tiny_cfg(false)
-    };
-    let model = Qwen3Model::random(&cfg, &LoadOptions::new(device), fresh_seed()).unwrap();
+fn generate_decodes_per_op_on_the_cpu() {
+    generate_decodes_through_the_fused_step_on_cuda_only(Device::Cpu, tiny_cfg(false));
+}
+
+#[test]
+#[ignore = "needs CUDA"]
+fn generate_decodes_through_the_fused_step_on_cuda() {
+    generate_decodes_through_the_fused_step_on_cuda_only(
+        test_support::cuda(),
+        cfg(64, 4, 2, false),
+    );
+}
+
+fn generate_decodes_through_the_fused_step_on_cuda_only(device: Device, cfg: Qwen3Config) {
+    let model = Qwen3Model::random(&cfg, &LoadOptions::new(device), test_support::seed()).unwrap();
     let opts = GenerateOptions {
         max_new_tokens: 6,
         ..GenerateOptions::default()
     };
-    let mut cache = model.new_cache(1, 4);
+    let mut cache = model.new_cache(1, 4).unwrap();
     let gen = generate(
         &model,
         Some(&mut cache),
@@ -229,7 +236,7 @@ fn generate_decodes_through_the_fused_step_on_cuda_only() {
         fused_decode: false,
         ..opts
     };
-    let mut cache = model.new_cache(1, 4);
+    let mut cache = model.new_cache(1, 4).unwrap();
     let gen = generate(
         &model,
         Some(&mut cache),
@@ -250,10 +257,12 @@ fn a_cpu_or_f32_model_is_refused_with_the_reason() {
         }
         other => panic!("expected a refusal, got {other:?}"),
     }
-    let Some(gpu) = cuda_or_skip("a_cpu_or_f32_model_is_refused_with_the_reason (f32 on CUDA)")
-    else {
-        return;
-    };
+}
+
+#[test]
+#[ignore = "needs CUDA"]
+fn an_f32_model_on_cuda_is_refused_with_the_reason() {
+    let gpu = test_support::cuda();
     let opts = LoadOptions {
         dtype: Kind::Float,
         ..LoadOptions::new(gpu)
@@ -261,4 +270,30 @@ fn a_cpu_or_f32_model_is_refused_with_the_reason() {
     let model = Qwen3Model::random(&cfg(64, 4, 2, false), &opts, 2).unwrap();
     let err = FusedDecoder::new(&model).unwrap_err();
     assert!(err.to_string().contains("bf16"), "{err}");
+}
+
+#[test]
+#[ignore = "needs CUDA"]
+fn the_fused_step_refuses_an_id_outside_the_vocabulary() {
+    let model = Qwen3Model::random(
+        &cfg(64, 4, 2, false),
+        &LoadOptions::new(test_support::cuda()),
+        test_support::seed(),
+    )
+    .unwrap();
+    let vocab = model.config().vocab_size;
+    let mut decoder = FusedDecoder::new(&model).unwrap();
+    let mut cache = model.new_cache(1, 8).unwrap();
+    let err = decoder
+        .step(&mut cache, vocab as u32)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!("id {vocab} ")) && err.contains(&format!("0..{vocab}")),
+        "{err}"
+    );
+    assert_eq!(cache.len(), 0);
+    // Refused before any launch: the context still decodes a valid id.
+    let logits = decoder.step(&mut cache, 1).unwrap();
+    assert_eq!(logits.size(), [vocab as i64]);
 }

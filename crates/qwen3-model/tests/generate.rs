@@ -3,8 +3,6 @@
 //! work, seeds reproduce, and multi-turn on a persistent cache equals
 //! recomputing the whole conversation.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use nvfp4_kernels::ComputePath;
 use qwen3_model::{
     generate, Conversation, FinishReason, GenerateOptions, Generation, LoadOptions, PrefillMode,
@@ -33,13 +31,8 @@ fn tiny_config() -> Qwen3Config {
 }
 
 /// A random model and a random prompt; the seed is printed for reproduction.
-fn setup(device: Device, test: &str) -> (Qwen3Model, Vec<u32>, StdRng) {
-    let seed = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    eprintln!("{test}: seed {seed}");
-    let mut rng = StdRng::seed_from_u64(seed);
+fn setup(device: Device) -> (Qwen3Model, Vec<u32>, StdRng) {
+    let mut rng = StdRng::seed_from_u64(test_support::seed());
     let opts = LoadOptions {
         device,
         dtype: Kind::Float,
@@ -65,7 +58,7 @@ fn greedy(max_new_tokens: usize, prefill: PrefillMode) -> GenerateOptions {
 /// (no cache, cache pbp, cache tbt)
 fn three_modes(model: &Qwen3Model, prompt: &[u32], opts: &GenerateOptions) -> [Generation; 3] {
     let run = |cached: bool, prefill| {
-        let mut cache = cached.then(|| model.new_cache(1, 8));
+        let mut cache = cached.then(|| model.new_cache(1, 8).unwrap());
         let opts = GenerateOptions {
             prefill,
             ..opts.clone()
@@ -84,7 +77,7 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
 }
 
 fn modes_agree_on(device: Device, test: &str) {
-    let (model, prompt, _) = setup(device, test);
+    let (model, prompt, _) = setup(device);
     let [none, pbp, tbt] = three_modes(&model, &prompt, &greedy(12, PrefillMode::PromptByPrompt));
     assert_eq!(none.tokens.len(), 12);
     assert_eq!(none.tokens, pbp.tokens, "no cache vs cache pbp");
@@ -114,17 +107,15 @@ fn greedy_ids_and_prompt_logits_agree_across_the_three_modes() {
 }
 
 #[test]
+#[ignore = "needs CUDA"]
 fn greedy_ids_agree_across_the_three_modes_on_cuda() {
-    if !tch::Cuda::is_available() {
-        println!("SKIPPED (no CUDA): greedy_ids_agree_across_the_three_modes_on_cuda");
-        return;
-    }
+    test_support::cuda();
     modes_agree_on(Device::Cuda(0), "cuda modes");
 }
 
 #[test]
 fn a_seed_reproduces_sampled_tokens_in_every_mode() {
-    let (model, prompt, mut rng) = setup(Device::Cpu, "seed");
+    let (model, prompt, mut rng) = setup(Device::Cpu);
     let sampling = SamplingParams {
         temperature: 1.5,
         top_p: Some(0.98),
@@ -155,7 +146,7 @@ fn a_seed_reproduces_sampled_tokens_in_every_mode() {
 
 #[test]
 fn a_stop_id_ends_generation_and_is_not_streamed() {
-    let (model, prompt, _) = setup(Device::Cpu, "stop");
+    let (model, prompt, _) = setup(Device::Cpu);
     let free = generate(
         &model,
         None,
@@ -175,7 +166,7 @@ fn a_stop_id_ends_generation_and_is_not_streamed() {
         ..greedy(10, PrefillMode::TokenByToken)
     };
     let mut streamed = Vec::new();
-    let mut cache = model.new_cache(1, 4);
+    let mut cache = model.new_cache(1, 4).unwrap();
     let g = generate(&model, Some(&mut cache), &prompt, &opts, &mut |t| {
         streamed.push(t);
         true
@@ -196,7 +187,7 @@ fn a_stop_id_ends_generation_and_is_not_streamed() {
 
 #[test]
 fn a_callback_returning_false_stops_after_that_token() {
-    let (model, prompt, _) = setup(Device::Cpu, "callback");
+    let (model, prompt, _) = setup(Device::Cpu);
     let mut seen = 0;
     let g = generate(
         &model,
@@ -218,7 +209,7 @@ fn a_callback_returning_false_stops_after_that_token() {
 
 #[test]
 fn zero_new_tokens_still_returns_the_prompt_logits() {
-    let (model, prompt, _) = setup(Device::Cpu, "zero");
+    let (model, prompt, _) = setup(Device::Cpu);
     let g = generate(
         &model,
         None,
@@ -238,7 +229,7 @@ fn zero_new_tokens_still_returns_the_prompt_logits() {
 /// conversation, repetition penalty included (it must see earlier turns).
 #[test]
 fn conversation_on_a_kept_cache_equals_recomputing_the_whole_sequence() {
-    let (model, first, mut rng) = setup(Device::Cpu, "conversation");
+    let (model, first, mut rng) = setup(Device::Cpu);
     let second: Vec<u32> = (0..7).map(|_| rng.gen_range(0..VOCAB as u32)).collect();
     let sampling = SamplingParams {
         repetition_penalty: 1.4,
@@ -249,7 +240,7 @@ fn conversation_on_a_kept_cache_equals_recomputing_the_whole_sequence() {
         sampling,
         ..GenerateOptions::default()
     };
-    let mut conv = Conversation::new(model.new_cache(1, 4));
+    let mut conv = Conversation::new(model.new_cache(1, 4).unwrap());
     let g1 = conv.turn(&model, &first, &opts, &mut |_| true).unwrap();
     assert_eq!(
         conv.unfed(),
@@ -272,8 +263,8 @@ fn conversation_on_a_kept_cache_equals_recomputing_the_whole_sequence() {
 
 #[test]
 fn bad_requests_are_errors_that_leave_the_cache_untouched() {
-    let (model, prompt, _) = setup(Device::Cpu, "bad requests");
-    let mut cache = model.new_cache(1, 4);
+    let (model, prompt, _) = setup(Device::Cpu);
+    let mut cache = model.new_cache(1, 4).unwrap();
     let opts = greedy(4, PrefillMode::PromptByPrompt);
     let cases: [(Vec<u32>, GenerateOptions, &str); 3] = [
         (vec![], opts.clone(), "no tokens"),

@@ -38,7 +38,7 @@ fn greedy_ids_equal_transformers_in_every_mode() {
                         keep_prompt_logits: true,
                         ..GenerateOptions::default()
                     };
-                    let mut cache = cached.then(|| model.new_cache(1, 4));
+                    let mut cache = cached.then(|| model.new_cache(1, 4).unwrap());
                     let g =
                         generate(&model, cache.as_mut(), &prompt, &opts, &mut |_| true).unwrap();
                     assert_eq!(g.tokens, want, "{what}: greedy ids");

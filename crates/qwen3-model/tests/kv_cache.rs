@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{fresh_seed, random_ids, rel_diff, tiny_cfg, REL_TOL};
+use common::{random_ids, rel_diff, tiny_cfg, REL_TOL};
 use qwen3_model::{Error, LoadOptions, Qwen3Model};
 use tch::{Device, Kind, Tensor};
 
@@ -30,7 +30,7 @@ fn truncate_then_reprefill_equals_a_fresh_run() {
         let m = model(false);
         let a = random_ids(m.config().vocab_size, 1, 10);
         let b = random_ids(m.config().vocab_size, 1, 5);
-        let mut cache = m.new_cache(1, 32);
+        let mut cache = m.new_cache(1, 32).unwrap();
         let _ = m.forward(&a, Some(&mut cache)).unwrap();
         cache.truncate(6).unwrap();
         assert_eq!(cache.len(), 6);
@@ -48,7 +48,7 @@ fn reset_makes_the_cache_as_good_as_new() {
         let m = model(true);
         let a = random_ids(m.config().vocab_size, 1, 7);
         let b = random_ids(m.config().vocab_size, 1, 4);
-        let mut cache = m.new_cache(1, 16);
+        let mut cache = m.new_cache(1, 16).unwrap();
         let _ = m.forward(&a, Some(&mut cache)).unwrap();
         cache.reset();
         assert!(cache.is_empty());
@@ -64,7 +64,7 @@ fn cache_grows_in_chunks_and_keeps_results_exact() {
     tch::no_grad(|| {
         let m = model(false);
         let ids = random_ids(m.config().vocab_size, 2, 11);
-        let mut cache = m.new_cache(2, 2).with_grow_chunk(3);
+        let mut cache = m.new_cache(2, 2).unwrap().with_grow_chunk(3);
         let mut caps = Vec::new();
         let mut rows = Vec::new();
         for (start, len) in [(0, 1), (1, 4), (5, 1), (6, 5)] {
@@ -86,7 +86,7 @@ fn cache_grows_in_chunks_and_keeps_results_exact() {
 fn memory_accounting_matches_the_layout() {
     let m = model(true);
     let c = m.config();
-    let cache = m.new_cache(3, 100);
+    let cache = m.new_cache(3, 100).unwrap();
     let per_pos = 2 * c.num_hidden_layers * 3 * c.num_key_value_heads * c.head_dim * 4;
     assert_eq!(cache.memory_bytes(), per_pos * 100);
     let bf16 = Qwen3Model::random(
@@ -98,13 +98,16 @@ fn memory_accounting_matches_the_layout() {
         1,
     )
     .unwrap();
-    assert_eq!(bf16.new_cache(3, 100).memory_bytes(), per_pos * 100 / 2);
+    assert_eq!(
+        bf16.new_cache(3, 100).unwrap().memory_bytes(),
+        per_pos * 100 / 2
+    );
 }
 
 #[test]
 fn a_cache_for_another_batch_size_is_rejected() {
     let m = model(true);
-    let mut cache = m.new_cache(2, 8);
+    let mut cache = m.new_cache(2, 8).unwrap();
     let ids = random_ids(m.config().vocab_size, 1, 3);
     let e = tch::no_grad(|| m.forward(&ids, Some(&mut cache))).unwrap_err();
     assert!(matches!(e, Error::Cache { .. }), "{e}");
@@ -143,7 +146,7 @@ fn repeated_runs_with_and_without_cache_are_identical() {
         let m = model(false);
         let ids = random_ids(m.config().vocab_size, 1, 9);
         let reference = m.forward(&ids, None).unwrap();
-        let mut cache = m.new_cache(1, 4);
+        let mut cache = m.new_cache(1, 4).unwrap();
         for iteration in 0..5 {
             let no_cache = m.forward(&ids, None).unwrap();
             assert_eq!(
@@ -172,7 +175,8 @@ fn repeated_runs_with_and_without_cache_are_identical() {
 #[test]
 fn forward_last_is_the_last_row_of_forward_with_and_without_cache() {
     let cfg = tiny_cfg(false);
-    let model = Qwen3Model::random(&cfg, &LoadOptions::new(Device::Cpu), fresh_seed()).unwrap();
+    let model =
+        Qwen3Model::random(&cfg, &LoadOptions::new(Device::Cpu), test_support::seed()).unwrap();
     let ids = random_ids(cfg.vocab_size, 2, 9);
     let full = model.forward(&ids, None).unwrap();
     let last = model.forward_last(&ids, None).unwrap();
@@ -180,7 +184,10 @@ fn forward_last_is_the_last_row_of_forward_with_and_without_cache() {
     // The same blocks; only the head matmul's row count (BLAS blocking) differs.
     let r = rel_diff(&last, &full.narrow(1, 8, 1));
     assert!(r <= REL_TOL, "uncached: {r:e}");
-    let (mut a, mut b) = (model.new_cache(2, 16), model.new_cache(2, 16));
+    let (mut a, mut b) = (
+        model.new_cache(2, 16).unwrap(),
+        model.new_cache(2, 16).unwrap(),
+    );
     let _ = model.forward(&ids.narrow(1, 0, 5), Some(&mut a)).unwrap();
     let _ = model
         .forward_last(&ids.narrow(1, 0, 5), Some(&mut b))
@@ -192,4 +199,60 @@ fn forward_last_is_the_last_row_of_forward_with_and_without_cache() {
     assert_eq!(b.len(), 9, "forward_last feeds every position to the cache");
     let r = rel_diff(&got, &want.narrow(1, 3, 1));
     assert!(r <= REL_TOL, "cached: {r:e}");
+}
+
+/// A cache far larger than the machine is refused before anything is
+/// allocated, with the bytes in the error; the model is unharmed.
+#[test]
+fn a_cache_that_cannot_be_allocated_is_an_error_naming_the_bytes() {
+    let cfg = tiny_cfg(false);
+    let model =
+        Qwen3Model::random(&cfg, &LoadOptions::new(Device::Cpu), test_support::seed()).unwrap();
+    // 2^36 positions: 2 layers x (k, v) x 2 kv heads x 16 dims x 4 bytes each
+    // = 2^45 bytes (32 TiB), far above any host's free memory.
+    let capacity = 1usize << 36;
+    let per_position = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * 4;
+    let bytes = (per_position * capacity) as u64;
+    let err = model.new_cache(1, capacity).unwrap_err();
+    assert!(
+        matches!(err, Error::OutOfMemory { bytes: b, .. } if b == bytes),
+        "{err}"
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&bytes.to_string()) && msg.contains("kv cache"),
+        "{msg}"
+    );
+    // A size that overflows 64-bit byte counts is an error too, not a wrap.
+    let err = model.new_cache(1 << 20, usize::MAX / 4).unwrap_err();
+    assert!(err.to_string().contains("overflows"), "{err}");
+    // Growing past what fits fails the same way and keeps the cache usable.
+    let mut cache = model.new_cache(1, 4).unwrap().with_grow_chunk(capacity);
+    let ids = random_ids(cfg.vocab_size, 1, 5); // one more than the capacity
+    let err = model.forward(&ids, Some(&mut cache)).unwrap_err();
+    assert!(matches!(err, Error::OutOfMemory { .. }), "{err}");
+    assert_eq!((cache.len(), cache.capacity()), (0, 4));
+    let mut cache = model.new_cache(1, 4).unwrap();
+    let _ = tch::no_grad(|| model.forward(&ids, Some(&mut cache))).unwrap();
+    assert_eq!(cache.len(), 5);
+}
+
+/// On a GPU, libtorch's own out-of-memory comes back as the same error.
+#[test]
+#[ignore = "needs CUDA"]
+fn a_cache_larger_than_the_gpu_is_an_error_naming_the_bytes() {
+    let cfg = tiny_cfg(false);
+    let model = Qwen3Model::random(
+        &cfg,
+        &LoadOptions::new(test_support::cuda()),
+        test_support::seed(),
+    )
+    .unwrap();
+    // 2^33 positions x 1 KiB (bf16): 8 TiB.
+    let err = model.new_cache(2, 1usize << 33).unwrap_err();
+    assert!(matches!(err, Error::OutOfMemory { .. }), "{err}");
+    println!("{err}");
+    let mut cache = model.new_cache(1, 8).unwrap();
+    let ids = random_ids(cfg.vocab_size, 1, 3).to_device(model.device());
+    let _ = tch::no_grad(|| model.forward(&ids, Some(&mut cache))).unwrap();
 }

@@ -38,7 +38,7 @@ fn dat_round_trip_reproduces_the_model_exactly() {
     let dir = tempfile::tempdir().unwrap();
     for tied in [true, false] {
         let cfg = tiny_cfg(tied);
-        let model = Qwen3Model::random(&cfg, &opts(true), common::fresh_seed()).unwrap();
+        let model = Qwen3Model::random(&cfg, &opts(true), test_support::seed()).unwrap();
         let path = dir.path().join(format!("tied_{tied}.dat"));
         write_dat(&path, &entries_of(&model));
         let loaded =
@@ -234,7 +234,7 @@ fn load_hf_dir_equals_load_dat_of_the_converted_file() {
         let cfg = tiny_cfg(tied);
         let hf = dir.path().join(format!("hf_{tied}"));
         std::fs::create_dir(&hf).unwrap();
-        tch::manual_seed(common::fresh_seed() as i64);
+        tch::manual_seed(test_support::seed_i64());
         write_hf_dir(&Qwen3Model::random(&cfg, &opts(true), 5).unwrap(), &hf);
         let from_hf = Qwen3Model::load_hf_dir(&hf, &cfg, &opts(true)).unwrap();
         let dat_path = dir.path().join(format!("converted_{tied}.dat"));

@@ -14,7 +14,7 @@ const PROMPTS: [&str; 2] = ["a", "b"];
 
 /// Logits of `ids` fed one token at a time through a cache, [T, V].
 fn token_by_token(model: &Qwen3Model, ids: &[i64]) -> Tensor {
-    let mut cache = model.new_cache(1, 4);
+    let mut cache = model.new_cache(1, 4).unwrap();
     let rows: Vec<Tensor> = ids
         .iter()
         .map(|&id| {
@@ -64,7 +64,7 @@ fn token_by_token_with_cache_matches_transformers() {
 #[test]
 fn prompt_by_prompt_with_cache_matches_transformers() {
     for_each_prompt(|case, model, p, ids, want| {
-        let mut cache = model.new_cache(1, 64);
+        let mut cache = model.new_cache(1, 64).unwrap();
         let got = model
             .forward(&row(ids), Some(&mut cache))
             .unwrap()
@@ -87,7 +87,7 @@ fn chunk_prefilled_on_a_nonempty_cache_matches_transformers() {
             let model = case.model();
             let ids = case.ids("prompt_b");
             let split = case.ids("chunk_split_b")[0] as usize;
-            let mut cache = model.new_cache(1, 64);
+            let mut cache = model.new_cache(1, 64).unwrap();
             let _ = model
                 .forward(&row(&ids[..split]), Some(&mut cache))
                 .unwrap();
@@ -114,7 +114,7 @@ fn chunk_prefilled_on_a_nonempty_cache_matches_transformers() {
 
 /// Greedy decoding: prefill (whole prompt or token by token), then argmax steps.
 fn greedy(model: &Qwen3Model, prompt: &[i64], new_tokens: usize, token_by_token: bool) -> Vec<i64> {
-    let mut cache = model.new_cache(1, 8);
+    let mut cache = model.new_cache(1, 8).unwrap();
     let mut logits = if token_by_token {
         prompt
             .iter()
@@ -174,7 +174,7 @@ fn batched_prompts_match_per_sequence_references() {
             );
             let got = model.forward(&ids, None).unwrap();
             assert_close(&format!("{} batch of 2, no cache", case.name), &got, &want);
-            let mut cache = model.new_cache(2, 4);
+            let mut cache = model.new_cache(2, 4).unwrap();
             let first = model
                 .forward(&ids.narrow(1, 0, 3), Some(&mut cache))
                 .unwrap();

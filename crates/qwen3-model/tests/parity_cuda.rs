@@ -3,7 +3,7 @@
 //! 3 significant digits through every layer, so the bound is 3e-2 of max |logit|
 //! (the CPU f32 test holds 1e-5); the measured ratio is printed. Greedy ids are
 //! reported, not asserted: bf16 rounding may flip a near-tie late in a
-//! continuation. Prints `SKIPPED (no CUDA)` on a machine without a GPU.
+//! continuation. `#[ignore = "needs CUDA"]`.
 
 mod common;
 
@@ -12,11 +12,9 @@ use qwen3_model::{ComputePath, LoadOptions, Qwen3Model};
 use tch::{Device, Kind};
 
 #[test]
+#[ignore = "needs CUDA"]
 fn parity_fixtures_in_bf16_on_cuda_on_every_path() {
-    if !tch::Cuda::is_available() {
-        println!("SKIPPED (no CUDA): parity_fixtures_in_bf16_on_cuda_on_every_path");
-        return;
-    }
+    test_support::cuda();
     let gpu = Device::Cuda(0);
     tch::no_grad(|| {
         for case in cases() {

@@ -4,7 +4,6 @@
 //! within 1e-5, and the empirical frequencies of many draws within 5 sigma.
 
 use std::collections::BTreeSet;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use qwen3_model::{Sampler, SamplingParams};
 use rand::rngs::StdRng;
@@ -99,15 +98,6 @@ fn reference(logits: &[f32], history: &[u32], p: &SamplingParams) -> Reference {
     }
 }
 
-fn time_seed(test: &str) -> u64 {
-    let seed = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    eprintln!("{test}: seed {seed}");
-    seed
-}
-
 fn random_logits(rng: &mut StdRng, vocab: usize, spread: f32) -> Vec<f32> {
     (0..vocab)
         .map(|_| (rng.gen::<f32>() * 2.0 - 1.0) * spread)
@@ -159,7 +149,7 @@ fn kept(probs: &[f64]) -> BTreeSet<usize> {
 
 /// Kept sets equal and probabilities within `PROB_TOL`, on `device`.
 fn check_distributions_on(device: Device, test: &str) {
-    let mut rng = StdRng::seed_from_u64(time_seed(test));
+    let mut rng = StdRng::seed_from_u64(test_support::seed());
     let vocab = 3000;
     let mut checked = 0;
     while checked < 40 {
@@ -209,11 +199,9 @@ fn kept_sets_and_probabilities_match_the_reference_on_cpu() {
 }
 
 #[test]
+#[ignore = "needs CUDA"]
 fn kept_sets_and_probabilities_match_the_reference_on_cuda() {
-    if !tch::Cuda::is_available() {
-        println!("SKIPPED (no CUDA): kept_sets_and_probabilities_match_the_reference_on_cuda");
-        return;
-    }
+    test_support::cuda();
     check_distributions_on(Device::Cuda(0), "cuda");
 }
 
@@ -222,7 +210,7 @@ fn kept_sets_and_probabilities_match_the_reference_on_cuda() {
 #[test]
 fn empirical_frequencies_match_reference_probabilities() {
     const DRAWS: usize = 8000;
-    let mut rng = StdRng::seed_from_u64(time_seed("frequencies"));
+    let mut rng = StdRng::seed_from_u64(test_support::seed());
     let vocab = 12;
     let logits = random_logits(&mut rng, vocab, 2.5);
     let history = vec![
@@ -321,7 +309,7 @@ fn top_p_keeps_the_token_that_crosses_the_threshold() {
 
 #[test]
 fn same_seed_gives_the_same_tokens_and_another_seed_does_not() {
-    let mut rng = StdRng::seed_from_u64(time_seed("seed"));
+    let mut rng = StdRng::seed_from_u64(test_support::seed());
     let t = Tensor::from_slice(&random_logits(&mut rng, 500, 1.0));
     let draw = |seed: u64| {
         let params = SamplingParams {
@@ -350,7 +338,7 @@ fn same_seed_gives_the_same_tokens_and_another_seed_does_not() {
 
 #[test]
 fn greedy_with_penalty_matches_reference_arg_max() {
-    let mut rng = StdRng::seed_from_u64(time_seed("greedy"));
+    let mut rng = StdRng::seed_from_u64(test_support::seed());
     for _ in 0..20 {
         let logits = random_logits(&mut rng, 200, 3.0);
         let history: Vec<u32> = (0..30).map(|_| rng.gen_range(0..200)).collect();

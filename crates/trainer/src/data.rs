@@ -108,6 +108,24 @@ pub struct Dataset {
     pub stats: DataStats,
 }
 
+impl Dataset {
+    /// Checks every token against a model's vocabulary of `vocab` ids: the
+    /// first id outside it is an error naming the file, line and id.
+    pub fn check_vocab(&self, vocab: usize) -> Result<()> {
+        for ex in &self.examples {
+            if let Some(&id) = ex.tokens.iter().find(|&&id| id as usize >= vocab) {
+                return Err(Error::TokenOutOfVocab {
+                    path: self.path.clone(),
+                    line: ex.line,
+                    id,
+                    vocab,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Reads a `.tsv`/`.txt` (TSV) or `.jsonl` file according to its extension.
 pub fn load_data(path: &Path, tok: &Qwen3Tokenizer, opts: &DataOptions) -> Result<Dataset> {
     match path.extension().and_then(|e| e.to_str()) {

@@ -17,6 +17,20 @@ pub enum Error {
         /// What is wrong with the line.
         reason: String,
     },
+    /// A data line tokenizes to an id the model's vocabulary does not hold
+    /// (the tokenizer and the model do not match); caught before any step,
+    /// where libtorch would abort or a CUDA kernel assert.
+    #[error("{}:{line}: token id {id} is outside the model's vocabulary 0..{vocab} (does the tokenizer match the model?)", path.display())]
+    TokenOutOfVocab {
+        /// The data file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// The offending id.
+        id: u32,
+        /// The model's `vocab_size`.
+        vocab: usize,
+    },
     /// A data file held no usable example.
     #[error("{}: no usable training example ({skipped} bad line(s) skipped)", path.display())]
     EmptyDataset {

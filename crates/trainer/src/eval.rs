@@ -140,7 +140,7 @@ fn greedy_batch(
     let ids = Tensor::from_slice(&flat)
         .view([b as i64, t as i64])
         .to_device(model.device());
-    let mut cache = model.new_cache(b, t + max_new);
+    let mut cache = model.new_cache(b, t + max_new)?;
     let mut answers = vec![
         GreedyAnswer {
             tokens: Vec::new(),

@@ -73,13 +73,9 @@ mod tests {
         (ps, gs)
     }
 
-    fn seed() -> i64 {
-        crate::test_seed()
-    }
-
     #[test]
     fn global_norm_matches_an_f64_sum_of_squares() {
-        let (ps, gs) = params_with_grads(seed());
+        let (ps, gs) = params_with_grads(test_support::seed_i64());
         let want: f64 = gs.iter().flatten().map(|x| x * x).sum::<f64>().sqrt();
         let got = global_grad_norm(&ps);
         println!("norm {got} vs f64 {want}, diff {:.2e}", (got - want).abs());
@@ -88,7 +84,7 @@ mod tests {
 
     #[test]
     fn clipping_scales_to_max_norm_and_keeps_direction() {
-        let (ps, gs) = params_with_grads(seed());
+        let (ps, gs) = params_with_grads(test_support::seed_i64());
         let before = global_grad_norm(&ps);
         let max = before / 4.0;
         let returned = clip_grad_norm(&ps, max);
@@ -112,7 +108,7 @@ mod tests {
 
     #[test]
     fn clipping_leaves_small_gradients_alone() {
-        let (ps, gs) = params_with_grads(seed());
+        let (ps, gs) = params_with_grads(test_support::seed_i64());
         let before = global_grad_norm(&ps);
         clip_grad_norm(&ps, before * 2.0);
         let now = Vec::<f64>::try_from(ps[1].grad().to_kind(Kind::Double)).unwrap();
@@ -121,7 +117,7 @@ mod tests {
 
     #[test]
     fn a_nan_gradient_gives_a_non_finite_norm_and_no_scaling() {
-        let (ps, _) = params_with_grads(seed());
+        let (ps, _) = params_with_grads(test_support::seed_i64());
         let g = ps[2].grad();
         let _ = g.get(0).get(1).get(2).fill_(f64::NAN);
         let g0 = Vec::<f64>::try_from(ps[0].grad().reshape([-1]).to_kind(Kind::Double)).unwrap();

@@ -83,14 +83,3 @@ pub use plot::{plot_loss_curve, LossCurve};
 pub use run_dir::{timestamped_run_dir, RunDirLock, LOCK_FILE};
 pub use schedule::{Schedule, ScheduleKind};
 pub use trainer::{StepProgress, TrainReport, Trainer};
-
-/// A seed from the clock, printed so a failing unit test can be replayed.
-#[cfg(test)]
-pub(crate) fn test_seed() -> i64 {
-    let s = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos() as i64;
-    println!("seed {s}");
-    s
-}

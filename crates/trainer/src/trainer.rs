@@ -82,6 +82,17 @@ impl Trainer {
     /// (any id: they are masked).
     pub fn new(model: Qwen3Model, cfg: TrainConfig, data: Dataset, pad_id: u32) -> Result<Self> {
         cfg.validate()?;
+        // Every id that reaches the model is checked here, once: batches are
+        // built only from these examples and `pad_id`.
+        let vocab = model.config().vocab_size;
+        data.check_vocab(vocab)?;
+        if pad_id as usize >= vocab {
+            return Err(Error::config(
+                "pad id",
+                format!("an id below the vocabulary size {vocab}"),
+                pad_id,
+            ));
+        }
         let layers = model.num_layers();
         if let Some(k) = cfg.train_last_layers.filter(|&k| k > layers) {
             return Err(Error::config(
@@ -206,7 +217,10 @@ impl Trainer {
         let denom = targets.max(1) as f64;
         self.optim.zero_grad();
         let mine = self.my_share(batches);
-        let ce = self.accumulate_gradients(&mine, denom)?;
+        // A libtorch failure (out of memory in the backward, say) comes back
+        // as an error naming the step, before any weight is updated.
+        let during = format!("training step {}", self.step);
+        let ce = qwen3_model::guard_libtorch(&during, || self.accumulate_gradients(&mine, denom))?;
         let loss = ce / denom;
         // Clipping happens inside the update (AdamW::step_scaled): the fused
         // kernel scales each gradient as it reads it.

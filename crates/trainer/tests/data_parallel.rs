@@ -131,7 +131,7 @@ fn run_ranks(
 }
 
 fn compare(world: usize, checkpointing: bool) {
-    let seed = common::seed();
+    let seed = test_support::seed();
     let dir = tempfile::tempdir().unwrap();
     let (losses, dp_weights) = run_ranks(world, seed, checkpointing, dir.path());
 
@@ -172,7 +172,7 @@ fn three_processes_with_checkpointing_match_one_process() {
 /// whose backward is blockwise too.
 #[test]
 fn group_of_one_is_bitwise_the_plain_trainer() {
-    let seed = common::seed();
+    let seed = test_support::seed();
     let mut plain = trainer(seed, 2, true, None);
     let mut dp = trainer(seed, 2, true, None);
     let group = ProcessGroup::new(&GroupOptions {
@@ -201,8 +201,8 @@ fn group_of_one_is_bitwise_the_plain_trainer() {
 #[ignore = "needs CUDA"]
 fn nccl_group_of_one_matches_the_plain_trainer() {
     use qwen3_model::{LoadOptions, Qwen3Model};
-    let seed = common::seed();
-    let device = tch::Device::Cuda(0);
+    let seed = test_support::seed();
+    let device = test_support::cuda();
     let make = || {
         let cfg = common::tiny_config(VOCAB, true);
         let opts = LoadOptions {

@@ -9,7 +9,7 @@ use trainer::greedy_answers;
 
 #[test]
 fn batched_greedy_answers_equal_generate_one_by_one() {
-    let seed = common::seed();
+    let seed = test_support::seed();
     let cfg = common::tiny_config(300, true);
     let model = common::tiny_model(&cfg, seed);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
@@ -26,7 +26,7 @@ fn batched_greedy_answers_equal_generate_one_by_one() {
         ..Default::default()
     };
     for (p, b) in prompts.iter().zip(&batched) {
-        let mut cache = model.new_cache(1, 32);
+        let mut cache = model.new_cache(1, 32).unwrap();
         let g =
             tch::no_grad(|| generate(&model, Some(&mut cache), p, &opts, &mut |_| true)).unwrap();
         assert_eq!(b.tokens, g.tokens, "prompt {p:?}");

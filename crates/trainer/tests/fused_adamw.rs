@@ -15,7 +15,7 @@
 //! * 8-bit moments: codes equal or one step apart, at least 99 % equal;
 //!   block absmax within `2e-6` of the block's largest scale.
 //!
-//! Without CUDA the test prints `SKIPPED (no CUDA): <name>`.
+//! The CUDA test is `#[ignore = "needs CUDA"]` (run with `--include-ignored`).
 
 mod common;
 
@@ -35,11 +35,6 @@ const PARAMS: [(&str, &[i64]); 4] = [
 const STEPS: i32 = 4;
 const LR: f64 = 1e-2;
 const F32_TOL: f64 = 2e-6;
-
-/// A printed clock seed (tests/common).
-fn seed() -> i64 {
-    common::seed() as i64
-}
 
 fn f64s(t: &Tensor) -> Tensor {
     t.to_kind(Kind::Double).reshape([-1])
@@ -266,13 +261,10 @@ fn run(dev: Device, state: OptimStateKind, master: Kind) {
 }
 
 #[test]
+#[ignore = "needs CUDA"]
 fn fused_and_reference_adamw_agree_on_cuda() {
-    let name = "fused_and_reference_adamw_agree_on_cuda";
-    if !tch::Cuda::is_available() {
-        println!("SKIPPED (no CUDA): {name}");
-        return;
-    }
-    tch::manual_seed(seed());
+    test_support::cuda();
+    tch::manual_seed(test_support::seed_i64());
     let dev = Device::Cuda(0);
     for state in [
         OptimStateKind::F32,

@@ -104,7 +104,7 @@ fn max_rel_diff(a: &Tensor, b: &Tensor) -> f64 {
 #[test]
 fn ste_gradient_equals_the_dense_gradient_at_the_dequantized_weights() {
     for tied in [true, false] {
-        let seed = common::seed();
+        let seed = test_support::seed();
         let cfg = common::tiny_config(256, tied);
         let model = common::tiny_model(&cfg, seed)
             .into_trainable(Kind::Float, None)
@@ -188,7 +188,7 @@ fn grads_of(
 #[test]
 fn activation_checkpointing_gives_the_full_graph_gradients() {
     for (tied, first) in [(true, 0usize), (false, 0), (true, 1)] {
-        let seed = common::seed();
+        let seed = test_support::seed();
         let cfg = common::tiny_config(256, tied);
         let k = (first > 0).then_some(cfg.num_hidden_layers - first);
         let model = common::tiny_model(&cfg, seed)
@@ -235,7 +235,7 @@ fn activation_checkpointing_gives_the_full_graph_gradients() {
 
 #[test]
 fn train_last_layers_trains_and_allocates_only_the_last_blocks() {
-    let seed = common::seed();
+    let seed = test_support::seed();
     let cfg = common::tiny_config(256, false);
     let model = common::tiny_model(&cfg, seed);
     let data = common::random_dataset(8, 256, seed);

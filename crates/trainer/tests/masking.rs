@@ -10,7 +10,7 @@ use trainer::{make_batch, masked_ce_sum, reference_ce_sum, IGNORE_INDEX};
 
 #[test]
 fn masked_loss_equals_the_f64_sum_over_labelled_positions() {
-    let seed = common::seed();
+    let seed = test_support::seed();
     let cfg = common::tiny_config(200, true);
     let model = common::tiny_model(&cfg, seed);
     let data = common::random_dataset(5, 200, seed);
@@ -53,7 +53,7 @@ fn masked_loss_equals_the_f64_sum_over_labelled_positions() {
 
 #[test]
 fn a_batch_without_targets_has_zero_loss_and_gradient() {
-    let seed = common::seed();
+    let seed = test_support::seed();
     let cfg = common::tiny_config(200, true);
     let model = common::tiny_model(&cfg, seed)
         .into_trainable(Kind::Float, None)

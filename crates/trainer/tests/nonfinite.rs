@@ -8,7 +8,7 @@ use tch::Tensor;
 use trainer::{Error, MetricsLog, NonFinitePolicy, TrainConfig, Trainer};
 
 fn trainer(policy: NonFinitePolicy, metrics: Option<std::path::PathBuf>) -> Trainer {
-    let seed = common::seed();
+    let seed = test_support::seed();
     let cfg = common::tiny_config(128, true);
     let tc = TrainConfig {
         steps: Some(5),

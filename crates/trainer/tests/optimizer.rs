@@ -7,11 +7,6 @@ mod common;
 use tch::{Device, Kind, Tensor};
 use trainer::{default_decay, AdamW, AdamWConfig, OptimStateKind};
 
-/// A printed clock seed (tests/common).
-fn seed() -> i64 {
-    common::seed() as i64
-}
-
 fn to_f64(t: &Tensor) -> Vec<f64> {
     Vec::<f64>::try_from(t.reshape([-1]).to_kind(Kind::Double)).unwrap()
 }
@@ -45,7 +40,7 @@ impl RefAdamW {
 /// fresh random gradients; returns the max |p - p_ref| and the max total
 /// movement of the reference.
 fn compare(state: OptimStateKind, steps: usize, lr: f64) -> (f64, f64) {
-    tch::manual_seed(seed());
+    tch::manual_seed(test_support::seed_i64());
     let cfg = AdamWConfig {
         beta1: 0.9,
         beta2: 0.99,
@@ -142,7 +137,7 @@ fn int8_state_matches_the_reference_within_a_stated_tolerance() {
 
 #[test]
 fn updates_smaller_than_an_fp4_step_accumulate_in_the_master() {
-    tch::manual_seed(seed());
+    tch::manual_seed(test_support::seed_i64());
     let w = (Tensor::randn([32, 64], (Kind::Float, Device::Cpu)) * 0.02).set_requires_grad(true);
     let w0 = w.detach().copy();
     let q0 = nvfp4_kernels::fake_quantize(&w0, nvfp4_kernels::ScaleMode::Single);
@@ -187,7 +182,7 @@ fn checkpointed_state_restores_bit_exactly() {
         OptimStateKind::BF16,
         OptimStateKind::Int8Block,
     ] {
-        tch::manual_seed(seed());
+        tch::manual_seed(test_support::seed_i64());
         let w = Tensor::randn([20, 30], (Kind::Float, Device::Cpu)).set_requires_grad(true);
         let cfg = AdamWConfig {
             state,

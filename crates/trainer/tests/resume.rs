@@ -38,7 +38,7 @@ fn weights(t: &Trainer) -> Vec<Tensor> {
 
 #[test]
 fn half_run_save_resume_half_equals_the_straight_run_bitwise() {
-    let seed = common::seed();
+    let seed = test_support::seed();
     let cfg = common::tiny_config(128, true);
     // 10 examples, 6 per step: the run crosses epoch boundaries mid-step.
     let data = common::random_dataset(10, 128, seed);
@@ -105,7 +105,7 @@ fn half_run_save_resume_half_equals_the_straight_run_bitwise() {
 
 #[test]
 fn resume_rejects_a_checkpoint_of_another_setup() {
-    let seed = common::seed();
+    let seed = test_support::seed();
     let cfg = common::tiny_config(128, true);
     let data = common::random_dataset(10, 128, seed);
     let dir = tempfile::tempdir().unwrap();

@@ -7,17 +7,6 @@ use std::path::Path;
 use qwen3_model::{ComputePath, LoadOptions, Qwen3Config, Qwen3Model};
 use tch::{Device, Kind, Tensor};
 
-/// Seed drawn from the clock and printed, so a failure can be replayed.
-pub fn fresh_seed() -> i64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let seed = (nanos % (i64::MAX as u128)) as i64;
-    println!("seed {seed}");
-    seed
-}
-
 /// Every kind a checkpoint stores.
 pub const ALL_KINDS: [Kind; 12] = [
     Kind::Float,

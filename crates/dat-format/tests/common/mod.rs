@@ -41,21 +41,6 @@ pub fn dat_bytes(entries: &[(&str, u64, &[u64], &[u8])]) -> Vec<u8> {
     out
 }
 
-/// A seed from the clock, printed so a failure can be replayed.
-pub fn seed() -> u64 {
-    let seed = std::env::var("DAT_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
-    println!("seed {seed} (set DAT_TEST_SEED to replay)");
-    seed
-}
-
 /// The tiny fixture directory.
 pub fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -1,36 +1,15 @@
-//! Helpers shared by the integration tests: seeded randomness (seed printed,
-//! taken from `NVFP4_TEST_SEED` or the clock), random matrices whose blocks
-//! cover every regime of the format, and the devices to run on.
+//! Helpers shared by the integration tests: seeded randomness (the workspace's
+//! test seed), random matrices whose blocks
+//! cover every regime of the format.
 #![allow(dead_code)]
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use tch::Device;
 
-/// A seeded RNG; the seed is printed so a failure can be replayed with
-/// `NVFP4_TEST_SEED=<seed>`.
-pub fn rng(test: &str) -> ChaCha8Rng {
-    let seed = std::env::var("NVFP4_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-        });
-    println!("{test}: seed {seed} (replay with NVFP4_TEST_SEED={seed})");
-    ChaCha8Rng::seed_from_u64(seed)
-}
-
-/// CPU, plus CUDA when present (a visible SKIPPED line otherwise).
-pub fn devices(test: &str) -> Vec<Device> {
-    if tch::Cuda::is_available() {
-        vec![Device::Cpu, Device::Cuda(0)]
-    } else {
-        println!("SKIPPED (no CUDA): {test} on cuda:0 (ran on cpu only)");
-        vec![Device::Cpu]
-    }
+/// A ChaCha RNG seeded by the workspace's test seed (printed; replay with
+/// `QWEN3_TEST_SEED=<seed>`).
+pub fn rng() -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(test_support::seed())
 }
 
 /// The regimes a 16-element block is drawn from.

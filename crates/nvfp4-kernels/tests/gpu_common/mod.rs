@@ -6,32 +6,6 @@ use nvfp4_kernels::{
 };
 use tch::{Device, Kind, Tensor};
 
-pub fn cuda_or_skip(name: &str) -> Option<Device> {
-    if tch::Cuda::is_available() {
-        Some(Device::Cuda(0))
-    } else {
-        println!("SKIPPED (no CUDA): {name}");
-        None
-    }
-}
-
-/// Seeds libtorch's generator from the clock and prints the seed, so a
-/// failure can be replayed with NVFP4_TEST_SEED.
-pub fn fresh_seed(test: &str) -> u64 {
-    let seed = std::env::var("NVFP4_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-        });
-    println!("{test}: seed {seed}");
-    tch::manual_seed(seed as i64);
-    seed
-}
-
 pub fn to_vec_f32(t: &Tensor) -> Vec<f32> {
     Vec::<f32>::try_from(t.to_kind(Kind::Float).to_device(Device::Cpu).flatten(0, -1))
         .expect("f32 vec")

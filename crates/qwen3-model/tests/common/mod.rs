@@ -92,16 +92,6 @@ pub fn row(ids: &[i64]) -> Tensor {
     Tensor::from_slice(ids).view([1, ids.len() as i64])
 }
 
-/// Seed drawn from the clock and printed, so a failure can be replayed.
-pub fn fresh_seed() -> u64 {
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    println!("seed {seed}");
-    seed
-}
-
 /// A small config: 2 layers, GQA 2, head_dim != hidden/heads.
 pub fn tiny_cfg(tied: bool) -> Qwen3Config {
     Qwen3Config {
@@ -163,7 +153,7 @@ pub fn write_dat(path: &Path, entries: &[Entry]) {
 
 /// Random ids in 0..vocab, [batch, len], from a clock seed (printed).
 pub fn random_ids(vocab: usize, batch: i64, len: i64) -> Tensor {
-    tch::manual_seed(fresh_seed() as i64);
+    tch::manual_seed(test_support::seed_i64());
     Tensor::randint(vocab as i64, [batch, len], (Kind::Int64, Device::Cpu))
 }
 
@@ -177,14 +167,4 @@ pub fn rel_diff(got: &Tensor, want: &Tensor) -> f64 {
     let got = got.to_device(Device::Cpu).to_kind(Kind::Double);
     let want = want.to_device(Device::Cpu).to_kind(Kind::Double);
     (&got - &want).abs().max().double_value(&[]) / want.abs().max().double_value(&[])
-}
-
-/// `Some(cuda:0)`, or prints `SKIPPED (no CUDA): <name>` and gives None.
-pub fn cuda_or_skip(name: &str) -> Option<Device> {
-    if tch::Cuda::is_available() {
-        Some(Device::Cuda(0))
-    } else {
-        println!("SKIPPED (no CUDA): {name}");
-        None
-    }
 }

@@ -129,10 +129,6 @@ impl QuantMap {
 mod tests {
     use super::*;
 
-    fn seed() -> i64 {
-        crate::test_seed()
-    }
-
     #[test]
     fn dynamic_maps_have_256_sorted_distinct_values_spanning_the_range() {
         for signed in [true, false] {
@@ -156,7 +152,7 @@ mod tests {
 
     #[test]
     fn roundtrip_error_is_bounded_relative_to_block_absmax() {
-        tch::manual_seed(seed());
+        tch::manual_seed(test_support::seed_i64());
         let x = Tensor::randn([3 * QUANT_BLOCK as i64 + 17], (Kind::Float, Device::Cpu));
         let map = QuantMap::new(true, Device::Cpu);
         let (codes, absmax) = map.quantize(&x);

@@ -8,16 +8,6 @@ use qwen3_model::{LoadOptions, Qwen3Config, Qwen3Model};
 use tch::Device;
 use trainer::{DataStats, Dataset, Example};
 
-/// A seed from the clock, printed so a failure can be replayed.
-pub fn seed() -> u64 {
-    let s = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos() as u64;
-    println!("seed {s}");
-    s
-}
-
 /// Two blocks, hidden 32, vocabulary `vocab`.
 pub fn tiny_config(vocab: usize, tied: bool) -> Qwen3Config {
     let json = format!(
