@@ -38,14 +38,17 @@ mod config;
 mod error;
 mod fused_decode;
 mod hf;
+mod init;
 mod kv_cache;
 mod linear;
 mod loader;
 mod mlp;
 mod model;
 mod norm;
+mod precision;
 mod random;
 mod rope;
+mod scale_stats;
 mod train;
 // --- generation (helper G): `mod sampling; mod generate;` go here ---
 mod generate;
@@ -57,7 +60,10 @@ pub use fused_decode::FusedDecoder;
 pub use kv_cache::{KvCache, DEFAULT_GROW_CHUNK};
 pub use linear::LinearWeight;
 pub use model::{LoadOptions, Qwen3Model};
-pub use nvfp4_kernels::ComputePath;
+pub use nvfp4_kernels::{ComputePath, ScaleMode};
+pub use init::{initializer_range, DEFAULT_INITIALIZER_RANGE};
+pub use precision::{Precision, QuantRecipe};
+pub use scale_stats::ScaleStats;
 pub use train::WeightRef;
 // --- generation (helper G): `pub use sampling::..; pub use generate::..;` go here ---
 pub use generate::{

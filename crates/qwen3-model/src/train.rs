@@ -25,7 +25,7 @@ pub enum WeightRef<'a> {
 }
 
 /// A named piece of the model: a projection or a plain tensor.
-enum Item<'a> {
+pub(crate) enum Item<'a> {
     Linear(&'a Linear),
     Tensor(&'a Tensor),
 }
@@ -95,7 +95,7 @@ impl Qwen3Model {
     }
 
     /// Every tensor with its key, in `.dat` file order.
-    fn items(&self) -> Vec<(String, Item<'_>)> {
+    pub(crate) fn items(&self) -> Vec<(String, Item<'_>)> {
         let mut out = vec![(
             "model.embed_tokens.weight".to_string(),
             Item::Tensor(&self.embed_tokens),

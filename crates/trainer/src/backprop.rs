@@ -72,6 +72,29 @@ pub fn forward_backward(
     denom: f64,
     plan: BackpropPlan,
 ) -> Result<f64> {
+    let mut ce_sum = 0.0;
+    forward_backward_with(model, input_ids, plan, &mut |top: &Tensor| {
+        let ce = masked_ce_sum(model, top, labels)?;
+        (&ce / denom).f_backward()?;
+        ce_sum = ce.double_value(&[]);
+        Ok(())
+    })?;
+    Ok(ce_sum)
+}
+
+/// The loss at the top of the model: given the last hidden state as a leaf
+/// that requires grad, computes the loss and runs its backward (which fills
+/// the leaf's `.grad` and the head's gradients).
+pub(crate) type TopLoss<'a> = dyn FnMut(&Tensor) -> Result<()> + 'a;
+
+/// Forward of the blocks, `top` on the last hidden state, then the
+/// backward of the blocks (recomputed per block with checkpointing).
+pub(crate) fn forward_backward_with(
+    model: &Qwen3Model,
+    input_ids: &Tensor,
+    plan: BackpropPlan,
+    top: &mut TopLoss<'_>,
+) -> Result<()> {
     let frozen_prefix = |ids: &Tensor| -> Result<Tensor> {
         tch::no_grad(|| {
             let mut h = model.embed(ids);
@@ -87,25 +110,23 @@ pub fn forward_backward(
         model.embed(input_ids)
     };
     if plan.checkpointing {
-        checkpointed(model, x0, labels, denom, plan.first_trained_layer)
-    } else {
-        let mut h = x0;
-        for l in plan.first_trained_layer..model.num_layers() {
-            h = model.block_forward(l, &h, 0)?;
-        }
-        let ce = masked_ce_sum(model, &h, labels)?;
-        (&ce / denom).f_backward()?;
-        Ok(ce.double_value(&[]))
+        return checkpointed(model, x0, plan.first_trained_layer, top);
     }
+    let mut h = x0;
+    for l in plan.first_trained_layer..model.num_layers() {
+        h = model.block_forward(l, &h, 0)?;
+    }
+    // The head's loss backpropagates into a leaf first, so a chunked loss
+    // can run several backward passes before the blocks' single one.
+    let leaf = h.detach().set_requires_grad(true);
+    top(&leaf)?;
+    if h.requires_grad() {
+        (h * leaf.grad()).sum(Kind::Float).f_backward()?;
+    }
+    Ok(())
 }
 
-fn checkpointed(
-    model: &Qwen3Model,
-    x0: Tensor,
-    labels: &Tensor,
-    denom: f64,
-    first: usize,
-) -> Result<f64> {
+fn checkpointed(model: &Qwen3Model, x0: Tensor, first: usize, top: &mut TopLoss<'_>) -> Result<()> {
     // 1. Forward without a graph, keeping each trained block's input.
     let mut inputs = Vec::with_capacity(model.num_layers() - first);
     let last = tch::no_grad(|| -> Result<Tensor> {
@@ -118,10 +139,9 @@ fn checkpointed(
         Ok(h)
     })?;
     // 2. Head and loss with a graph from the last hidden state.
-    let top = last.detach().set_requires_grad(true);
-    let ce = masked_ce_sum(model, &top, labels)?;
-    (&ce / denom).f_backward()?;
-    let mut g = top.grad();
+    let leaf = last.detach().set_requires_grad(true);
+    top(&leaf)?;
+    let mut g = leaf.grad();
     // 3. Blocks in reverse: recompute with a graph, backpropagate g.
     for (l, input) in (first..model.num_layers()).zip(inputs).rev() {
         let x = input.detach().set_requires_grad(true);
@@ -133,5 +153,5 @@ fn checkpointed(
     if x0.requires_grad() {
         (x0 * &g).sum(Kind::Float).f_backward()?;
     }
-    Ok(ce.double_value(&[]))
+    Ok(())
 }

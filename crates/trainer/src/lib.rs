@@ -34,8 +34,10 @@ mod batch;
 mod config;
 mod data;
 mod demo;
+mod distill;
 mod error;
 mod eval;
+mod evaluate;
 mod fsutil;
 mod grad;
 mod job;
@@ -45,6 +47,7 @@ mod plot;
 mod progress;
 mod resume;
 mod schedule;
+mod text;
 mod trainer;
 
 pub use alloc::keep_freed_memory;
@@ -59,8 +62,10 @@ pub use demo::{
     default_model_config, default_train_config, run_default, write_default_base, DefaultRunOptions,
     DefaultRunReport, DEFAULT_MODEL_CONFIG, DEFAULT_TRAIN_TSV, DEFAULT_WEIGHTS_SEED,
 };
+pub use distill::{distill_forward_backward, DistillSums, Teacher, DEFAULT_DISTILL_CHUNK};
 pub use error::{Error, Result};
 pub use eval::{exact_match, greedy_answers, EvalReport, EvalSample, GreedyAnswer};
+pub use evaluate::{evaluate_loss, LossReport};
 pub use fsutil::write_atomic;
 pub use grad::{clip_coefficient, clip_grad_norm, global_grad_norm};
 pub use job::{
@@ -72,6 +77,7 @@ pub use optim::{
 };
 pub use plot::plot_loss_curve;
 pub use schedule::{Schedule, ScheduleKind};
+pub use text::{is_text_path, load_text_tokens, read_text, text_windows, tokenize_text};
 pub use trainer::{TrainReport, Trainer};
 
 /// A seed from the clock, printed so a failing unit test can be replayed.

@@ -13,6 +13,7 @@ use crate::backprop::{forward_backward, BackpropPlan};
 use crate::batch::{make_batch, Batch, DataCursor, DataOrder};
 use crate::config::{NonFinitePolicy, TrainConfig};
 use crate::data::Dataset;
+use crate::distill::{distill_forward_backward, Teacher};
 use crate::error::{Error, Result};
 use crate::grad::{clip_coefficient, global_grad_norm};
 use crate::metrics::{memory_in_use, MetricsLog, StepMetrics};
@@ -61,6 +62,8 @@ pub struct Trainer {
     pub(crate) append_log: bool,
     history: Vec<StepMetrics>,
     pub(crate) run_args: serde_json::Value,
+    teacher: Option<Teacher>,
+    last_kl: Option<f64>,
 }
 
 impl Trainer {
@@ -125,6 +128,8 @@ impl Trainer {
             append_log: false,
             history: Vec::new(),
             run_args: serde_json::Value::Null,
+            teacher: None,
+            last_kl: None,
             cfg,
         })
     }
@@ -184,6 +189,18 @@ impl Trainer {
         self.run_args = args;
     }
 
+    /// Distil from `teacher` from now on (QAD): the loss becomes
+    /// `alpha * KL(teacher || student) + (1 - alpha) * CE`; the step's
+    /// reported loss stays the data cross-entropy, [`Trainer::last_kl`] the KL.
+    pub fn set_teacher(&mut self, teacher: Teacher) {
+        self.teacher = Some(teacher);
+    }
+
+    /// Mean KL per target token of the last step, when distilling.
+    pub fn last_kl(&self) -> Option<f64> {
+        self.last_kl
+    }
+
     /// One optimizer step on the next `batch_size * grad_accum` examples.
     pub fn step(&mut self) -> Result<StepMetrics> {
         let start = Instant::now();
@@ -193,9 +210,27 @@ impl Trainer {
         let denom = targets.max(1) as f64;
         self.optim.zero_grad();
         let mut ce = 0.0;
+        let mut kl = 0.0;
         for b in &batches {
-            ce += forward_backward(&self.model, &b.input_ids, &b.labels, denom, self.plan)?;
+            match &self.teacher {
+                None => {
+                    ce += forward_backward(&self.model, &b.input_ids, &b.labels, denom, self.plan)?
+                }
+                Some(t) => {
+                    let s = distill_forward_backward(
+                        &self.model,
+                        t,
+                        &b.input_ids,
+                        &b.labels,
+                        denom,
+                        self.plan,
+                    )?;
+                    ce += s.ce;
+                    kl += s.kl;
+                }
+            }
         }
+        self.last_kl = self.teacher.as_ref().map(|_| kl / denom);
         let loss = ce / denom;
         // Clipping happens inside the update (AdamW::step_scaled): the fused
         // kernel scales each gradient as it reads it.
