@@ -69,7 +69,10 @@ fn main() -> Result<()> {
     let dir = if args.model_dir.is_dir() {
         args.model_dir.clone()
     } else {
-        args.model_dir.parent().map(PathBuf::from).unwrap_or_default()
+        args.model_dir
+            .parent()
+            .map(PathBuf::from)
+            .unwrap_or_default()
     };
     let tok = Qwen3Tokenizer::from_dir(&dir).or_else(|_| Qwen3Tokenizer::bundled())?;
     let mut model = match &weights {
@@ -97,7 +100,9 @@ fn main() -> Result<()> {
     } else {
         ProgressBar::new(data.examples.len() as u64)
     };
-    bar.set_style(ProgressStyle::with_template("eval {bar:40} {pos}/{len} windows, {eta} left")?);
+    bar.set_style(ProgressStyle::with_template(
+        "eval {bar:40} {pos}/{len} windows, {eta} left",
+    )?);
     let report = evaluate_loss(&model, &data, args.batch_size, &mut |done, _| {
         bar.set_position(done as u64)
     })?;

@@ -26,8 +26,8 @@ use qwen3_nvfp4::{init_tracing, parse_device};
 use tch::Tensor;
 use tokenizer_bridge::Qwen3Tokenizer;
 use trainer::{
-    evaluate_loss, load_text_tokens, plot_loss_curve, text_windows, Dataset, ScheduleKind,
-    Teacher, TrainConfig, Trainer,
+    evaluate_loss, load_text_tokens, plot_loss_curve, text_windows, Dataset, ScheduleKind, Teacher,
+    TrainConfig, Trainer,
 };
 
 #[derive(Parser, Debug)]
@@ -101,7 +101,10 @@ fn schemes() -> Vec<(&'static str, QuantRecipe)> {
         ("w4a4", QuantRecipe::nvfp4(two, true)),
         ("w4a4+head", with_head(QuantRecipe::nvfp4(two, true))),
         ("w4a16-1l", QuantRecipe::nvfp4(ScaleMode::Single, false)),
-        ("w4a4+head-1l", with_head(QuantRecipe::nvfp4(ScaleMode::Single, true))),
+        (
+            "w4a4+head-1l",
+            with_head(QuantRecipe::nvfp4(ScaleMode::Single, true)),
+        ),
     ]
 }
 
@@ -142,7 +145,11 @@ impl Ctx {
     }
 
     /// A fresh model holding `weights` (or its own init), precision `recipe`, trainable.
-    fn model_from(&self, weights: Option<&HashMap<String, Tensor>>, recipe: &QuantRecipe) -> Result<Qwen3Model> {
+    fn model_from(
+        &self,
+        weights: Option<&HashMap<String, Tensor>>,
+        recipe: &QuantRecipe,
+    ) -> Result<Qwen3Model> {
         let mut m = Qwen3Model::init_dense(&self.cfg, &self.opts, 0, 0.02)?;
         m.set_recipe(recipe);
         let m = m.into_trainable(tch::Kind::Float, None)?;
@@ -156,7 +163,13 @@ impl Ctx {
         Ok(m)
     }
 
-    fn eval(&mut self, model: &mut Qwen3Model, base: serde_json::Value, recipe: &QuantRecipe, ood: bool) -> Result<()> {
+    fn eval(
+        &mut self,
+        model: &mut Qwen3Model,
+        base: serde_json::Value,
+        recipe: &QuantRecipe,
+        ood: bool,
+    ) -> Result<()> {
         model.set_recipe(recipe);
         let start = Instant::now();
         let v = evaluate_loss(model, &self.val, 32, &mut |_, _| {})?;
@@ -179,7 +192,13 @@ impl Ctx {
     }
 
     /// Trains `model` with `cfg` (optionally distilling), logging the curve as `run`.
-    fn train(&mut self, model: Qwen3Model, cfg: TrainConfig, teacher: Option<Teacher>, run: &str) -> Result<Qwen3Model> {
+    fn train(
+        &mut self,
+        model: Qwen3Model,
+        cfg: TrainConfig,
+        teacher: Option<Teacher>,
+        run: &str,
+    ) -> Result<Qwen3Model> {
         let pad = 0;
         let mut t = Trainer::new(model, cfg, self.train.clone(), pad)?;
         if let Some(teacher) = teacher {
@@ -190,20 +209,26 @@ impl Ctx {
         while t.step_count() < t.total_steps() {
             let m = t.step()?;
             tokens += m.tokens;
-            let mut line = serde_json::json!({"run": run, "step": m.step, "loss": m.loss, "lr": m.lr});
+            let mut line =
+                serde_json::json!({"run": run, "step": m.step, "loss": m.loss, "lr": m.lr});
             if let Some(kl) = t.last_kl() {
                 line["kl"] = kl.into();
             }
             writeln!(self.curves, "{line}")?;
             if m.step % 100 == 0 || m.step == 1 {
-                println!("{run} step {} loss {:.4} ({:.0} tok/s)", m.step, m.loss, m.tokens_per_s);
+                println!(
+                    "{run} step {} loss {:.4} ({:.0} tok/s)",
+                    m.step, m.loss, m.tokens_per_s
+                );
             }
         }
         self.curves.flush()?;
         let secs = start.elapsed().as_secs_f64();
-        self.emit(serde_json::json!({"train": run, "tokens": tokens, "seconds": secs,
+        self.emit(
+            serde_json::json!({"train": run, "tokens": tokens, "seconds": secs,
             "tokens_per_s": tokens as f64 / secs, "final_loss": t.history().last().map(|m| m.loss),
-            "mem_bytes": t.history().last().map(|m| m.mem_bytes)}))?;
+            "mem_bytes": t.history().last().map(|m| m.mem_bytes)}),
+        )?;
         Ok(t.into_model())
     }
 }
@@ -224,7 +249,8 @@ fn main() -> Result<()> {
     let tok = Qwen3Tokenizer::from_dir(&args.tokenizer_dir)?;
     let start = Instant::now();
     let cache = args.out.join("tokens");
-    let ids = |p: &Path| load_text_tokens(p, &tok, Some(&cache)).with_context(|| p.display().to_string());
+    let ids =
+        |p: &Path| load_text_tokens(p, &tok, Some(&cache)).with_context(|| p.display().to_string());
     let train_ids = ids(&args.train)?;
     let mut val_ids = ids(&args.val)?;
     val_ids.truncate(args.eval_tokens + 1);
@@ -259,12 +285,26 @@ fn main() -> Result<()> {
         curves: std::fs::File::create(args.out.join("curves.jsonl"))?,
         args,
     };
-    let seeds: Vec<u64> = ctx.args.seeds.split(',').map(|s| s.trim().parse()).collect::<std::result::Result<_, _>>()?;
-    let arms: Vec<String> = ctx.args.arms.split(',').map(|s| s.trim().to_string()).collect();
+    let seeds: Vec<u64> = ctx
+        .args
+        .seeds
+        .split(',')
+        .map(|s| s.trim().parse())
+        .collect::<std::result::Result<_, _>>()?;
+    let arms: Vec<String> = ctx
+        .args
+        .arms
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .collect();
     let dense = QuantRecipe::DENSE;
     let body: i64 = {
         let m = ctx.model_from(None, &dense)?;
-        let all: i64 = m.named_parameters().iter().map(|(_, t)| t.numel() as i64).sum();
+        let all: i64 = m
+            .named_parameters()
+            .iter()
+            .map(|(_, t)| t.numel() as i64)
+            .sum();
         all - (ctx.cfg.vocab_size * ctx.cfg.hidden_size) as i64
     };
     ctx.emit(serde_json::json!({"config": ctx.cfg.to_json_string(), "body_params": body,
@@ -296,7 +336,12 @@ fn main() -> Result<()> {
 
     // 1. The bf16 base.
     let model = ctx.model_from(None, &dense)?;
-    let pcfg = ctx.train_cfg(ctx.args.pretrain_steps, ctx.args.pretrain_lr, 100.min(ctx.args.pretrain_steps / 10), 0);
+    let pcfg = ctx.train_cfg(
+        ctx.args.pretrain_steps,
+        ctx.args.pretrain_lr,
+        100.min(ctx.args.pretrain_steps / 10),
+        0,
+    );
     let mut base = ctx.train(model, pcfg, None, "pretrain")?;
     let curve: Vec<(u64, f64)> = std::fs::read_to_string(ctx.args.out.join("curves.jsonl"))?
         .lines()
@@ -306,17 +351,32 @@ fn main() -> Result<()> {
         .collect();
     plot_loss_curve(&ctx.args.out.join("pretrain.png"), &curve)?;
     let base_w = snapshot(&base);
-    for (mode, name) in [(ScaleMode::Single, "single"), (ScaleMode::TwoLevel, "two-level")] {
+    for (mode, name) in [
+        (ScaleMode::Single, "single"),
+        (ScaleMode::TwoLevel, "two-level"),
+    ] {
         for head in [false, true] {
             let s = base.scale_stats(mode, head)?;
-            ctx.emit(serde_json::json!({"scale_stats": name, "model": "base", "head": head,
+            ctx.emit(
+                serde_json::json!({"scale_stats": name, "model": "base", "head": head,
                 "blocks": s.blocks, "subnormal": s.subnormal, "zero": s.zero,
-                "subnormal_share": s.subnormal_share(), "zero_share": s.zero_share()}))?;
+                "subnormal_share": s.subnormal_share(), "zero_share": s.zero_share()}),
+            )?;
         }
     }
-    ctx.eval(&mut base, serde_json::json!({"model": "base"}), &dense, true)?;
+    ctx.eval(
+        &mut base,
+        serde_json::json!({"model": "base"}),
+        &dense,
+        true,
+    )?;
     for (_, r) in schemes() {
-        ctx.eval(&mut base, serde_json::json!({"model": "base", "kind": "ptq"}), &r, true)?;
+        ctx.eval(
+            &mut base,
+            serde_json::json!({"model": "base", "kind": "ptq"}),
+            &r,
+            true,
+        )?;
     }
     drop(base);
 
@@ -326,7 +386,12 @@ fn main() -> Result<()> {
         .filter(|(n, _)| ["w4a16", "w4a4+head"].contains(n))
         .collect();
     for &seed in &seeds {
-        let acfg = ctx.train_cfg(ctx.args.arm_steps, ctx.args.arm_lr, 10, seed);
+        let acfg = ctx.train_cfg(
+            ctx.args.arm_steps,
+            ctx.args.arm_lr,
+            (ctx.args.arm_steps / 10).min(10),
+            seed,
+        );
         if arms.iter().any(|a| a == "control") {
             let m = ctx.model_from(Some(&base_w), &dense)?;
             let mut m = ctx.train(m, acfg.clone(), None, &format!("control-s{seed}"))?;
@@ -337,7 +402,10 @@ fn main() -> Result<()> {
                 t["kind"] = "ptq".into();
                 ctx.eval(&mut m, t, &r, true)?;
             }
-            for (mode, name) in [(ScaleMode::Single, "single"), (ScaleMode::TwoLevel, "two-level")] {
+            for (mode, name) in [
+                (ScaleMode::Single, "single"),
+                (ScaleMode::TwoLevel, "two-level"),
+            ] {
                 let s = m.scale_stats(mode, false)?;
                 ctx.emit(serde_json::json!({"scale_stats": name, "model": format!("control-s{seed}"),
                     "head": false, "blocks": s.blocks, "subnormal_share": s.subnormal_share(), "zero_share": s.zero_share()}))?;
@@ -354,7 +422,7 @@ fn main() -> Result<()> {
         }
         if arms.iter().any(|a| a == "qat1l") {
             for (name, r) in schemes() {
-                if name == "w4a16-1l" || name == "w4a4+head-1l" {
+                if name == "w4a4+head-1l" {
                     runs.push(("qat".into(), name, r, false));
                 }
             }
@@ -362,7 +430,10 @@ fn main() -> Result<()> {
         for (arm, name, recipe, distill) in runs {
             let m = ctx.model_from(Some(&base_w), &recipe)?;
             let teacher = if distill {
-                Some(Teacher::new(ctx.model_from(Some(&base_w), &dense)?, ctx.args.distill_alpha)?)
+                Some(Teacher::new(
+                    ctx.model_from(Some(&base_w), &dense)?,
+                    ctx.args.distill_alpha,
+                )?)
             } else {
                 None
             };

@@ -61,9 +61,8 @@ impl Qwen3Model {
         // tensor is then replaced.
         let mut model = Qwen3Model::random(cfg, opts, seed)?;
         let device = opts.device;
-        let draw = |key: &str, shape: &[i64]| {
-            standard_normal(shape, seed, stream_of(key), device) * std
-        };
+        let draw =
+            |key: &str, shape: &[i64]| standard_normal(shape, seed, stream_of(key), device) * std;
         let v = cfg.vocab_size as i64;
         let h = cfg.hidden_size as i64;
         model.embed_tokens = draw("model.embed_tokens.weight", &[v, h]).to_kind(opts.dtype);

@@ -256,7 +256,9 @@ impl Qwen3Model {
             None => {
                 let kernels = self.backend.uses_kernels();
                 let x = self.tied_head.input(&x, kernels)?;
-                let w = self.tied_head.weight(&self.embed_tokens, x.kind(), kernels)?;
+                let w = self
+                    .tied_head
+                    .weight(&self.embed_tokens, x.kind(), kernels)?;
                 x.f_linear::<Tensor>(&w, None)?
             }
         };

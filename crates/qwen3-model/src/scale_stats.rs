@@ -41,7 +41,8 @@ impl ScaleStats {
         let magnitude = codes.f_bitwise_and(0x7F)?;
         let exponent_zero = magnitude.f_lt(8)?;
         let zero = magnitude.f_eq(0)?;
-        let count = |t: &Tensor| -> Result<u64> { Ok(t.f_sum(Kind::Int64)?.f_int64_value(&[])? as u64) };
+        let count =
+            |t: &Tensor| -> Result<u64> { Ok(t.f_sum(Kind::Int64)?.f_int64_value(&[])? as u64) };
         let z = count(&zero)?;
         self.blocks += codes.numel() as u64;
         self.zero += z;

@@ -90,11 +90,15 @@ pub fn distill_forward_backward(
             let len = chunk.min(n - start);
             let r = rows.narrow(0, start, len);
             let t_logp = tch::no_grad(|| -> Result<Tensor> {
-                let x = t_flat.index_select(0, &r.to_device(t_flat.device())).unsqueeze(0);
+                let x = t_flat
+                    .index_select(0, &r.to_device(t_flat.device()))
+                    .unsqueeze(0);
                 let logits = teacher.model.head(&x)?.squeeze_dim(0);
                 Ok(logits.to_device(top.device()).log_softmax(-1, Kind::Float))
             })?;
-            let s_logits = student.head(&s_flat.index_select(0, &r).unsqueeze(0))?.squeeze_dim(0);
+            let s_logits = student
+                .head(&s_flat.index_select(0, &r).unsqueeze(0))?
+                .squeeze_dim(0);
             let s_logp = s_logits.log_softmax(-1, Kind::Float);
             let kl = (t_logp.exp() * (&t_logp - &s_logp)).sum(Kind::Float);
             let targets = flat_labels.index_select(0, &r);

@@ -69,7 +69,11 @@ pub fn read_text(path: &Path) -> Result<String> {
         let offset = e.utf8_error().valid_up_to();
         Error::BadLine {
             path: path.to_path_buf(),
-            line: e.as_bytes()[..offset].iter().filter(|&&b| b == b'\n').count() + 1,
+            line: e.as_bytes()[..offset]
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count()
+                + 1,
             reason: format!("not valid UTF-8 at byte {offset}"),
         }
     })
@@ -111,7 +115,11 @@ pub fn tokenize_text(tok: &Qwen3Tokenizer, text: &str) -> Result<Vec<u32>> {
 /// doc). With `cache`, ids are read from `<cache>/<name>.tokens` when that
 /// file was made from the same source (size and modification time), and
 /// written there (atomically) otherwise.
-pub fn load_text_tokens(path: &Path, tok: &Qwen3Tokenizer, cache: Option<&Path>) -> Result<Vec<u32>> {
+pub fn load_text_tokens(
+    path: &Path,
+    tok: &Qwen3Tokenizer,
+    cache: Option<&Path>,
+) -> Result<Vec<u32>> {
     let files = text_files(path)?;
     let mut stamp = Vec::new();
     for f in &files {
@@ -126,11 +134,14 @@ pub fn load_text_tokens(path: &Path, tok: &Qwen3Tokenizer, cache: Option<&Path>)
         stamp.extend_from_slice(&mtime.to_le_bytes());
     }
     stamp.extend_from_slice(&(tok.vocab_size() as u64).to_le_bytes());
-    let key = stamp
-        .iter()
-        .fold(0xCBF2_9CE4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x100_0000_01B3));
+    let key = stamp.iter().fold(0xCBF2_9CE4_8422_2325u64, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01B3)
+    });
     let cache_file = cache.map(|dir| {
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         dir.join(format!("{name}.tokens"))
     });
     if let Some(cf) = &cache_file {
@@ -186,7 +197,10 @@ fn read_token_file(path: &Path, key: u64) -> Result<Option<Vec<u32>>> {
     }
     let n = word(16) as usize;
     if bytes.len() != 24 + 4 * n {
-        return Err(bad(&format!("is truncated ({} bytes for {n} tokens)", bytes.len())));
+        return Err(bad(&format!(
+            "is truncated ({} bytes for {n} tokens)",
+            bytes.len()
+        )));
     }
     Ok(Some(
         bytes[24..]
@@ -244,7 +258,10 @@ mod tests {
         let ids: Vec<u32> = (0..10).collect();
         let d = text_windows(Path::new("t"), &ids, 4).unwrap();
         let spans: Vec<Vec<u32>> = d.examples.iter().map(|e| e.tokens.clone()).collect();
-        assert_eq!(spans, vec![vec![0, 1, 2, 3, 4], vec![4, 5, 6, 7, 8], vec![8, 9]]);
+        assert_eq!(
+            spans,
+            vec![vec![0, 1, 2, 3, 4], vec![4, 5, 6, 7, 8], vec![8, 9]]
+        );
         assert_eq!(d.stats.target_tokens, 9);
         let short = text_windows(Path::new("t"), &ids[..3], 100).unwrap();
         assert_eq!(short.examples.len(), 1, "a short text is one window");
@@ -267,6 +284,9 @@ mod tests {
         let para = "It was the best of times,  it was the worst of times.\n\n  Indented line.\nNext: 12345 \u{e9}t\u{e9}!\n";
         let text = para.repeat(3 * PIECE_BYTES / para.len());
         assert!(pieces(&text).len() >= 3);
-        assert_eq!(tokenize_text(&tok, &text).unwrap(), tok.encode(&text, false).unwrap());
+        assert_eq!(
+            tokenize_text(&tok, &text).unwrap(),
+            tok.encode(&text, false).unwrap()
+        );
     }
 }

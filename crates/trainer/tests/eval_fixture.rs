@@ -15,7 +15,9 @@ fn eval_loss_matches_transformers() {
         &std::fs::read_to_string(root.join("tests/fixtures/eval/reference.json")).unwrap(),
     )
     .unwrap();
-    let case = root.join("../qwen3-model/tests/fixtures/parity").join(reference["case"].as_str().unwrap());
+    let case = root
+        .join("../qwen3-model/tests/fixtures/parity")
+        .join(reference["case"].as_str().unwrap());
     let cfg = Qwen3Config::from_file(&case.join("config.json")).unwrap();
     let dat = dat_format::DatFile::open(case.join("model.dat")).unwrap();
     let model = Qwen3Model::load_dat(&dat, &cfg, &LoadOptions::new(Device::Cpu)).unwrap();
@@ -32,6 +34,9 @@ fn eval_loss_matches_transformers() {
     let want = reference["mean_loss"].as_f64().unwrap();
     assert_eq!(r.tokens, reference["tokens"].as_u64().unwrap());
     let rel = (r.mean_loss - want).abs() / want.abs();
-    println!("mean loss {} vs transformers {want}: relative {rel:.2e}", r.mean_loss);
+    println!(
+        "mean loss {} vs transformers {want}: relative {rel:.2e}",
+        r.mean_loss
+    );
     assert!(rel <= 1e-5, "relative difference {rel:.2e}");
 }

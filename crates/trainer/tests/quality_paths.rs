@@ -54,11 +54,17 @@ fn pretraining_from_a_fresh_init_lowers_the_text_loss() {
     let mut t = Trainer::new(fresh(common::seed()), cfg(12, 1e-2), data.clone(), 0).unwrap();
     let before = evaluate_loss(t.model(), &data, 8, &mut |_, _| {}).unwrap();
     // A fresh init predicts close to uniformly over the vocabulary.
-    assert!((before.mean_loss - (151936f64).ln()).abs() < 0.5, "{before:?}");
+    assert!(
+        (before.mean_loss - (151936f64).ln()).abs() < 0.5,
+        "{before:?}"
+    );
     t.train().unwrap();
     let after = evaluate_loss(t.model(), &data, 8, &mut |_, _| {}).unwrap();
     assert_eq!(after.tokens, before.tokens);
-    assert!(after.mean_loss < before.mean_loss - 1.0, "{before:?} -> {after:?}");
+    assert!(
+        after.mean_loss < before.mean_loss - 1.0,
+        "{before:?} -> {after:?}"
+    );
 }
 
 #[test]
@@ -77,7 +83,11 @@ fn eval_scores_every_token_once_and_equals_the_full_forward() {
             .double_value(&[]);
     }
     let want = sum / r.tokens as f64;
-    assert!((r.mean_loss - want).abs() <= 1e-5 * want, "{} vs {want}", r.mean_loss);
+    assert!(
+        (r.mean_loss - want).abs() <= 1e-5 * want,
+        "{} vs {want}",
+        r.mean_loss
+    );
     assert!((r.perplexity - want.exp()).abs() <= 1e-4 * want.exp());
 }
 
@@ -94,7 +104,9 @@ fn ptq_costs_loss_and_two_level_scales_leave_the_subnormal_range() {
     let mut m = model;
     let loss = |m: &mut Qwen3Model, r: QuantRecipe| {
         m.set_recipe(&r);
-        evaluate_loss(m, &data, 8, &mut |_, _| {}).unwrap().mean_loss
+        evaluate_loss(m, &data, 8, &mut |_, _| {})
+            .unwrap()
+            .mean_loss
     };
     let dense = loss(&mut m, QuantRecipe::DENSE);
     let w4 = loss(&mut m, QuantRecipe::nvfp4(ScaleMode::TwoLevel, false));
@@ -144,7 +156,8 @@ fn one_qad_step_is_chunk_invariant_and_moves_the_student_towards_the_teacher() {
             checkpointing,
             ..plan
         };
-        let s = distill_forward_backward(&student, &t, &b.input_ids, &b.labels, 10.0, plan).unwrap();
+        let s =
+            distill_forward_backward(&student, &t, &b.input_ids, &b.labels, 10.0, plan).unwrap();
         (s, grads(&student))
     };
     let (whole, g_whole) = run(4096, false);
