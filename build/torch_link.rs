@@ -5,7 +5,11 @@
 //!    then looks absent on a GPU machine;
 //! 2. finds libtorch at run time without `LD_LIBRARY_PATH`, through a run path
 //!    to the venv's `torch/lib` that `scripts/setup.sh` links at `.libtorch`.
-//!    `LD_LIBRARY_PATH` still wins (RUNPATH semantics), which the GPU machine uses.
+//!    `LD_LIBRARY_PATH` still wins (RUNPATH semantics), which the GPU machine uses;
+//! 3. finds the CUDA libraries the torch wheel ships beside it (NVRTC among
+//!    them, `site-packages/nvidia/cu13/lib`), so the NVFP4 kernels compile with
+//!    NVRTC on any machine with the venv, GPU or not (cudarc dlopens NVRTC, and
+//!    an executable's run path applies to its own dlopen calls).
 use std::path::PathBuf;
 
 fn main() {
@@ -23,5 +27,7 @@ fn main() {
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", torch_lib.display());
     // Binaries live three levels below the root (target/<profile>/{deps,examples}).
     println!("cargo:rustc-link-arg=-Wl,-rpath,$ORIGIN/../../../.libtorch/lib");
+    let cuda_libs = root.join(".libtorch").join("../nvidia/cu13/lib");
+    println!("cargo:rustc-link-arg=-Wl,-rpath,{}", cuda_libs.display());
     println!("cargo:rerun-if-changed=../../build/torch_link.rs");
 }

@@ -66,6 +66,15 @@ pub enum Error {
         problems: Vec<String>,
     },
 
+    /// A model path does not lead to weights and a config.
+    #[error("{}: {reason}", path.display())]
+    ModelPath {
+        /// The path given (file or directory).
+        path: PathBuf,
+        /// What was found and what was expected.
+        reason: String,
+    },
+
     /// A Hugging Face safetensors file could not be parsed or holds an unusable tensor.
     #[error("{}: {reason}", path.display())]
     Safetensors {

@@ -25,6 +25,7 @@ use crate::kv_cache::KvCache;
 use crate::linear::{Linear, LinearWeight};
 use crate::model::Qwen3Model;
 use crate::norm::RmsNorm;
+use crate::weights::schema::{LayerTensor, LM_HEAD_KEY};
 
 /// Weights of one block, as the kernels take them.
 struct BlockWeights {
@@ -137,15 +138,15 @@ impl FusedDecoder {
             .map(|(i, l)| {
                 let a = &l.self_attn;
                 let m = &l.mlp;
-                let name = |p: &str| format!("model.layers.{i}.{p}");
+                let name = |t: LayerTensor| t.key(i);
                 Ok(BlockWeights {
-                    q: packed(&a.q_proj, &name("self_attn.q_proj"))?,
-                    k: packed(&a.k_proj, &name("self_attn.k_proj"))?,
-                    v: packed(&a.v_proj, &name("self_attn.v_proj"))?,
-                    o: packed(&a.o_proj, &name("self_attn.o_proj"))?,
-                    gate: packed(&m.gate_proj, &name("mlp.gate_proj"))?,
-                    up: packed(&m.up_proj, &name("mlp.up_proj"))?,
-                    down: packed(&m.down_proj, &name("mlp.down_proj"))?,
+                    q: packed(&a.q_proj, &name(LayerTensor::QProj))?,
+                    k: packed(&a.k_proj, &name(LayerTensor::KProj))?,
+                    v: packed(&a.v_proj, &name(LayerTensor::VProj))?,
+                    o: packed(&a.o_proj, &name(LayerTensor::OProj))?,
+                    gate: packed(&m.gate_proj, &name(LayerTensor::GateProj))?,
+                    up: packed(&m.up_proj, &name(LayerTensor::UpProj))?,
+                    down: packed(&m.down_proj, &name(LayerTensor::DownProj))?,
                     input_norm: norm_f32(&l.input_layernorm)?,
                     post_norm: norm_f32(&l.post_attention_layernorm)?,
                     q_norm: norm_f32(&a.q_norm)?,
@@ -154,7 +155,7 @@ impl FusedDecoder {
             })
             .collect::<Result<Vec<_>>>()?;
         let lm_head = match &model.lm_head {
-            Some(h) => Some(packed(h, "lm_head")?),
+            Some(h) => Some(packed(h, LM_HEAD_KEY)?),
             None => None,
         };
         let heads = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);

@@ -37,7 +37,7 @@ mod block;
 mod config;
 mod error;
 mod fused_decode;
-mod hf;
+mod generate;
 mod init;
 mod kv_cache;
 mod linear;
@@ -48,25 +48,28 @@ mod norm;
 mod precision;
 mod random;
 mod rope;
+mod sampling;
 mod scale_stats;
 mod train;
-// --- generation (helper G): `mod sampling; mod generate;` go here ---
-mod generate;
-mod sampling;
+mod weights;
 
 pub use config::Qwen3Config;
 pub use error::{Error, Result};
 pub use fused_decode::FusedDecoder;
+pub use generate::{
+    generate, Conversation, FinishReason, GenerateOptions, Generation, PrefillMode,
+};
 pub use init::{initializer_range, DEFAULT_INITIALIZER_RANGE};
 pub use kv_cache::{KvCache, DEFAULT_GROW_CHUNK};
 pub use linear::LinearWeight;
 pub use model::{LoadOptions, Qwen3Model};
 pub use nvfp4_kernels::{ComputePath, ScaleMode};
 pub use precision::{Precision, QuantRecipe};
+pub use sampling::{Sampler, SamplingParams};
 pub use scale_stats::ScaleStats;
 pub use train::WeightRef;
-// --- generation (helper G): `pub use sampling::..; pub use generate::..;` go here ---
-pub use generate::{
-    generate, Conversation, FinishReason, GenerateOptions, Generation, PrefillMode,
+pub use weights::resolve::{ModelPaths, WeightFormat};
+pub use weights::schema::{
+    hf_rank, is_packed_key, LayerTensor, TensorClass, TensorRole, TensorSpec, WeightSchema,
+    EMBED_KEY, FINAL_NORM_KEY, LM_HEAD_KEY,
 };
-pub use sampling::{Sampler, SamplingParams};

@@ -1,15 +1,16 @@
-//! Building a model from a source of weights: the list of every tensor a
-//! config needs (all layer families of all layers, FR-08), one audit that
-//! reports every problem at once, then one copy per tensor to the device
-//! (FR-09). `.dat` files, safetensors directories (`hf.rs`) and synthetic
-//! weights (`random.rs`) are all `WeightSource`s, so they share this path.
+//! Building a model from a source of weights: the schema of the config
+//! (every tensor of every layer, FR-08), one audit that reports every
+//! problem at once, then one copy per tensor to the device (FR-09). `.dat`
+//! files, safetensors directories and synthetic weights (`random.rs`) are
+//! all `WeightSource`s, so they share this path.
 
 use std::collections::{HashMap, HashSet};
+use std::path::Path;
 use std::sync::Arc;
 
 use dat_format::DatFile;
 use nvfp4_kernels::{Nvfp4Backend, Nvfp4Tensor};
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 use crate::attention::Attention;
 use crate::block::DecoderLayer;
@@ -20,144 +21,37 @@ use crate::mlp::Mlp;
 use crate::model::{LoadOptions, Qwen3Model};
 use crate::norm::RmsNorm;
 use crate::rope::Rotary;
+use crate::weights::dat::DatSource;
+use crate::weights::resolve::{ModelPaths, WeightFormat};
+use crate::weights::schema::{LayerTensor, TensorClass, TensorRole, TensorSpec, WeightSchema};
+use crate::weights::source::{Check, WeightSource};
 
-/// Names of the projections of one block, in file order.
-pub(crate) const ATTN_PROJ: [&str; 4] = ["q_proj", "k_proj", "v_proj", "o_proj"];
-/// Names of the MLP projections.
-pub(crate) const MLP_PROJ: [&str; 3] = ["gate_proj", "up_proj", "down_proj"];
-
-/// One tensor the model needs.
-#[derive(Clone, Debug)]
-pub(crate) enum Slot {
-    /// A raw float tensor (embedding, norms), loaded as `kind`.
-    Dense {
-        key: String,
-        shape: Vec<usize>,
-        kind: Kind,
-    },
-    /// An NVFP4 projection named by its base, e.g. `model.layers.0.self_attn.q_proj`.
-    Projection {
-        base: String,
-        rows: usize,
-        cols: usize,
-        required: bool,
-    },
-}
-
-/// Every tensor of `cfg`, in the order of the original files. Embeddings are
-/// loaded in the compute kind, norms in f32 (they are computed in f32).
-pub(crate) fn plan(cfg: &Qwen3Config, compute: Kind) -> Vec<Slot> {
-    let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
-    let dense = |key: String, n: usize, kind| Slot::Dense {
-        key,
-        shape: vec![n],
-        kind,
-    };
-    let proj = |base: String, rows, cols| Slot::Projection {
-        base,
-        rows,
-        cols,
-        required: true,
-    };
-    let mut slots = vec![Slot::Dense {
-        key: "model.embed_tokens.weight".into(),
-        shape: vec![cfg.vocab_size, h],
-        kind: compute,
-    }];
-    for l in 0..cfg.num_hidden_layers {
-        let p = format!("model.layers.{l}");
-        slots.push(dense(format!("{p}.input_layernorm.weight"), h, Kind::Float));
-        let attn_shapes = [
-            (cfg.q_dim(), h),
-            (cfg.kv_dim(), h),
-            (cfg.kv_dim(), h),
-            (h, cfg.q_dim()),
-        ];
-        for (name, (rows, cols)) in ATTN_PROJ.iter().zip(attn_shapes) {
-            slots.push(proj(format!("{p}.self_attn.{name}"), rows, cols));
-        }
-        slots.push(dense(
-            format!("{p}.self_attn.q_norm.weight"),
-            cfg.head_dim,
-            Kind::Float,
-        ));
-        slots.push(dense(
-            format!("{p}.self_attn.k_norm.weight"),
-            cfg.head_dim,
-            Kind::Float,
-        ));
-        slots.push(dense(
-            format!("{p}.post_attention_layernorm.weight"),
-            h,
-            Kind::Float,
-        ));
-        for (name, (rows, cols)) in MLP_PROJ.iter().zip([(i, h), (i, h), (h, i)]) {
-            slots.push(proj(format!("{p}.mlp.{name}"), rows, cols));
-        }
-    }
-    slots.push(dense("model.norm.weight".into(), h, Kind::Float));
-    // A tied model may still carry an NVFP4 lm_head; it is used when present.
-    slots.push(Slot::Projection {
-        base: "lm_head".into(),
-        rows: cfg.vocab_size,
-        cols: h,
-        required: !cfg.tie_word_embeddings,
-    });
-    slots
-}
-
-/// Result of checking one projection in a source.
-pub(crate) enum ProjCheck {
-    Present,
-    Missing,
-    Problem(String),
-}
-
-/// Where weights come from. `check_*` must only read metadata; `dense` and
-/// `projection` are called once per tensor, after the audit passed.
-pub(crate) trait WeightSource {
-    /// The file or directory, for messages.
-    fn describe(&self) -> String;
-    /// Every key the source holds (for the unexpected-key check).
-    fn keys(&self) -> Vec<String>;
-    /// `Some(problem)` when the tensor is missing or unusable.
-    fn check_dense(&self, key: &str, shape: &[usize]) -> Option<String>;
-    fn check_projection(&self, base: &str, rows: usize, cols: usize) -> ProjCheck;
-    fn dense(&mut self, key: &str, kind: Kind, device: Device) -> Result<Tensor>;
-    fn projection(&mut self, base: &str, device: Device) -> Result<Nvfp4Tensor>;
-}
-
-/// Checks every slot; returns the bases of the projections to load (an
-/// optional `lm_head` may be absent) or ONE error listing every problem.
-fn audit(plan: &[Slot], strict: bool, src: &dyn WeightSource) -> Result<HashSet<String>> {
+/// Checks every tensor of the schema; returns the roles to load (an
+/// optional head may be absent) or ONE error listing every problem.
+fn audit(
+    schema: &WeightSchema,
+    strict: bool,
+    src: &dyn WeightSource,
+) -> Result<HashSet<TensorRole>> {
     let mut problems = Vec::new();
     let mut present = HashSet::new();
     let mut owned_exact = HashSet::new();
     let mut owned_prefix = Vec::new();
-    for slot in plan {
-        match slot {
-            Slot::Dense { key, shape, .. } => {
-                problems.extend(src.check_dense(key, shape));
-                owned_exact.insert(key.clone());
+    for spec in schema.tensors() {
+        match src.check(spec) {
+            Check::Present => {
+                present.insert(spec.role);
             }
-            Slot::Projection {
-                base,
-                rows,
-                cols,
-                required,
-            } => {
-                match src.check_projection(base, *rows, *cols) {
-                    ProjCheck::Present => {
-                        present.insert(base.clone());
-                    }
-                    ProjCheck::Missing if *required => {
-                        problems.push(format!("missing {base} (qdata/scale)"))
-                    }
-                    ProjCheck::Missing => {}
-                    ProjCheck::Problem(p) => problems.push(p),
-                }
-                owned_prefix.push(format!("{base}."));
+            Check::Missing if !spec.required => {}
+            Check::Missing if spec.is_packed() => {
+                problems.push(format!("missing {} (qdata/scale)", spec.base()))
             }
+            Check::Missing => problems.push(format!("missing {}", spec.key)),
+            Check::Problem(p) => problems.push(p),
+        }
+        owned_exact.insert(spec.key.clone());
+        if spec.is_packed() {
+            owned_prefix.push(format!("{}.", spec.base()));
         }
     }
     // Keys the model does not use: a sign of a config/file mismatch (e.g.
@@ -184,6 +78,15 @@ fn audit(plan: &[Slot], strict: bool, src: &dyn WeightSource) -> Result<HashSet<
     Ok(present)
 }
 
+/// The kind a raw tensor is loaded as: embeddings in the compute kind,
+/// norms in f32 (they are computed in f32).
+fn dense_kind(spec: &TensorSpec, compute: Kind) -> Kind {
+    match spec.class() {
+        TensorClass::Norm => Kind::Float,
+        _ => compute,
+    }
+}
+
 /// Audits `src` against `cfg`, then copies each tensor once to the device.
 pub(crate) fn assemble(
     cfg: &Qwen3Config,
@@ -194,75 +97,73 @@ pub(crate) fn assemble(
     opts.validate()?;
     let backend = Arc::new(Nvfp4Backend::resolve(opts.compute_path, opts.device)?);
     tracing::info!(path = %backend.describe(), source = %src.describe(), "loading Qwen3");
-    let plan = plan(cfg, opts.dtype);
-    let present = audit(&plan, opts.strict, src)?;
+    let schema = WeightSchema::new(cfg);
+    let present = audit(&schema, opts.strict, src)?;
     let mut parts = Parts {
         dense: HashMap::new(),
         packed: HashMap::new(),
         backend,
         eps: cfg.rms_norm_eps,
     };
-    for slot in &plan {
-        match slot {
-            Slot::Dense { key, kind, .. } => {
-                let t = src.dense(key, *kind, opts.device)?;
-                parts.dense.insert(key.clone(), t);
-            }
-            Slot::Projection { base, .. } if present.contains(base) => {
-                let q = src.projection(base, opts.device)?;
-                parts.packed.insert(base.clone(), q);
-            }
-            Slot::Projection { .. } => {}
+    for spec in schema.tensors() {
+        if !present.contains(&spec.role) {
+            continue;
+        }
+        if spec.is_packed() {
+            let q = src.packed(spec, opts.device)?;
+            parts.packed.insert(spec.role, q);
+        } else {
+            let t = src.dense(spec, dense_kind(spec, opts.dtype), opts.device)?;
+            parts.dense.insert(spec.role, t);
         }
     }
     parts.into_model(cfg, opts)
 }
 
-/// Loaded tensors by key, consumed while the model is wired together.
+/// Loaded tensors by role, consumed while the model is wired together.
 struct Parts {
-    dense: HashMap<String, Tensor>,
-    packed: HashMap<String, Nvfp4Tensor>,
+    dense: HashMap<TensorRole, Tensor>,
+    packed: HashMap<TensorRole, Nvfp4Tensor>,
     backend: Arc<Nvfp4Backend>,
     eps: f64,
 }
 
 impl Parts {
-    fn tensor(&mut self, key: &str) -> Result<Tensor> {
-        self.dense.remove(key).ok_or_else(|| missing(key))
+    fn tensor(&mut self, role: TensorRole) -> Result<Tensor> {
+        self.dense.remove(&role).ok_or_else(|| missing(role))
     }
 
-    fn norm(&mut self, key: &str) -> Result<RmsNorm> {
-        Ok(RmsNorm::new(self.tensor(key)?, self.eps))
+    fn norm(&mut self, role: TensorRole) -> Result<RmsNorm> {
+        Ok(RmsNorm::new(self.tensor(role)?, self.eps))
     }
 
-    fn linear(&mut self, base: &str) -> Result<Linear> {
-        let q = self.packed.remove(base).ok_or_else(|| missing(base))?;
+    fn linear(&mut self, role: TensorRole) -> Result<Linear> {
+        let q = self.packed.remove(&role).ok_or_else(|| missing(role))?;
         Ok(Linear::new(LinearWeight::Packed(q), self.backend.clone()))
     }
 
     fn layer(&mut self, cfg: &Qwen3Config, l: usize) -> Result<DecoderLayer> {
-        let p = format!("model.layers.{l}");
-        let a = format!("{p}.self_attn");
+        let r = |t| TensorRole::Layer(l, t);
         let self_attn = Attention {
-            q_proj: self.linear(&format!("{a}.q_proj"))?,
-            k_proj: self.linear(&format!("{a}.k_proj"))?,
-            v_proj: self.linear(&format!("{a}.v_proj"))?,
-            o_proj: self.linear(&format!("{a}.o_proj"))?,
-            q_norm: self.norm(&format!("{a}.q_norm.weight"))?,
-            k_norm: self.norm(&format!("{a}.k_norm.weight"))?,
+            q_proj: self.linear(r(LayerTensor::QProj))?,
+            k_proj: self.linear(r(LayerTensor::KProj))?,
+            v_proj: self.linear(r(LayerTensor::VProj))?,
+            o_proj: self.linear(r(LayerTensor::OProj))?,
+            q_norm: self.norm(r(LayerTensor::QNorm))?,
+            k_norm: self.norm(r(LayerTensor::KNorm))?,
             num_heads: cfg.num_attention_heads,
             num_kv_heads: cfg.num_key_value_heads,
             head_dim: cfg.head_dim,
         };
         let mlp = Mlp {
-            gate_proj: self.linear(&format!("{p}.mlp.gate_proj"))?,
-            up_proj: self.linear(&format!("{p}.mlp.up_proj"))?,
-            down_proj: self.linear(&format!("{p}.mlp.down_proj"))?,
+            gate_proj: self.linear(r(LayerTensor::GateProj))?,
+            up_proj: self.linear(r(LayerTensor::UpProj))?,
+            down_proj: self.linear(r(LayerTensor::DownProj))?,
         };
         Ok(DecoderLayer {
-            input_layernorm: self.norm(&format!("{p}.input_layernorm.weight"))?,
+            input_layernorm: self.norm(r(LayerTensor::InputNorm))?,
             self_attn,
-            post_attention_layernorm: self.norm(&format!("{p}.post_attention_layernorm.weight"))?,
+            post_attention_layernorm: self.norm(r(LayerTensor::PostNorm))?,
             mlp,
         })
     }
@@ -271,15 +172,16 @@ impl Parts {
         let layers = (0..cfg.num_hidden_layers)
             .map(|l| self.layer(cfg, l))
             .collect::<Result<Vec<_>>>()?;
-        let lm_head = match self.packed.contains_key("lm_head") {
-            true => Some(self.linear("lm_head")?),
+        // A tied model may still carry an NVFP4 lm_head; it is used when present.
+        let lm_head = match self.packed.contains_key(&TensorRole::Head) {
+            true => Some(self.linear(TensorRole::Head)?),
             false => None,
         };
         Ok(Qwen3Model {
             cfg: cfg.clone(),
-            embed_tokens: self.tensor("model.embed_tokens.weight")?,
+            embed_tokens: self.tensor(TensorRole::Embedding)?,
             layers,
-            norm: self.norm("model.norm.weight")?,
+            norm: self.norm(TensorRole::FinalNorm)?,
             lm_head,
             tied_head: crate::precision::Precision::DENSE,
             rotary: Rotary::new(cfg.head_dim, cfg.rope_theta, opts.device),
@@ -290,70 +192,43 @@ impl Parts {
     }
 }
 
-/// Only reachable if a source's `check_*` and loads disagree.
-fn missing(key: &str) -> Error {
+/// Only reachable if a source's `check` and loads disagree.
+fn missing(role: TensorRole) -> Error {
     Error::InvalidArgument {
         name: "weights",
-        reason: format!("{key} was not loaded"),
-    }
-}
-
-/// A `.dat` file as a weight source.
-struct DatSource<'a> {
-    dat: &'a DatFile,
-}
-
-impl WeightSource for DatSource<'_> {
-    fn describe(&self) -> String {
-        self.dat.path().display().to_string()
-    }
-
-    fn keys(&self) -> Vec<String> {
-        self.dat.entries().iter().map(|e| e.key.clone()).collect()
-    }
-
-    fn check_dense(&self, key: &str, shape: &[usize]) -> Option<String> {
-        match self.dat.get(key) {
-            None => Some(format!("missing {key}")),
-            Some(e) if !e.elem.is_float() => Some(format!(
-                "{key} has element type {:?}, expected a float type",
-                e.elem
-            )),
-            Some(e) if e.shape != shape => {
-                Some(format!("{key} shape {:?} expected {shape:?}", e.shape))
-            }
-            Some(_) => None,
-        }
-    }
-
-    fn check_projection(&self, base: &str, rows: usize, cols: usize) -> ProjCheck {
-        match self.dat.nvfp4(base) {
-            Ok(None) => ProjCheck::Missing,
-            Err(e) => ProjCheck::Problem(e.to_string()),
-            Ok(Some(q)) if (q.rows, q.cols) != (rows, cols) => ProjCheck::Problem(format!(
-                "{base} shape [{}, {}] expected [{rows}, {cols}]",
-                q.rows, q.cols
-            )),
-            Ok(Some(_)) => ProjCheck::Present,
-        }
-    }
-
-    fn dense(&mut self, key: &str, kind: Kind, device: Device) -> Result<Tensor> {
-        Ok(self.dat.tensor_as(key, kind, device)?)
-    }
-
-    fn projection(&mut self, base: &str, device: Device) -> Result<Nvfp4Tensor> {
-        let q = self.dat.nvfp4(base)?.ok_or_else(|| missing(base))?;
-        Ok(Nvfp4Tensor::from_host(&q, device)?)
+        reason: format!("{} was not loaded", role.key()),
     }
 }
 
 impl Qwen3Model {
+    /// Opens a model: `path` is a `.dat` file, a directory holding one
+    /// `.dat`, or a Hugging Face safetensors directory (quantized on load);
+    /// the config is `config.json` in the directory or beside the `.dat`
+    /// (see [`ModelPaths::resolve`]).
+    pub fn load(path: &Path, opts: &LoadOptions) -> Result<Self> {
+        Self::load_with_config(path, None, opts)
+    }
+
+    /// [`Qwen3Model::load`] with the `config.json` given explicitly (`None`:
+    /// the one in the directory or beside the `.dat`).
+    pub fn load_with_config(
+        path: &Path,
+        config: Option<&Path>,
+        opts: &LoadOptions,
+    ) -> Result<Self> {
+        let paths = ModelPaths::resolve(path, config)?;
+        let cfg = Qwen3Config::from_file(&paths.config)?;
+        match paths.format {
+            WeightFormat::Dat => Self::load_dat(&DatFile::open(&paths.weights)?, &cfg, opts),
+            WeightFormat::Safetensors => Self::load_hf_dir(&paths.weights, &cfg, opts),
+        }
+    }
+
     /// Loads every tensor of `cfg` from a `.dat` file (FR-08), each copied
     /// once to `opts.device` (FR-09). Missing tensors, wrong shapes or
     /// element types (and, when strict, unused tensors) are reported together
     /// in one [`Error::LoadProblems`].
     pub fn load_dat(dat: &DatFile, cfg: &Qwen3Config, opts: &LoadOptions) -> Result<Self> {
-        assemble(cfg, opts, &mut DatSource { dat })
+        crate::loader::assemble(cfg, opts, &mut DatSource { dat })
     }
 }

@@ -15,12 +15,13 @@ impl RmsNorm {
         RmsNorm { weight, eps }
     }
 
-    /// Normalises over the last dim; the result is f32 whatever `x` is, so
-    /// callers that keep working in f32 (q/k before RoPE) skip a round trip.
+    /// The epsilon added to the mean square.
     pub(crate) fn eps(&self) -> f64 {
         self.eps
     }
 
+    /// Normalises over the last dim; the result is f32 whatever `x` is, so
+    /// callers that keep working in f32 (q/k before RoPE) skip a round trip.
     pub(crate) fn forward_f32(&self, x: &Tensor) -> Tensor {
         let x = x.to_kind(Kind::Float);
         let var = x.square().mean_dim(-1, true, Kind::Float);

@@ -8,15 +8,15 @@
 //! Box-Muller), not from libtorch's global generator: the model is the same
 //! whatever other threads draw, and needs no global reseeding.
 
-use std::collections::HashMap;
-
 use nvfp4_kernels::{Nvfp4Tensor, ScaleMode};
 use tch::{Device, Kind, Tensor};
 
 use crate::config::Qwen3Config;
 use crate::error::Result;
-use crate::loader::{assemble, plan, ProjCheck, Slot, WeightSource};
+use crate::loader::assemble;
 use crate::model::{LoadOptions, Qwen3Model};
+use crate::weights::schema::TensorSpec;
+use crate::weights::source::{Check, WeightSource};
 
 /// Standard deviation of synthetic weights (transformers' `initializer_range`).
 const INIT_STD: f64 = 0.02;
@@ -89,34 +89,22 @@ fn standard_normal_chunked(
     Tensor::cat(&parts, 0).view(shape)
 }
 
-/// Generates every tensor of the plan on request; shapes come from the plan.
+/// Generates every tensor of the schema on request.
 struct RandomSource {
-    shapes: HashMap<String, Vec<i64>>,
     seed: u64,
 }
 
 impl RandomSource {
-    fn new(cfg: &Qwen3Config, seed: u64) -> Self {
-        let dims = |s: &[usize]| s.iter().map(|&d| d as i64).collect::<Vec<_>>();
-        let shapes = plan(cfg, Kind::Float)
-            .into_iter()
-            .filter_map(|slot| match slot {
-                Slot::Dense { key, shape, .. } => Some((key, dims(&shape))),
-                // A tied synthetic model uses its embedding as lm_head.
-                Slot::Projection {
-                    required: false, ..
-                } => None,
-                Slot::Projection {
-                    base, rows, cols, ..
-                } => Some((base, dims(&[rows, cols]))),
-            })
-            .collect();
-        RandomSource { shapes, seed }
-    }
-
-    fn normal(&self, key: &str, device: Device) -> Tensor {
-        let shape = self.shapes.get(key).cloned().unwrap_or_default();
-        standard_normal(&shape, self.seed, stream_of(key), device) * INIT_STD
+    /// Normal noise of `spec`'s shape; the stream is named by the key of a
+    /// raw tensor and by the base of a packed one.
+    fn normal(&self, spec: &TensorSpec, device: Device) -> Tensor {
+        let shape: Vec<i64> = spec.shape.iter().map(|&d| d as i64).collect();
+        let name = if spec.is_packed() {
+            spec.base()
+        } else {
+            &spec.key
+        };
+        standard_normal(&shape, self.seed, stream_of(name), device) * INIT_STD
     }
 }
 
@@ -129,26 +117,23 @@ impl WeightSource for RandomSource {
         Vec::new()
     }
 
-    fn check_dense(&self, _key: &str, _shape: &[usize]) -> Option<String> {
-        None
-    }
-
-    fn check_projection(&self, base: &str, _rows: usize, _cols: usize) -> ProjCheck {
-        match self.shapes.contains_key(base) {
-            true => ProjCheck::Present,
-            false => ProjCheck::Missing,
+    fn check(&self, spec: &TensorSpec) -> Check {
+        // A tied synthetic model uses its embedding as lm_head.
+        match spec.required {
+            true => Check::Present,
+            false => Check::Missing,
         }
     }
 
-    fn dense(&mut self, key: &str, kind: Kind, device: Device) -> Result<Tensor> {
-        let noise = self.normal(key, device);
+    fn dense(&mut self, spec: &TensorSpec, kind: Kind, device: Device) -> Result<Tensor> {
+        let noise = self.normal(spec, device);
         let t = if noise.dim() == 1 { noise + 1.0 } else { noise }; // norms near 1
         Ok(t.to_kind(kind))
     }
 
-    fn projection(&mut self, base: &str, device: Device) -> Result<Nvfp4Tensor> {
+    fn packed(&mut self, spec: &TensorSpec, device: Device) -> Result<Nvfp4Tensor> {
         Ok(nvfp4_kernels::quantize(
-            &self.normal(base, device),
+            &self.normal(spec, device),
             ScaleMode::Single,
         )?)
     }
@@ -158,7 +143,7 @@ impl Qwen3Model {
     /// A model with synthetic NVFP4 weights for `cfg`, a pure function of
     /// `seed` (libtorch's global generator is neither used nor reseeded).
     pub fn random(cfg: &Qwen3Config, opts: &LoadOptions, seed: u64) -> Result<Self> {
-        assemble(cfg, opts, &mut RandomSource::new(cfg, seed))
+        assemble(cfg, opts, &mut RandomSource { seed })
     }
 }
 

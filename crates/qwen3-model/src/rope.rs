@@ -21,12 +21,12 @@ impl Rotary {
         Rotary { inv_freq }
     }
 
-    /// Cosines and sines of positions `offset..offset+len`, each [len, head_dim/2] f32.
     /// f32 `[head_dim/2]` inverse frequencies on the model's device.
     pub(crate) fn inv_freq(&self) -> &Tensor {
         &self.inv_freq
     }
 
+    /// Cosines and sines of positions `offset..offset+len`, each [len, head_dim/2] f32.
     pub(crate) fn cos_sin(&self, offset: usize, len: usize) -> (Tensor, Tensor) {
         let device = self.inv_freq.device();
         let start = offset as i64;

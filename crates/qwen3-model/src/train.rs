@@ -11,9 +11,9 @@ use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
 use crate::linear::{Linear, LinearWeight};
-use crate::loader::{ATTN_PROJ, MLP_PROJ};
 use crate::model::Qwen3Model;
 use crate::norm::RmsNorm;
+use crate::weights::schema::{LayerTensor, TensorRole, WeightSchema};
 
 /// A weight as stored in the model, for export.
 #[derive(Debug)]
@@ -94,53 +94,39 @@ impl Qwen3Model {
         Ok(self)
     }
 
-    /// Every tensor with its key, in `.dat` file order.
+    /// The tensor of `role`; `None` for the head of a model that uses its embedding.
+    fn item(&self, role: TensorRole) -> Option<Item<'_>> {
+        Some(match role {
+            TensorRole::Embedding => Item::Tensor(&self.embed_tokens),
+            TensorRole::FinalNorm => Item::Tensor(&self.norm.weight),
+            TensorRole::Head => Item::Linear(self.lm_head.as_ref()?),
+            TensorRole::Layer(l, t) => {
+                let layer = self.layers.get(l)?;
+                let (a, m) = (&layer.self_attn, &layer.mlp);
+                match t {
+                    LayerTensor::InputNorm => Item::Tensor(&layer.input_layernorm.weight),
+                    LayerTensor::QProj => Item::Linear(&a.q_proj),
+                    LayerTensor::KProj => Item::Linear(&a.k_proj),
+                    LayerTensor::VProj => Item::Linear(&a.v_proj),
+                    LayerTensor::OProj => Item::Linear(&a.o_proj),
+                    LayerTensor::QNorm => Item::Tensor(&a.q_norm.weight),
+                    LayerTensor::KNorm => Item::Tensor(&a.k_norm.weight),
+                    LayerTensor::PostNorm => Item::Tensor(&layer.post_attention_layernorm.weight),
+                    LayerTensor::GateProj => Item::Linear(&m.gate_proj),
+                    LayerTensor::UpProj => Item::Linear(&m.up_proj),
+                    LayerTensor::DownProj => Item::Linear(&m.down_proj),
+                }
+            }
+        })
+    }
+
+    /// Every tensor with its key, in `.dat` file order (the schema's).
     pub(crate) fn items(&self) -> Vec<(String, Item<'_>)> {
-        let mut out = vec![(
-            "model.embed_tokens.weight".to_string(),
-            Item::Tensor(&self.embed_tokens),
-        )];
-        for (l, layer) in self.layers.iter().enumerate() {
-            let p = format!("model.layers.{l}");
-            let a = &layer.self_attn;
-            out.push((
-                format!("{p}.input_layernorm.weight"),
-                Item::Tensor(&layer.input_layernorm.weight),
-            ));
-            for (name, lin) in ATTN_PROJ
-                .iter()
-                .zip([&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj])
-            {
-                out.push((format!("{p}.self_attn.{name}.weight"), Item::Linear(lin)));
-            }
-            out.push((
-                format!("{p}.self_attn.q_norm.weight"),
-                Item::Tensor(&a.q_norm.weight),
-            ));
-            out.push((
-                format!("{p}.self_attn.k_norm.weight"),
-                Item::Tensor(&a.k_norm.weight),
-            ));
-            out.push((
-                format!("{p}.post_attention_layernorm.weight"),
-                Item::Tensor(&layer.post_attention_layernorm.weight),
-            ));
-            let m = &layer.mlp;
-            for (name, lin) in MLP_PROJ
-                .iter()
-                .zip([&m.gate_proj, &m.up_proj, &m.down_proj])
-            {
-                out.push((format!("{p}.mlp.{name}.weight"), Item::Linear(lin)));
-            }
-        }
-        out.push((
-            "model.norm.weight".to_string(),
-            Item::Tensor(&self.norm.weight),
-        ));
-        if let Some(head) = &self.lm_head {
-            out.push(("lm_head.weight".to_string(), Item::Linear(head)));
-        }
-        out
+        WeightSchema::new(&self.cfg)
+            .tensors()
+            .iter()
+            .filter_map(|spec| Some((spec.key.clone(), self.item(spec.role)?)))
+            .collect()
     }
 
     /// Trainable tensors (those with `requires_grad`) under their HF keys

@@ -14,8 +14,10 @@ use tch::{Device, Kind, Tensor};
 
 use crate::config::Qwen3Config;
 use crate::error::{Error, Result};
-use crate::loader::{assemble, ProjCheck, WeightSource};
+use crate::loader::assemble;
 use crate::model::{LoadOptions, Qwen3Model};
+use crate::weights::schema::TensorSpec;
+use crate::weights::source::{shape_problem, Check, WeightSource};
 
 /// One mapped `.safetensors` file.
 struct Shard {
@@ -119,17 +121,18 @@ impl HfSource {
         Ok(src)
     }
 
-    fn check(&self, key: &str, shape: &[usize]) -> Option<String> {
+    /// The tensor under `key`, checked against the logical shape of `spec`.
+    fn check_key(&self, key: &str, spec: &TensorSpec) -> Check {
         match self.index.get(key) {
-            None => Some(format!("missing {key}")),
-            Some((_, info)) if float_kind(info.dtype).is_none() => Some(format!(
+            None => Check::Missing,
+            Some((_, info)) if float_kind(info.dtype).is_none() => Check::Problem(format!(
                 "{key} has dtype {:?}, expected BF16, F16 or F32",
                 info.dtype
             )),
-            Some((_, info)) if info.shape != shape => {
-                Some(format!("{key} shape {:?} expected {shape:?}", info.shape))
+            Some((_, info)) if info.shape != spec.shape => {
+                Check::Problem(shape_problem(key, &info.shape, spec))
             }
-            Some(_) => None,
+            Some(_) => Check::Present,
         }
     }
 
@@ -175,29 +178,18 @@ impl WeightSource for HfSource {
         self.index.keys().cloned().collect()
     }
 
-    fn check_dense(&self, key: &str, shape: &[usize]) -> Option<String> {
-        self.check(key, shape)
+    fn check(&self, spec: &TensorSpec) -> Check {
+        self.check_key(&spec.key, spec)
     }
 
-    fn check_projection(&self, base: &str, rows: usize, cols: usize) -> ProjCheck {
-        let key = format!("{base}.weight");
-        match self.check(&key, &[rows, cols]) {
-            None => ProjCheck::Present,
-            Some(_) if !self.index.contains_key(&key) => ProjCheck::Missing,
-            Some(p) => ProjCheck::Problem(p),
-        }
-    }
-
-    fn dense(&mut self, key: &str, kind: Kind, device: Device) -> Result<Tensor> {
-        Ok(self.load(key, device)?.to_kind(kind))
+    fn dense(&mut self, spec: &TensorSpec, kind: Kind, device: Device) -> Result<Tensor> {
+        Ok(self.load(&spec.key, device)?.to_kind(kind))
     }
 
     /// Quantized from f32 (bf16/f16 -> f32 is exact), on the target device,
     /// with the single-level scales the original files use.
-    fn projection(&mut self, base: &str, device: Device) -> Result<Nvfp4Tensor> {
-        let w = self
-            .load(&format!("{base}.weight"), device)?
-            .to_kind(Kind::Float);
+    fn packed(&mut self, spec: &TensorSpec, device: Device) -> Result<Nvfp4Tensor> {
+        let w = self.load(&spec.key, device)?.to_kind(Kind::Float);
         Ok(nvfp4_kernels::quantize(&w, ScaleMode::Single)?)
     }
 }
