@@ -148,7 +148,7 @@ fn one_qad_step_is_chunk_invariant_and_moves_the_student_towards_the_teacher() {
     };
     let run = |chunk: usize, checkpointing: bool| {
         for (_, mut p) in student.named_parameters() {
-            let _ = p.zero_grad();
+            p.zero_grad();
         }
         let mut t = Teacher::new(teacher_model(), 0.7).unwrap();
         t.chunk = chunk;
@@ -171,13 +171,26 @@ fn one_qad_step_is_chunk_invariant_and_moves_the_student_towards_the_teacher() {
         let scale = g.abs().max().double_value(&[]).max(1e-12);
         assert!(diff <= 1e-4 * scale, "{name}: {diff} vs {scale}");
     }
-    // A few steps of pure KL lower the KL on the batch above.
-    let mut t = Trainer::new(student, cfg(4, 3e-3), data.clone(), 0).unwrap();
-    t.set_teacher(Teacher::new(teacher_model(), 1.0).unwrap());
-    t.train().unwrap();
+    // A short step against the pure-KL gradient lowers the KL on that batch.
     let teacher = Teacher::new(teacher_model(), 1.0).unwrap();
+    for (_, mut p) in student.named_parameters() {
+        p.zero_grad();
+    }
+    let before =
+        distill_forward_backward(&student, &teacher, &b.input_ids, &b.labels, 10.0, plan).unwrap();
+    let g = grads(&student);
+    let norm: f64 = g
+        .values()
+        .map(|t| t.square().sum(Kind::Double).double_value(&[]))
+        .sum::<f64>()
+        .sqrt();
+    tch::no_grad(|| {
+        for (name, mut p) in student.named_parameters() {
+            let _ = p.f_sub_(&(&g[&name] * (1e-3 / norm))).unwrap();
+        }
+    });
     let after =
-        distill_forward_backward(t.model(), &teacher, &b.input_ids, &b.labels, 10.0, plan).unwrap();
-    assert!(after.kl < whole.kl, "{whole:?} -> {after:?}");
+        distill_forward_backward(&student, &teacher, &b.input_ids, &b.labels, 10.0, plan).unwrap();
+    assert!(after.kl < before.kl, "{before:?} -> {after:?}");
     assert!(Teacher::new(teacher_model(), 1.5).is_err());
 }
