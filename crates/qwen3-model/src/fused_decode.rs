@@ -105,6 +105,11 @@ fn unsupported(reason: impl Into<String>) -> Error {
 }
 
 fn packed(linear: &Linear, name: &str) -> Result<Nvfp4Tensor> {
+    if linear.precision.activations {
+        return Err(unsupported(format!(
+            "{name} rounds its activations to NVFP4 (W4A4); the fused step runs W4A16"
+        )));
+    }
     match &linear.weight {
         LinearWeight::Packed(q) => Ok(q.shallow_clone()),
         LinearWeight::Master(_) => Err(unsupported(format!(
@@ -366,6 +371,11 @@ fn check_model(model: &Qwen3Model) -> Result<()> {
             "compute kind {:?}; the fused step runs bf16",
             model.dtype
         )));
+    }
+    if model.lm_head.is_none() && model.tied_head != crate::precision::Precision::DENSE {
+        return Err(unsupported(
+            "the tied head rounds to NVFP4; the fused step reads the dense embedding",
+        ));
     }
     if !model.backend.uses_kernels() {
         return Err(unsupported(

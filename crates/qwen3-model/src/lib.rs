@@ -39,15 +39,18 @@ mod config;
 mod error;
 mod fused_decode;
 mod generate;
+mod init;
 mod kv_cache;
 mod linear;
 mod loader;
 mod mlp;
 mod model;
 mod norm;
+mod precision;
 mod random;
 mod rope;
 mod sampling;
+mod scale_stats;
 mod train;
 mod weights;
 
@@ -58,11 +61,14 @@ pub use fused_decode::FusedDecoder;
 pub use generate::{
     generate, Conversation, FinishReason, GenerateOptions, Generation, PrefillMode,
 };
+pub use init::{initializer_range, DEFAULT_INITIALIZER_RANGE};
 pub use kv_cache::{KvCache, DEFAULT_GROW_CHUNK};
 pub use linear::LinearWeight;
 pub use model::{LoadOptions, Qwen3Model};
-pub use nvfp4_kernels::ComputePath;
+pub use nvfp4_kernels::{ComputePath, ScaleMode};
+pub use precision::{Precision, QuantRecipe};
 pub use sampling::{Sampler, SamplingParams};
+pub use scale_stats::ScaleStats;
 pub use train::WeightRef;
 pub use weights::export_dir::{
     export_model_dir, model_files_in, DirExportOptions, DirFormat, MODEL_FILES,

@@ -4,9 +4,14 @@
 //! - `Packed`: frozen NVFP4 weights; `y = x @ W^T` through the model's
 //!   resolved [`Nvfp4Backend`] (kernel or dequantize+matmul, chosen once at
 //!   load time; never a silent fallback).
-//! - `Master`: a trainable dense weight; the forward uses `ste(W)`, i.e.
-//!   dequant(quant(W)), so training sees exactly the NVFP4 rounding of
-//!   inference while gradients reach W as if the quantizer were the identity.
+//! - `Master`: a dense weight (trainable or not); the forward rounds it as
+//!   its [`Precision`] says: `ste(W)`, i.e. dequant(quant(W)), so training
+//!   sees exactly the NVFP4 rounding of inference while gradients reach W
+//!   as if the quantizer were the identity; or W as stored (the dense
+//!   baseline).
+//!
+//! The [`Precision`] also says whether the input activations are rounded
+//! to NVFP4 first (W4A4), for packed and master weights alike.
 
 use std::sync::Arc;
 
@@ -14,13 +19,14 @@ use nvfp4_kernels::{Nvfp4Backend, Nvfp4Tensor, ScaleMode};
 use tch::{Kind, Tensor};
 
 use crate::error::Result;
+use crate::precision::Precision;
 
 /// A projection weight: frozen NVFP4 (inference) or a trainable master weight used through `ste()` (QAT).
 #[derive(Debug)]
 pub enum LinearWeight {
     /// NVFP4 data, `[out, in]` logical.
     Packed(Nvfp4Tensor),
-    /// Dense master weight `[out, in]` (e.g. f32 with `requires_grad`).
+    /// Dense weight `[out, in]` (e.g. an f32 master with `requires_grad`).
     Master(Tensor),
 }
 
@@ -41,38 +47,39 @@ impl LinearWeight {
 #[derive(Debug)]
 pub(crate) struct Linear {
     pub(crate) weight: LinearWeight,
-    /// The quantizer `ste` reproduces for a master weight: the mode the
-    /// packed weight was stored with, so training rounds like the file.
-    mode: ScaleMode,
+    /// How the forward rounds the weight (a master one) and the input.
+    pub(crate) precision: Precision,
     backend: Arc<Nvfp4Backend>,
 }
 
 impl Linear {
+    /// A packed weight keeps its file's scale mode when it becomes a master
+    /// (training rounds like the file); a dense one starts dense.
     pub(crate) fn new(weight: LinearWeight, backend: Arc<Nvfp4Backend>) -> Self {
-        let mode = match &weight {
-            LinearWeight::Packed(q) if q.global_scale().is_some() => ScaleMode::TwoLevel,
-            _ => ScaleMode::Single,
+        let precision = match &weight {
+            LinearWeight::Packed(q) if q.global_scale().is_some() => {
+                Precision::w4a16(ScaleMode::TwoLevel)
+            }
+            LinearWeight::Packed(_) => Precision::w4a16(ScaleMode::Single),
+            LinearWeight::Master(_) => Precision::DENSE,
         };
         Linear {
             weight,
-            mode,
+            precision,
             backend,
         }
     }
 
     /// x: [..., in] in the compute kind -> [..., out] in the same kind.
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        // On CUDA with kernels the rounding is one fused pass instead of ~20 tch ops.
+        let kernels = self.backend.uses_kernels();
+        let x = self.precision.input(x, kernels)?;
         match &self.weight {
-            LinearWeight::Packed(q) => Ok(self.backend.linear(x, q)?),
+            LinearWeight::Packed(q) => Ok(self.backend.linear(&x, q)?),
             LinearWeight::Master(w) => {
-                // On CUDA with kernels: one fused pass (read W, write dequant(quant(W))
-                // in the compute kind) instead of ~20 tch ops over the weight.
-                let wq = if self.backend.uses_kernels() && w.device().is_cuda() {
-                    nvfp4_kernels::cuda::ste(w, self.mode, x.kind())?
-                } else {
-                    nvfp4_kernels::ste(w, self.mode).to_kind(x.kind())
-                };
-                Ok(x.f_linear::<Tensor>(&wq, None)?)
+                let w = self.precision.weight(w, x.kind(), kernels)?;
+                Ok(x.f_linear::<Tensor>(&w, None)?)
             }
         }
     }

@@ -183,6 +183,7 @@ impl Parts {
             layers,
             norm: self.norm(TensorRole::FinalNorm)?,
             lm_head,
+            tied_head: crate::precision::Precision::DENSE,
             rotary: Rotary::new(cfg.head_dim, cfg.rope_theta, opts.device),
             backend: self.backend,
             device: opts.device,

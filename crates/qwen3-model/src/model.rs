@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
 use crate::linear::Linear;
 use crate::norm::RmsNorm;
+use crate::precision::Precision;
 use crate::rope::Rotary;
 
 /// How to build a model: where, in which compute precision, through which NVFP4 path.
@@ -73,6 +74,8 @@ pub struct Qwen3Model {
     pub(crate) norm: RmsNorm, // [H]
     /// `None`: logits use `embed_tokens` (tied, and no `lm_head` in the weights).
     pub(crate) lm_head: Option<Linear>, // [V, H]
+    /// How the tied head (the embedding as logits projection) rounds its operands.
+    pub(crate) tied_head: Precision,
     pub(crate) rotary: Rotary,
     pub(crate) backend: Arc<Nvfp4Backend>,
     pub(crate) device: Device,
@@ -257,7 +260,14 @@ impl Qwen3Model {
         let x = self.norm.forward(hidden);
         let logits = match &self.lm_head {
             Some(lm_head) => lm_head.forward(&x)?,
-            None => x.f_linear::<Tensor>(&self.embed_tokens.to_kind(x.kind()), None)?,
+            None => {
+                let kernels = self.backend.uses_kernels();
+                let x = self.tied_head.input(&x, kernels)?;
+                let w = self
+                    .tied_head
+                    .weight(&self.embed_tokens, x.kind(), kernels)?;
+                x.f_linear::<Tensor>(&w, None)?
+            }
         };
         Ok(logits.to_kind(Kind::Float))
     }

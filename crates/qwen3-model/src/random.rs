@@ -33,7 +33,7 @@ fn splitmix(mut z: u64) -> u64 {
 }
 
 /// FNV-1a of a tensor key: its stream id, independent of load order.
-fn stream_of(key: &str) -> u64 {
+pub(crate) fn stream_of(key: &str) -> u64 {
     key.bytes().fold(0xCBF2_9CE4_8422_2325, |h, b| {
         (h ^ b as u64).wrapping_mul(0x100_0000_01B3)
     })
@@ -59,7 +59,7 @@ fn uniform(ctr: &Tensor, key: u64) -> Tensor {
 }
 
 /// N(0, 1) f32 tensor of `shape`, a pure function of (seed, stream, index).
-fn standard_normal(shape: &[i64], seed: u64, stream: u64, device: Device) -> Tensor {
+pub(crate) fn standard_normal(shape: &[i64], seed: u64, stream: u64, device: Device) -> Tensor {
     standard_normal_chunked(shape, seed, stream, device, CHUNK)
 }
 

@@ -25,7 +25,7 @@ pub enum WeightRef<'a> {
 }
 
 /// A named piece of the model: a projection or a plain tensor.
-enum Item<'a> {
+pub(crate) enum Item<'a> {
     Linear(&'a Linear),
     Tensor(&'a Tensor),
 }
@@ -121,7 +121,7 @@ impl Qwen3Model {
     }
 
     /// Every tensor with its key, in `.dat` file order (the schema's).
-    fn items(&self) -> Vec<(String, Item<'_>)> {
+    pub(crate) fn items(&self) -> Vec<(String, Item<'_>)> {
         WeightSchema::new(&self.cfg)
             .tensors()
             .iter()

@@ -72,18 +72,51 @@ pub fn forward_backward(
     denom: f64,
     plan: BackpropPlan,
 ) -> Result<f64> {
+    let mut ce_sum = 0.0;
+    forward_backward_with(model, input_ids, plan, &mut |top: &Tensor| {
+        ce_sum = ce_backward(model, top, labels, denom)?;
+        Ok(())
+    })?;
+    Ok(ce_sum)
+}
+
+/// The loss at the top of the model: given the last hidden state as a leaf
+/// that requires grad, computes the loss and runs its backward (which fills
+/// the leaf's `.grad` and the head's gradients).
+pub(crate) type TopLoss<'a> = dyn FnMut(&Tensor) -> Result<()> + 'a;
+
+/// The masked CE of `top` (a leaf), backpropagated with weight `1 / denom`;
+/// returns the CE sum.
+fn ce_backward(model: &Qwen3Model, top: &Tensor, labels: &Tensor, denom: f64) -> Result<f64> {
+    let ce = masked_ce_sum(model, top, labels)?;
+    (&ce / denom).f_backward()?;
+    Ok(ce.double_value(&[]))
+}
+
+/// Forward of the blocks, `top` on the last hidden state, then the
+/// backward of the blocks (recomputed per block with checkpointing).
+pub(crate) fn forward_backward_with(
+    model: &Qwen3Model,
+    input_ids: &Tensor,
+    plan: BackpropPlan,
+    top: &mut TopLoss<'_>,
+) -> Result<()> {
     let x0 = embed_and_frozen(model, input_ids, plan)?;
     if plan.checkpointing {
-        blockwise(model, x0, labels, denom, plan, &mut |_| Ok(()))
-    } else {
-        let mut h = x0;
-        for l in plan.first_trained_layer..model.num_layers() {
-            h = model.block_forward(l, &h, 0)?;
-        }
-        let ce = masked_ce_sum(model, &h, labels)?;
-        (&ce / denom).f_backward()?;
-        Ok(ce.double_value(&[]))
+        return blockwise(model, x0, plan, top, &mut |_| Ok(()));
     }
+    let mut h = x0;
+    for l in plan.first_trained_layer..model.num_layers() {
+        h = model.block_forward(l, &h, 0)?;
+    }
+    // The head's loss backpropagates into a leaf first, so a chunked loss
+    // can run several backward passes before the blocks' single one.
+    let leaf = h.detach().set_requires_grad(true);
+    top(&leaf)?;
+    if h.requires_grad() {
+        (h * leaf.grad()).sum(Kind::Float).f_backward()?;
+    }
+    Ok(())
 }
 
 /// As [`forward_backward`], but the backward runs block by block from the top
@@ -99,7 +132,13 @@ pub(crate) fn forward_backward_blockwise(
     block_done: &mut dyn FnMut(usize) -> Result<()>,
 ) -> Result<f64> {
     let x0 = embed_and_frozen(model, input_ids, plan)?;
-    blockwise(model, x0, labels, denom, plan, block_done)
+    let mut ce_sum = 0.0;
+    let mut top = |top: &Tensor| -> Result<()> {
+        ce_sum = ce_backward(model, top, labels, denom)?;
+        Ok(())
+    };
+    blockwise(model, x0, plan, &mut top, block_done)?;
+    Ok(ce_sum)
 }
 
 /// The embedding lookup and the frozen blocks (without a graph when frozen).
@@ -123,11 +162,10 @@ fn embed_and_frozen(model: &Qwen3Model, input_ids: &Tensor, plan: BackpropPlan) 
 fn blockwise(
     model: &Qwen3Model,
     x0: Tensor,
-    labels: &Tensor,
-    denom: f64,
     plan: BackpropPlan,
+    top: &mut TopLoss<'_>,
     block_done: &mut dyn FnMut(usize) -> Result<()>,
-) -> Result<f64> {
+) -> Result<()> {
     let first = plan.first_trained_layer;
     // 1. Forward, keeping each trained block's input (and its output with a
     //    graph when not recomputing).
@@ -146,10 +184,9 @@ fn blockwise(
         }
     }
     // 2. Head and loss with a graph from the last hidden state.
-    let top = h.detach().set_requires_grad(true);
-    let ce = masked_ce_sum(model, &top, labels)?;
-    (&ce / denom).f_backward()?;
-    let mut g = top.grad();
+    let leaf = h.detach().set_requires_grad(true);
+    top(&leaf)?;
+    let mut g = leaf.grad();
     // 3. Blocks in reverse: (recompute with a graph and) backpropagate g.
     for (l, (input, out)) in (first..model.num_layers()).zip(saved).rev() {
         let (x, out) = match out {
@@ -168,5 +205,5 @@ fn blockwise(
     if x0.requires_grad() {
         (x0 * &g).sum(Kind::Float).f_backward()?;
     }
-    Ok(ce.double_value(&[]))
+    Ok(())
 }

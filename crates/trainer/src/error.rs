@@ -169,6 +169,9 @@ pub enum Error {
     /// The tokenizer reported an error.
     #[error("tokenizer: {0}")]
     Tokenizer(#[from] tokenizer_bridge::Error),
+    /// The tokenizer library failed on a text.
+    #[error("tokenizing text: {0}")]
+    Tokenize(String),
     /// The `.dat` reader or writer reported an error.
     #[error("dat: {0}")]
     Dat(#[from] dat_format::Error),

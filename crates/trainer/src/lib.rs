@@ -39,8 +39,10 @@ mod config;
 mod data;
 mod demo;
 mod dist;
+mod distill;
 mod error;
 mod eval;
+mod evaluate;
 mod fsutil;
 mod grad;
 mod job;
@@ -50,6 +52,7 @@ mod plot;
 mod resume;
 mod run_dir;
 mod schedule;
+mod text;
 mod trainer;
 
 pub use alloc::keep_freed_memory;
@@ -67,8 +70,10 @@ pub use demo::{
     DEFAULT_TRAIN_TSV, DEFAULT_WEIGHTS_SEED,
 };
 pub use dist::DataParallel;
+pub use distill::{distill_forward_backward, DistillSums, Teacher, DEFAULT_DISTILL_CHUNK};
 pub use error::{Error, Result};
 pub use eval::{exact_match, greedy_answers, EvalReport, EvalSample, GreedyAnswer};
+pub use evaluate::{evaluate_loss, LossReport};
 pub use fsutil::write_atomic;
 pub use grad::{clip_coefficient, clip_grad_norm, global_grad_norm};
 pub use job::{
@@ -82,4 +87,5 @@ pub use optim::{
 pub use plot::{plot_loss_curve, LossCurve};
 pub use run_dir::{timestamped_run_dir, RunDirLock, LOCK_FILE};
 pub use schedule::{Schedule, ScheduleKind};
+pub use text::{is_text_path, load_text_tokens, read_text, text_windows, tokenize_text};
 pub use trainer::{StepProgress, TrainReport, Trainer};

@@ -13,6 +13,7 @@ use crate::backprop::BackpropPlan;
 use crate::batch::{make_batch, Batch, DataCursor, DataOrder};
 use crate::config::{NonFinitePolicy, TrainConfig};
 use crate::data::Dataset;
+use crate::distill::{distill_forward_backward, Teacher};
 use crate::error::{Error, Result};
 use crate::grad::{clip_coefficient, global_grad_norm};
 use crate::metrics::{memory_in_use, MetricsLog, StepMetrics};
@@ -73,6 +74,8 @@ pub struct Trainer {
     pub(crate) run_args: serde_json::Value,
     /// Data-parallel group (see dist.rs); `None`: a single process.
     pub(crate) dp: Option<crate::dist::DataParallel>,
+    teacher: Option<Teacher>,
+    last_kl: Option<f64>,
 }
 
 impl Trainer {
@@ -149,6 +152,8 @@ impl Trainer {
             history: Vec::new(),
             run_args: serde_json::Value::Null,
             dp: None,
+            teacher: None,
+            last_kl: None,
             cfg,
         })
     }
@@ -208,6 +213,18 @@ impl Trainer {
         self.run_args = args;
     }
 
+    /// Distil from `teacher` from now on (QAD): the loss becomes
+    /// `alpha * KL(teacher || student) + (1 - alpha) * CE`; the step's
+    /// reported loss stays the data cross-entropy, [`Trainer::last_kl`] the KL.
+    pub fn set_teacher(&mut self, teacher: Teacher) {
+        self.teacher = Some(teacher);
+    }
+
+    /// Mean KL per target token of the last step, when distilling.
+    pub fn last_kl(&self) -> Option<f64> {
+        self.last_kl
+    }
+
     /// One optimizer step on the next `batch_size * grad_accum` examples.
     pub fn step(&mut self) -> Result<StepMetrics> {
         let start = Instant::now();
@@ -216,11 +233,40 @@ impl Trainer {
         let tokens: usize = batches.iter().map(|b| b.tokens).sum();
         let denom = targets.max(1) as f64;
         self.optim.zero_grad();
-        let mine = self.my_share(batches);
-        // A libtorch failure (out of memory in the backward, say) comes back
-        // as an error naming the step, before any weight is updated.
-        let during = format!("training step {}", self.step);
-        let ce = qwen3_model::guard_libtorch(&during, || self.accumulate_gradients(&mine, denom))?;
+        let ce = match &self.teacher {
+            None => {
+                let mine = self.my_share(batches);
+                // A libtorch failure (out of memory in the backward, say) comes
+                // back as an error naming the step, before any weight is updated.
+                let during = format!("training step {}", self.step);
+                qwen3_model::guard_libtorch(&during, || self.accumulate_gradients(&mine, denom))?
+            }
+            // Its gradients are not reduced across ranks: refuse, never train apart.
+            Some(_) if self.dp.is_some() => {
+                return Err(Error::config(
+                    "distill",
+                    "a single process (distillation is not data-parallel yet)",
+                    "a data-parallel group",
+                ))
+            }
+            Some(t) => {
+                let (mut ce, mut kl) = (0.0, 0.0);
+                for b in &batches {
+                    let s = distill_forward_backward(
+                        &self.model,
+                        t,
+                        &b.input_ids,
+                        &b.labels,
+                        denom,
+                        self.plan,
+                    )?;
+                    ce += s.ce;
+                    kl += s.kl;
+                }
+                self.last_kl = Some(kl / denom);
+                ce
+            }
+        };
         let loss = ce / denom;
         // Clipping happens inside the update (AdamW::step_scaled): the fused
         // kernel scales each gradient as it reads it.
