@@ -135,7 +135,7 @@ struct Args {
     /// (compressed-tensors: ready for vLLM / SGLang).
     #[arg(long, value_name = "DIR")]
     export: Option<PathBuf>,
-    /// Format of --export.
+    /// Format of --export [default: compressed-tensors].
     #[arg(long, value_enum, default_value_t = ModelFormat::CompressedTensors)]
     format: ModelFormat,
     /// Seed of the data order.

@@ -49,6 +49,7 @@ fn help_says_what_each_tool_is_for_and_shows_every_default() {
                 "--data",
                 "--resume",
                 "--export-hf",
+                "--export ",
                 "--system-prompt",
             ]
             .iter()
