@@ -195,7 +195,8 @@ impl Trainer {
         for p in pending {
             finish(p, params)?;
         }
-        let mut total = Tensor::from_slice(&[ce]);
+        // On the model's device: NCCL reduces device memory only.
+        let mut total = Tensor::from_slice(&[ce]).to_device(self.model.device());
         dp.group.all_reduce(&mut total, ReduceOp::Sum)?;
         Ok(total.double_value(&[0]))
     }
