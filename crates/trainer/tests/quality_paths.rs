@@ -176,7 +176,9 @@ fn one_qad_step_is_chunk_invariant_and_moves_the_student_towards_the_teacher() {
     // STE gradient is not one, and a step can cross a rounding boundary) and
     // starts from other weights, so the KL is well above zero.
     let teacher = Teacher::new(teacher_model(), 1.0).unwrap();
-    let student = fresh(seed ^ 0x9e37_79b9).into_trainable(Kind::Float, None).unwrap();
+    let student = fresh(seed ^ 0x9e37_79b9)
+        .into_trainable(Kind::Float, None)
+        .unwrap();
     for (_, mut p) in student.named_parameters() {
         p.zero_grad();
     }
