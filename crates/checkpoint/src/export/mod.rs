@@ -2,7 +2,6 @@
 
 mod dat;
 mod hf;
-mod order;
 mod weights;
 
 pub use dat::export_dat;

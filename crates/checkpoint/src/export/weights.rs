@@ -11,7 +11,7 @@ use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result, TorchContext};
 
-use super::order::hf_rank;
+use qwen3_model::hf_rank;
 
 /// Key of the embedding matrix, which a tied model also uses as its head.
 pub(crate) const EMBED_KEY: &str = "model.embed_tokens.weight";
