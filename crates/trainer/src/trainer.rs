@@ -118,7 +118,7 @@ impl Trainer {
             .map(|(n, t)| (n.clone(), t.shallow_clone()))
             .unzip();
         let all = cfg.decay_norms_and_embeddings;
-        let optim = AdamW::new(named, cfg.adamw, |n| all || default_decay(n))?;
+        let optim = AdamW::new(named, cfg.adamw, |n, p| all || default_decay(n, p))?;
         let total_steps = cfg.total_steps(data.examples.len());
         let schedule = cfg
             .schedule

@@ -75,7 +75,7 @@ fn compare(state: OptimStateKind, steps: usize, lr: f64) -> (f64, f64) {
             let g = Tensor::randn(p.size(), (Kind::Float, Device::Cpu))
                 * Tensor::randn(p.size(), (Kind::Float, Device::Cpu)).exp();
             (p * &g).sum(Kind::Float).backward();
-            refs[k].step(&to_f64(&g), lr, &cfg, default_decay(names[k]));
+            refs[k].step(&to_f64(&g), lr, &cfg, default_decay(names[k], p));
         }
         opt.step(lr);
         opt.zero_grad();

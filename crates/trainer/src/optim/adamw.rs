@@ -15,6 +15,7 @@
 //! reference). Both keep the same state layout, so checkpoints do not care.
 
 use nvfp4_kernels::cuda::{self, AdamwStep};
+use qwen3_model::{TensorClass, TensorRole};
 use tch::{Device, Kind, Tensor};
 
 use super::moments::{Moment, MomentStore, OptimStateKind};
@@ -71,10 +72,13 @@ impl AdamWConfig {
     }
 }
 
-/// Default weight-decay rule: decay projections (and an untied lm_head), but
-/// not norms or embeddings, whose scale is meaningful on its own.
-pub fn default_decay(name: &str) -> bool {
-    !(name.contains("norm") || name.contains("embed_tokens"))
+/// Default weight-decay rule, from the data rather than the name: matrices
+/// decay (projections, an untied lm_head), vectors (norms, whose scale is
+/// meaningful on its own) do not, and neither does the embedding table, the
+/// one matrix the schema knows to be a lookup.
+pub fn default_decay(name: &str, param: &Tensor) -> bool {
+    let embedding = TensorRole::of_key(name).is_some_and(|r| r.class() == TensorClass::Embedding);
+    param.dim() >= 2 && !embedding
 }
 
 #[derive(Debug)]
@@ -148,7 +152,7 @@ impl AdamW {
     pub fn new(
         params: Vec<(String, Tensor)>,
         cfg: AdamWConfig,
-        decay: impl Fn(&str) -> bool,
+        decay: impl Fn(&str, &Tensor) -> bool,
     ) -> Result<Self> {
         cfg.validate()?;
         let device = params
@@ -179,7 +183,7 @@ impl AdamW {
                 && matches!(param.kind(), Kind::Float | Kind::BFloat16)
                 && param.is_contiguous();
             slots.push(Slot {
-                decay: decay(&name),
+                decay: decay(&name, &param),
                 name,
                 param,
                 m,
@@ -187,6 +191,12 @@ impl AdamW {
                 fusable,
             });
         }
+        let decayed = slots.iter().filter(|s| s.decay).count();
+        tracing::info!(
+            decayed,
+            not_decayed = slots.len() - decayed,
+            "weight decay: matrices decay; vectors and the embedding do not"
+        );
         let mut opt = AdamW {
             cfg,
             slots,
@@ -445,13 +455,24 @@ mod tests {
     use tch::Device;
 
     #[test]
-    fn default_decay_skips_norms_and_embeddings() {
-        assert!(default_decay("model.layers.0.self_attn.q_proj.weight"));
-        assert!(default_decay("lm_head.weight"));
-        assert!(!default_decay("model.layers.3.input_layernorm.weight"));
-        assert!(!default_decay("model.layers.3.self_attn.k_norm.weight"));
-        assert!(!default_decay("model.norm.weight"));
-        assert!(!default_decay("model.embed_tokens.weight"));
+    fn default_decay_follows_rank_and_spares_the_embedding() {
+        let matrix = Tensor::ones([4, 8], (Kind::Float, tch::Device::Cpu));
+        let vector = Tensor::ones([8], (Kind::Float, tch::Device::Cpu));
+        assert!(default_decay(
+            "model.layers.0.self_attn.q_proj.weight",
+            &matrix
+        ));
+        assert!(default_decay("lm_head.weight", &matrix));
+        // By rank: any vector is spared, whatever its name says.
+        assert!(!default_decay(
+            "model.layers.3.input_layernorm.weight",
+            &vector
+        ));
+        assert!(!default_decay("model.norm.weight", &vector));
+        assert!(!default_decay("some.other.bias", &vector));
+        assert!(default_decay("some.other.matrix", &matrix));
+        // The embedding is the one matrix that is not decayed.
+        assert!(!default_decay("model.embed_tokens.weight", &matrix));
     }
 
     #[test]
