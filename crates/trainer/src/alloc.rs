@@ -12,12 +12,7 @@
 /// (false on other C libraries, where it does nothing).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 pub fn keep_freed_memory() -> bool {
-    extern "C" {
-        fn mallopt(param: i32, value: i32) -> i32;
-    }
-    // glibc <malloc.h>: M_TRIM_THRESHOLD = -1, M_MMAP_MAX = -4.
-    const M_TRIM_THRESHOLD: i32 = -1;
-    const M_MMAP_MAX: i32 = -4;
+    use libc::{mallopt, M_MMAP_MAX, M_TRIM_THRESHOLD};
     // SAFETY: mallopt only changes allocator tunables under glibc's own
     // lock; blocks already mapped are still released correctly (each chunk
     // records how it was allocated). It returns 1 on success.
