@@ -97,6 +97,8 @@ pub fn export_dat_to_hf_dir_with(
     }
     if let Some(config) = config_source(dat, opts) {
         let bytes = std::fs::read(&config).map_err(Error::io(&config, "read"))?;
+        let has_head = plan.iter().any(|p| p.key == "lm_head.weight");
+        let bytes = untie_if_head_present(&config, bytes, has_head)?;
         let path = out_dir.join("config.json");
         write_atomic(&path, &bytes)?;
         written.push(path);
@@ -195,6 +197,25 @@ fn shard_index_json(plan: &[Planned], shards: &[Vec<usize>], names: &[String]) -
     let total: u64 = plan.iter().map(|p| p.nbytes).sum();
     let json = serde_json::json!({ "metadata": { "total_size": total }, "weight_map": weight_map });
     serde_json::to_string_pretty(&json).expect("a JSON value always serializes")
+}
+
+/// A tied config exported beside a separate `lm_head.weight` would make
+/// transformers tie the head to the embedding and drop the stored head, so
+/// such a config is written with `tie_word_embeddings: false`; a tied file
+/// (no head) keeps its config byte for byte.
+fn untie_if_head_present(config: &Path, bytes: Vec<u8>, has_head: bool) -> Result<Vec<u8>> {
+    if !has_head {
+        return Ok(bytes);
+    }
+    let mut json: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+        Error::io(config, "parse")(std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    })?;
+    if json.get("tie_word_embeddings") != Some(&serde_json::Value::Bool(true)) {
+        return Ok(bytes);
+    }
+    tracing::warn!(config = %config.display(), "the .dat has its own lm_head: exporting with tie_word_embeddings = false");
+    json["tie_word_embeddings"] = serde_json::Value::Bool(false);
+    Ok(serde_json::to_vec_pretty(&json).expect("a JSON value always serializes"))
 }
 
 fn config_source(dat: &Path, opts: &ExportOptions) -> Option<PathBuf> {

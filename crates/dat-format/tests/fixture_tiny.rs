@@ -332,3 +332,38 @@ fn source_weight(key: &str) -> Vec<f32> {
     }
     panic!("{key} not in the source");
 }
+
+/// A `.dat` with `entries` (f32 [4, 2] each) and a config saying tied.
+fn tied_config_model(dir: &std::path::Path, entries: &[&str]) -> std::path::PathBuf {
+    let dat = dir.join("model.dat");
+    let mut w = DatWriter::create(&dat, entries.len()).unwrap();
+    let values: Vec<u8> = (1..=8u32).flat_map(|v| (v as f32).to_le_bytes()).collect();
+    for key in entries {
+        w.write_raw(key, ElemType::F32, &[4, 2], &values).unwrap();
+    }
+    w.finish().unwrap();
+    let config = r#"{"tie_word_embeddings": true, "vocab_size": 4, "hidden_size": 2}"#;
+    std::fs::write(dir.join("config.json"), config).unwrap();
+    dat
+}
+
+fn exported_tie(dat: &std::path::Path) -> serde_json::Value {
+    let out = tempfile::tempdir().unwrap();
+    export_dat_to_hf_dir_with(dat, out.path(), &ExportOptions::default()).unwrap();
+    let text = std::fs::read_to_string(out.path().join("config.json")).unwrap();
+    serde_json::from_str::<serde_json::Value>(&text).unwrap()["tie_word_embeddings"].clone()
+}
+
+#[test]
+fn to_hf_unties_a_tied_config_when_the_dat_has_its_own_lm_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let dat = tied_config_model(dir.path(), &["model.embed_tokens.weight", "lm_head.weight"]);
+    assert_eq!(exported_tie(&dat), serde_json::Value::Bool(false));
+}
+
+#[test]
+fn to_hf_keeps_a_tied_model_tied() {
+    let dir = tempfile::tempdir().unwrap();
+    let dat = tied_config_model(dir.path(), &["model.embed_tokens.weight"]);
+    assert_eq!(exported_tie(&dat), serde_json::Value::Bool(true));
+}
