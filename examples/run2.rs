@@ -22,7 +22,6 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{ArgAction, Parser};
-use dat_format::DatFile;
 use nvfp4_kernels::ComputePath;
 use qwen3_model::{
     generate, GenerateOptions, Generation, LoadOptions, PrefillMode, Qwen3Config, Qwen3Model,
@@ -222,16 +221,14 @@ impl Runner {
             _ => Some(files.load_tokenizer()?),
         };
         let start = Instant::now();
-        let dat = DatFile::open(&files.weight)?;
         let load = LoadOptions {
             device,
             dtype,
             compute_path,
             strict: true,
         };
-        let model = Qwen3Model::load_dat(&dat, &cfg, &load)
+        let model = Qwen3Model::load_with_config(&files.weight, Some(&files.config), &load)
             .with_context(|| format!("loading {}", files.weight.display()))?;
-        drop(dat);
         eprintln!(
             "loaded {} ({} layers, vocab {}) on {device:?} as {} in {:.2}s; {}",
             files.weight.display(),

@@ -20,7 +20,8 @@ pub enum TokenizerSource {
 /// The files one model run needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ModelFiles {
-    /// The `.dat` weights.
+    /// The weights: a `.dat` file, or a safetensors model directory (bf16,
+    /// compressed-tensors or ModelOpt NVFP4), as [`qwen3_model::ModelPaths`] finds them.
     pub weight: PathBuf,
     /// `config.json`.
     pub config: PathBuf,
@@ -29,8 +30,8 @@ pub struct ModelFiles {
 }
 
 impl ModelFiles {
-    /// Resolves every file. The weight is `weight` or the only `*.dat` in
-    /// `model_dir`; the config is `config`, `model_dir/config.json` or the
+    /// Resolves every file. The weight is `weight`, or the only `*.dat` in
+    /// `model_dir`, else `model_dir` itself when it holds safetensors; the config is `config`, `model_dir/config.json` or the
     /// `config.json` beside the weight; the tokenizer is `tokenizer`, the model
     /// directory's, or the bundled one.
     pub fn resolve(
@@ -44,15 +45,19 @@ impl ModelFiles {
                 bail!("--model-dir {}: not a directory", dir.display());
             }
         }
+        let config_flag = config.map(|c| existing_file(c, "--config")).transpose()?;
         let weight = match (weight, model_dir) {
             (Some(w), _) => existing_file(w, "--weight")?,
-            (None, Some(dir)) => single_dat(dir)?,
+            // The model library's one resolver: one `.dat`, or safetensors.
+            (None, Some(dir)) => qwen3_model::ModelPaths::resolve(dir, config_flag.as_deref())
+                .map(|p| p.weights)
+                .map_err(|e| anyhow::anyhow!("{e} (hint: --weight FILE)"))?,
             (None, None) => {
                 bail!("no weights: pass --model-dir DIR (holding one .dat) or --weight FILE")
             }
         };
-        let config = match config {
-            Some(c) => existing_file(c, "--config")?,
+        let config = match config_flag {
+            Some(c) => c,
             None => {
                 let beside = weight.parent().map(|p| p.join("config.json"));
                 let candidates: Vec<PathBuf> = model_dir
@@ -108,26 +113,6 @@ fn existing_file(path: &Path, flag: &str) -> Result<PathBuf> {
         bail!("{flag} {}: no such file", path.display());
     }
     Ok(path.to_path_buf())
-}
-
-fn single_dat(dir: &Path) -> Result<PathBuf> {
-    let mut dats: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("--model-dir {}: cannot list", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "dat"))
-        .collect();
-    dats.sort();
-    match dats.len() {
-        1 => Ok(dats.remove(0)),
-        0 => bail!(
-            "--model-dir {}: no .dat file (hint: --weight FILE)",
-            dir.display()
-        ),
-        _ => bail!(
-            "--model-dir {}: several .dat files {dats:?} (hint: pick one with --weight FILE)",
-            dir.display()
-        ),
-    }
 }
 
 #[cfg(test)]

@@ -175,3 +175,42 @@ fn errors_print_once_without_a_backtrace() {
     assert_eq!(stderr.matches("nowhere").count(), 1, "{stderr}");
     assert!(!stderr.contains("backtrace"), "{stderr}");
 }
+
+/// Issue 11: `run2 --model-dir` opens a Hugging Face safetensors directory
+/// (quantized on load) and gives the same greedy ids as the `.dat` converted
+/// from that directory (the same single-level quantization, done ahead).
+#[test]
+fn a_safetensors_directory_decodes_like_the_dat_converted_from_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let dat_dir = tiny_model_dir(&dir.path().join("dat"), &tiny_config(|_| {}));
+    let hf = dir.path().join("hf");
+    dat_format::export_dat_to_hf_dir_with(
+        &dat_dir.join("model.dat"),
+        &hf,
+        &dat_format::ExportOptions::default(),
+    )
+    .unwrap();
+    let converted = dir.path().join("converted");
+    std::fs::create_dir_all(&converted).unwrap();
+    dat_format::convert_hf_dir_to_dat(
+        &hf,
+        &converted.join("model.dat"),
+        nvfp4_kernels::ScaleMode::Single,
+    )
+    .unwrap();
+    std::fs::copy(hf.join("config.json"), converted.join("config.json")).unwrap();
+    let greedy = |model: &std::path::Path| {
+        let out = run(run2(model).args([
+            "--prompt-ids",
+            "9707,11,1879",
+            "--max-tokens",
+            "6",
+            "--no-stop",
+        ]));
+        assert!(out.status.success(), "{}", text(&out).1);
+        text(&out).0.trim().to_string()
+    };
+    let from_hf = greedy(&hf);
+    assert_eq!(from_hf.split(' ').count(), 6, "{from_hf}");
+    assert_eq!(from_hf, greedy(&converted));
+}
