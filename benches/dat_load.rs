@@ -1,4 +1,4 @@
-//! Loading a Qwen3-4B-sized `.dat` (REFERENCE.md shapes: 36 layers, hidden
+//! Loading a Qwen3-4B-sized `.dat` (shapes of docs/Formats.md, "Qwen3 weights": 36 layers, hidden
 //! 2560, NVFP4 projections, bf16 embeddings and norms, tied lm_head; about
 //! 2.8 GB of random bytes) must be bound by memory/disk/PCIe, not by parsing.
 //!

@@ -1,7 +1,8 @@
 """Independent NVFP4 quantizer and `.dat` writer, in pure Python + torch.
 
-This module re-implements, from the rules in shared/docs/REFERENCE.md and
-without any Rust code, what the original tools did when they exported a model:
+This module re-implements, from the rules in docs/Formats.md (the original's
+reference, restated) and without any Rust code, what the original tools did
+when they exported a model:
 
 * ``quantize_nvfp4(w)``: NVFP4 weight quantization. Per row, blocks of 16
   consecutive elements along ``in`` share one FP8 E4M3FN scale

@@ -1,4 +1,4 @@
-//! Element types of the `.dat` format (REFERENCE.md, "The `.dat` weight file"):
+//! Element types of the `.dat` format (docs/Formats.md, "Element types"):
 //! the numeric codes written by the original tools, their sizes, and their
 //! mapping to tch kinds.
 
@@ -8,7 +8,7 @@ use tch::Kind;
 ///
 /// The codes are libtorch's `ScalarType` numbers (which is what the original
 /// tools wrote), so a reader must never reinterpret them: code 3 is `i32`
-/// (the original misread it as `f32`, REFERENCE.md "Defects").
+/// (the original misread it as `f32`, docs/Formats.md "Defects of the original").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ElemType {
     /// Code 0: `u8`. Also the element type of NVFP4 `.qdata` (packed nibbles).

@@ -1,5 +1,5 @@
 //! Reader and writer of the original project's `.dat` weight file
-//! (REFERENCE.md, "The `.dat` weight file"), and conversion to and from
+//! (docs/Formats.md, "The `.dat` weight file"), and conversion to and from
 //! Hugging Face safetensors model directories.
 //!
 //! The format has no magic, version or alignment: a LEB128 entry count, then

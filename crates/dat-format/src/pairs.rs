@@ -1,6 +1,6 @@
 //! NVFP4 pairs: a `<base>.qdata` entry (packed E2M1 codes, `[out, in/2]`)
 //! and its `<base>.scale` entry (E4M3 block scales, `[out, in/16]`),
-//! REFERENCE.md "The `.dat` weight file". `<base>` is `<name>.weight` in the
+//! docs/Formats.md "NVFP4 weights in a `.dat`". `<base>` is `<name>.weight` in the
 //! original's files; the bare `<name>` form was accepted too.
 //!
 //! A `<base>.global_scale` entry (one f32) is this workspace's extension for

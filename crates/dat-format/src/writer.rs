@@ -1,7 +1,8 @@
 //! [`DatWriter`]: streams entries into a new `.dat` file, atomically.
 //!
 //! Entries are written in call order with the element types given (the
-//! original broke its kernels once by writing scales as f16, REFERENCE.md),
+//! original broke its kernels once by writing scales as f16: docs/Formats.md,
+//! "Defects of the original"),
 //! headers use minimal LEB128 varints as the original tools did, so reading
 //! a file and writing its entries back reproduces it byte for byte.
 

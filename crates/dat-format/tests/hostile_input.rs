@@ -251,7 +251,8 @@ fn qdata_that_is_not_a_matrix_is_rejected() {
 
 #[test]
 fn scales_stored_as_f16_are_rejected() {
-    // The original once broke its kernels by writing scales as f16 (REFERENCE.md).
+    // The original once broke its kernels by writing scales as f16
+    // (docs/Formats.md, "Defects of the original").
     let bytes = dat_bytes(&[
         ("x.qdata", 0, &[1, 8], &[0; 8]),
         ("x.scale", 5, &[1, 1], &[0; 2]),

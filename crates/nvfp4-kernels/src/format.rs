@@ -1,4 +1,4 @@
-//! NVFP4 format constants and scalar codecs: the spec (REFERENCE.md, "NVFP4")
+//! NVFP4 format constants and scalar codecs: the spec (docs/Formats.md, "NVFP4")
 //! written as code. Every other path (tch ops, CUDA kernels) must produce the
 //! same bits as the functions here.
 //!

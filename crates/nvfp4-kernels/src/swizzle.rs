@@ -1,6 +1,6 @@
 //! The blocked ("swizzled") scale layout of cuBLAS/CUTLASS block-scaled GEMMs
-//! on Blackwell (REFERENCE.md, "NVFP4"): the `[R, C]` scale matrix is padded
-//! to `[128 * ceil(R/128), 4 * ceil(C/4)]` and cut into 128x4 tiles of 512
+//! on Blackwell (docs/Formats.md, "Swizzled scale layout"): the `[R, C]` scale
+//! matrix is padded to `[128 * ceil(R/128), 4 * ceil(C/4)]` and cut into 128x4 tiles of 512
 //! bytes; inside a tile, row `r` lands at `(r % 32) * 16 + ((r % 128) / 32) * 4`,
 //! so the 4 rows a warp quad reads together are adjacent.
 

@@ -8,7 +8,8 @@ use sha2::{Digest, Sha256};
 
 #[test]
 fn hello_wave_gives_the_ids_recorded_from_the_real_tokenizer() {
-    // REFERENCE.md, independent of the fixture file.
+    // The original's reference ids (docs/Formats.md, "Token ids"), independent of the
+    // fixture file.
     assert_eq!(
         tok().encode("Hello! 👋", true).unwrap(),
         [9707, 0, 61804, 233]

@@ -14,7 +14,7 @@ fn stream(ids: &[u32], skip_special: bool) -> (Vec<Option<String>>, Option<Strin
 
 #[test]
 fn hello_wave_holds_the_first_half_of_the_emoji() {
-    // 61804 and 233 are the two byte-level halves of 👋 (REFERENCE.md ids).
+    // 61804 and 233 are the two byte-level halves of 👋 (docs/Formats.md, "Token ids").
     assert!(tok().decode(&[61804], false).unwrap().contains('\u{FFFD}'));
     let (pieces, tail) = stream(&[9707, 0, 61804, 233], false);
     assert_eq!(

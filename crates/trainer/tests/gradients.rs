@@ -1,6 +1,7 @@
 //! Gradients of the training forward:
 //! - the STE gradient of every master weight equals the gradient of an
-//!   independent dense f64 Qwen3 forward (written here from REFERENCE.md)
+//!   independent dense f64 Qwen3 forward (written here from docs/Formats.md,
+//!   "Qwen3 forward")
 //!   taken at the dequantized weights dequant(quant(W));
 //! - activation checkpointing gives the same gradients as the full graph;
 //! - `--train-last-layers` trains (and allocates optimizer state for) only
@@ -22,7 +23,7 @@ fn rotate_half(x: &Tensor) -> Tensor {
     Tensor::cat(&[-x.narrow(-1, half, half), x.narrow(-1, 0, half)], -1)
 }
 
-/// The Qwen3 forward of REFERENCE.md in f64 with dense weights `w` (HF keys);
+/// The Qwen3 forward of docs/Formats.md in f64 with dense weights `w` (HF keys);
 /// returns the CE sum over labelled positions.
 fn reference_ce(
     w: &HashMap<String, Tensor>,
