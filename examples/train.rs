@@ -36,7 +36,7 @@ use tokenizer_bridge::Qwen3Tokenizer;
 use trainer::{
     resolve_model_dir, run_default_observed, run_job_observed, timestamped_run_dir, BadLinePolicy,
     DataSource, DefaultRunOptions, EvalReport, JobSpec, MasterDtype, NonFinitePolicy,
-    OptimStateKind, ResumeFrom, ScheduleKind, TrainConfig,
+    OptimStateKind, ResumeFrom, ScheduleKind, TeacherSpec, TrainConfig,
 };
 
 /// The library's defaults, shown by `--help` (one place: `TrainConfig::default`).
@@ -53,9 +53,25 @@ struct Args {
     #[arg(long)]
     model_dir: Option<PathBuf>,
     /// Training data: `.tsv`/`.txt` (prompt<TAB>response) or `.jsonl`
-    /// ({"messages": [...]} or {"prompt": .., "response": ..} per line).
+    /// ({"messages": [...]} or {"prompt": .., "response": ..} per line);
+    /// with --text, plain text.
     #[arg(long)]
     data: Option<PathBuf>,
+    /// --data is plain text (`.txt`, `.txt.gz` or a directory of them):
+    /// tokenized once, packed into windows of --seq-len, every token a target.
+    #[arg(long)]
+    text: bool,
+    /// Quantization-aware distillation: the loss is KL to a frozen dense
+    /// teacher (the --model-dir weights, dequantized; or --teacher).
+    #[arg(long)]
+    distill: bool,
+    /// Teacher of --distill: a model path (a bf16 safetensors directory keeps
+    /// full precision) [default: --model-dir].
+    #[arg(long, requires = "distill")]
+    teacher: Option<PathBuf>,
+    /// Weight of the KL term of --distill; 1 - alpha weighs the data loss.
+    #[arg(long, default_value_t = 1.0, requires = "distill")]
+    distill_alpha: f64,
     /// cpu, cuda or cuda:N [default: cuda when available, else cpu].
     /// Under torchrun or srun, cuda means cuda:LOCAL_RANK.
     #[arg(long, value_parser = device_arg)]
@@ -276,10 +292,18 @@ fn model_run(args: &Args, dir: &Path) -> Result<Option<EvalReport>> {
     let data = args
         .data
         .clone()
-        .context("--model-dir needs --data FILE (.tsv or .jsonl)")?;
-    if !data.is_file() {
+        .context("--model-dir needs --data FILE (.tsv or .jsonl; plain text with --text)")?;
+    if !(data.is_file() || args.text && data.is_dir()) {
         bail!("--data {}: no such file", data.display());
     }
+    let data = match args.text {
+        true => DataSource::Text(data),
+        false => DataSource::File(data),
+    };
+    let teacher = args.distill.then(|| TeacherSpec {
+        path: args.teacher.clone().unwrap_or_else(|| dir.to_path_buf()),
+        alpha: args.distill_alpha,
+    });
     let (config, weights) = resolve_model_dir(dir)?;
     let model_dir = if dir.is_dir() {
         dir.to_path_buf()
@@ -344,7 +368,7 @@ fn model_run(args: &Args, dir: &Path) -> Result<Option<EvalReport>> {
         device,
         dtype: args.dtype,
         compute_path: args.compute_path,
-        data: DataSource::File(data),
+        data,
         system_prompt: args.system_prompt.clone(),
         train,
         resume,
@@ -355,6 +379,7 @@ fn model_run(args: &Args, dir: &Path) -> Result<Option<EvalReport>> {
         run_args: serde_json::json!(std::env::args().collect::<Vec<_>>()),
         run_dir,
         data_parallel,
+        teacher,
     };
     let mut printer =
         JobPrinter::new(!args.no_progress && launch.as_ref().is_none_or(|e| e.rank == 0));

@@ -261,3 +261,51 @@ fn the_embedded_default_names_the_flags_it_does_not_take() {
         "{stderr}"
     );
 }
+
+/// Issue 12's path on a model directory: plain text (packed windows, every
+/// token a target) and distillation from the dense teacher, which is the
+/// model itself unless --teacher names another of the same config.
+#[test]
+fn text_data_and_distillation_from_the_dense_teacher() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model_dir(&dir.path().join("base"), &tiny_config(|_| {}));
+    let corpus = dir.path().join("books.txt");
+    let line = "It was the best of times, it was the worst of times.\n";
+    std::fs::write(&corpus, line.repeat(40)).unwrap();
+    let run_dir = dir.path().join("run");
+    let out = run(train_cmd(&model, &corpus)
+        .args(["--text", "--distill", "--distill-alpha", "0.5"])
+        .arg("--run-dir")
+        .arg(&run_dir));
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("distilling from the dense teacher"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("0.5 * KL + 0.5 * CE"), "{stdout}");
+    assert!(run_dir.join("token-cache").read_dir().unwrap().count() == 1);
+    let metrics = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 2, "{metrics}");
+
+    // A teacher of another shape is refused before training, naming it.
+    let other = tiny_model_dir(
+        &dir.path().join("other"),
+        &tiny_config(|c| c.num_hidden_layers += 1),
+    );
+    let out = run(train_cmd(&model, &corpus)
+        .args(["--text", "--distill", "--teacher"])
+        .arg(&other)
+        .arg("--run-dir")
+        .arg(dir.path().join("run2")));
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("teacher") && stderr.contains("other"),
+        "{stderr}"
+    );
+    // --teacher means nothing without --distill.
+    let out = run(train_cmd(&model, &corpus).arg("--teacher").arg(&other));
+    assert!(!out.status.success());
+    assert!(text(&out).1.contains("--distill"), "{}", text(&out).1);
+}

@@ -349,7 +349,7 @@ pub enum Error {
     },
 
     /// NVFP4 quantization or validation failed.
-    #[error("{key:?}: {error}; hint: see the NVFP4 rules in REFERENCE.md")]
+    #[error("{key:?}: {error}; hint: see the NVFP4 rules in docs/Formats.md")]
     Nvfp4 {
         /// The tensor.
         key: String,

@@ -94,6 +94,17 @@ impl Linear {
         self.weight = LinearWeight::Master(w.set_requires_grad(true));
     }
 
+    /// Holds the weight dense in `kind` (dequantized if packed) and uses it
+    /// as it is: no rounding of weight or input, no gradient.
+    pub(crate) fn make_dense(&mut self, kind: Kind) {
+        let w = match &self.weight {
+            LinearWeight::Packed(q) => nvfp4_kernels::dequantize(q, kind),
+            LinearWeight::Master(w) => w.detach().to_kind(kind),
+        };
+        self.weight = LinearWeight::Master(w);
+        self.precision = Precision::DENSE;
+    }
+
     pub(crate) fn is_trainable(&self) -> bool {
         matches!(&self.weight, LinearWeight::Master(w) if w.requires_grad())
     }

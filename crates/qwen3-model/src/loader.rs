@@ -88,10 +88,29 @@ fn dense_kind(spec: &TensorSpec, compute: Kind) -> Kind {
 }
 
 /// Audits `src` against `cfg`, then copies each tensor once to the device.
+/// How the projections of a loaded model hold their weights.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Projections {
+    /// NVFP4 as stored (a dense file is quantized on load).
+    Nvfp4,
+    /// Dense in the compute kind: as stored where the file is dense, else
+    /// dequantized from NVFP4 (a distillation teacher, a bf16 baseline).
+    Dense,
+}
+
 pub(crate) fn assemble(
     cfg: &Qwen3Config,
     opts: &LoadOptions,
     src: &mut dyn WeightSource,
+) -> Result<Qwen3Model> {
+    assemble_as(cfg, opts, src, Projections::Nvfp4)
+}
+
+pub(crate) fn assemble_as(
+    cfg: &Qwen3Config,
+    opts: &LoadOptions,
+    src: &mut dyn WeightSource,
+    projections: Projections,
 ) -> Result<Qwen3Model> {
     cfg.validate()?;
     opts.validate()?;
@@ -109,7 +128,8 @@ pub(crate) fn assemble(
         if !present.contains(&spec.role) {
             continue;
         }
-        if spec.is_packed() {
+        let read_dense = projections == Projections::Dense && src.stores_dense();
+        if spec.is_packed() && !read_dense {
             let q = src.packed(spec, opts.device)?;
             parts.packed.insert(spec.role, q);
         } else {
@@ -117,7 +137,11 @@ pub(crate) fn assemble(
             parts.dense.insert(spec.role, t);
         }
     }
-    parts.into_model(cfg, opts)
+    let mut model = parts.into_model(cfg, opts)?;
+    if projections == Projections::Dense {
+        model.dequantize_projections();
+    }
+    Ok(model)
 }
 
 /// Loaded tensors by role, consumed while the model is wired together.
@@ -137,9 +161,13 @@ impl Parts {
         Ok(RmsNorm::new(self.tensor(role)?, self.eps))
     }
 
+    /// A projection as loaded: NVFP4, or dense where the source was read dense.
     fn linear(&mut self, role: TensorRole) -> Result<Linear> {
-        let q = self.packed.remove(&role).ok_or_else(|| missing(role))?;
-        Ok(Linear::new(LinearWeight::Packed(q), self.backend.clone()))
+        let weight = match self.packed.remove(&role) {
+            Some(q) => LinearWeight::Packed(q),
+            None => LinearWeight::Master(self.tensor(role)?),
+        };
+        Ok(Linear::new(weight, self.backend.clone()))
     }
 
     fn layer(&mut self, cfg: &Qwen3Config, l: usize) -> Result<DecoderLayer> {
@@ -173,7 +201,8 @@ impl Parts {
             .map(|l| self.layer(cfg, l))
             .collect::<Result<Vec<_>>>()?;
         // A tied model may still carry an NVFP4 lm_head; it is used when present.
-        let lm_head = match self.packed.contains_key(&TensorRole::Head) {
+        let head = TensorRole::Head;
+        let lm_head = match self.packed.contains_key(&head) || self.dense.contains_key(&head) {
             true => Some(self.linear(TensorRole::Head)?),
             false => None,
         };
@@ -216,11 +245,37 @@ impl Qwen3Model {
         config: Option<&Path>,
         opts: &LoadOptions,
     ) -> Result<Self> {
+        Self::load_as(path, config, opts, Projections::Nvfp4)
+    }
+
+    /// [`Qwen3Model::load_with_config`] with every projection dense in the
+    /// compute kind: as stored in a bf16/f16/f32 safetensors directory, else
+    /// dequantized from NVFP4. The frozen teacher of distillation, or the
+    /// dense baseline of a comparison.
+    pub fn load_dense(path: &Path, config: Option<&Path>, opts: &LoadOptions) -> Result<Self> {
+        Self::load_as(path, config, opts, Projections::Dense)
+    }
+
+    fn load_as(
+        path: &Path,
+        config: Option<&Path>,
+        opts: &LoadOptions,
+        projections: Projections,
+    ) -> Result<Self> {
         let paths = ModelPaths::resolve(path, config)?;
         let cfg = Qwen3Config::from_file(&paths.config)?;
         match paths.format {
-            WeightFormat::Dat => Self::load_dat(&DatFile::open(&paths.weights)?, &cfg, opts),
-            WeightFormat::Safetensors => Self::load_hf_dir(&paths.weights, &cfg, opts),
+            WeightFormat::Dat => assemble_as(
+                &cfg,
+                opts,
+                &mut DatSource {
+                    dat: &DatFile::open(&paths.weights)?,
+                },
+                projections,
+            ),
+            WeightFormat::Safetensors => {
+                Self::load_hf_dir_as(&paths.weights, &cfg, opts, projections)
+            }
         }
     }
 

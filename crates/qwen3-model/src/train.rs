@@ -94,6 +94,30 @@ impl Qwen3Model {
         Ok(self)
     }
 
+    /// Every projection (and a separate head) dense in the compute kind,
+    /// dequantized where packed, with no rounding: what [`Qwen3Model::load_dense`] returns.
+    pub(crate) fn dequantize_projections(&mut self) {
+        let kind = self.dtype;
+        for layer in &mut self.layers {
+            let a = &mut layer.self_attn;
+            let m = &mut layer.mlp;
+            for lin in [
+                &mut a.q_proj,
+                &mut a.k_proj,
+                &mut a.v_proj,
+                &mut a.o_proj,
+                &mut m.gate_proj,
+                &mut m.up_proj,
+                &mut m.down_proj,
+            ] {
+                lin.make_dense(kind);
+            }
+        }
+        if let Some(head) = &mut self.lm_head {
+            head.make_dense(kind);
+        }
+    }
+
     /// The tensor of `role`; `None` for the head of a model that uses its embedding.
     fn item(&self, role: TensorRole) -> Option<Item<'_>> {
         Some(match role {

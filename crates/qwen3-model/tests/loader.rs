@@ -376,3 +376,56 @@ fn a_tied_config_uses_an_nvfp4_lm_head_present_in_the_file() {
         0.0
     );
 }
+
+/// `load_dense` (a distillation teacher): a bf16 safetensors directory keeps
+/// its stored values exactly, and a `.dat` is its NVFP4 weights dequantized,
+/// so it computes the same logits as the packed model.
+#[test]
+fn load_dense_keeps_stored_bf16_weights_and_dequantizes_nvfp4() {
+    let dir = tempfile::tempdir().unwrap();
+    for tied in [true, false] {
+        let cfg = tiny_cfg(tied);
+        let hf = dir.path().join(format!("hf_{tied}"));
+        std::fs::create_dir(&hf).unwrap();
+        tch::manual_seed(test_support::seed_i64());
+        write_hf_dir(&Qwen3Model::random(&cfg, &opts(true), 7).unwrap(), &hf);
+        std::fs::write(hf.join("config.json"), cfg.to_json_string()).unwrap();
+        let stored: std::collections::HashMap<String, Tensor> = std::fs::read_dir(&hf)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+            .flat_map(|p| Tensor::read_safetensors(p).unwrap())
+            .collect();
+        let dense = Qwen3Model::load_dense(&hf, None, &opts(true)).unwrap();
+        let mut compared = 0;
+        for (key, w) in dense.named_weights() {
+            let qwen3_model::WeightRef::Dense(t) = w else {
+                panic!("{key} is packed in a dense load");
+            };
+            let d = max_diff(&t.to_kind(Kind::Float), &stored[&key].to_kind(Kind::Float));
+            assert_eq!(d, 0.0, "{key} differs from the file");
+            compared += 1;
+        }
+        assert_eq!(
+            compared,
+            stored.len(),
+            "every stored tensor is in the model"
+        );
+
+        let dat_dir = dir.path().join(format!("dat_{tied}"));
+        std::fs::create_dir(&dat_dir).unwrap();
+        let packed = Qwen3Model::random(&cfg, &opts(true), test_support::seed()).unwrap();
+        write_dat(&dat_dir.join("model.dat"), &entries_of(&packed));
+        std::fs::write(dat_dir.join("config.json"), cfg.to_json_string()).unwrap();
+        let dequantized = Qwen3Model::load_dense(&dat_dir, None, &opts(true)).unwrap();
+        assert!(dequantized
+            .named_weights()
+            .iter()
+            .all(|(_, w)| matches!(w, qwen3_model::WeightRef::Dense(_))));
+        let ids = random_ids(cfg.vocab_size, 2, 9);
+        let (a, b) = (logits(&packed, &ids), logits(&dequantized, &ids));
+        let rel = max_diff(&a, &b) / a.abs().max().double_value(&[]);
+        println!("tied={tied}: max |packed - dense(dequantized)| / max |packed| = {rel:e}");
+        assert!(rel < 1e-5, "dequantized teacher differs: {rel:e}");
+    }
+}

@@ -64,6 +64,14 @@ pub struct MemoryEstimate {
 }
 
 impl MemoryEstimate {
+    /// Adds a dense copy of every weight of `cfg` in `kind` (a distillation teacher).
+    pub fn add_dense_copy(&mut self, cfg: &Qwen3Config, kind: Kind) {
+        self.parts.push((
+            "teacher weights",
+            ParamCounts::of(cfg).total() * kind_bytes(kind),
+        ));
+    }
+
     /// The sum of the parts.
     pub fn total(&self) -> f64 {
         self.parts.iter().map(|p| p.1).sum()

@@ -149,6 +149,7 @@ pub fn run_default_observed(
         run_args: serde_json::json!({ "mode": "default" }),
         train: train.clone(),
         data_parallel: None,
+        teacher: None,
     };
     let job = run_job_locked(&spec, &tok, &lock, observe)?;
     Ok(DefaultRunReport {

@@ -14,6 +14,7 @@ use tokenizer_bridge::Qwen3Tokenizer;
 
 use crate::config::TrainConfig;
 use crate::data::{load_data, DataOptions, Dataset};
+use crate::distill::Teacher;
 use crate::error::{Error, Result};
 use crate::eval::{exact_match, EvalReport};
 use crate::metrics::human_bytes;
@@ -77,6 +78,20 @@ pub struct JobSpec {
     /// a single process. Ranks other than 0 train but export, plot and
     /// evaluate nothing.
     pub data_parallel: Option<distributed::GroupOptions>,
+    /// Distil from this teacher (QAD) instead of training on the data alone.
+    pub teacher: Option<TeacherSpec>,
+}
+
+/// The frozen teacher of a distillation job.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TeacherSpec {
+    /// A model path as [`Qwen3Model::load_dense`] takes it; loaded dense (a
+    /// bf16 directory as stored, NVFP4 dequantized). Usually the model being
+    /// fine-tuned: the student then learns to stay close to its own
+    /// full-precision self while its weights move onto the NVFP4 grid.
+    pub path: PathBuf,
+    /// Weight of the KL term; `1 - alpha` weighs the data cross-entropy.
+    pub alpha: f64,
 }
 
 /// Training data: a file, or TSV text held in memory (the embedded default).
@@ -84,6 +99,10 @@ pub struct JobSpec {
 pub enum DataSource {
     /// A file; format from its extension.
     File(PathBuf),
+    /// Plain text for pretraining-style training (a `.txt`, `.txt.gz` or a
+    /// directory of them): tokenized once (cached in the run directory),
+    /// packed into windows of `seq_len`, every token a target.
+    Text(PathBuf),
     /// TSV text and the name it is reported under.
     TsvText {
         /// Name used in messages.
@@ -140,6 +159,12 @@ impl JobSpec {
         };
         match &self.data {
             DataSource::File(p) => load_data(p, tok, &opts),
+            DataSource::Text(p) => {
+                let cache = self.run_dir.join("token-cache");
+                std::fs::create_dir_all(&cache).map_err(|e| Error::io(&cache, e))?;
+                let ids = crate::text::load_text_tokens(p, tok, Some(&cache))?;
+                crate::text::text_windows(p, &ids, self.train.seq_len)
+            }
             DataSource::TsvText { name, text } => crate::data::load_tsv_str(name, text, tok, &opts),
         }
     }
@@ -173,6 +198,13 @@ pub enum JobEvent<'a> {
         from: &'a Path,
         /// Its step.
         step: u64,
+    },
+    /// A dense teacher was loaded: the job distils.
+    Teacher {
+        /// Where it came from.
+        path: &'a Path,
+        /// Weight of the KL term.
+        alpha: f64,
     },
     /// `--resume latest` found no checkpoint: a fresh start.
     NoCheckpointYet,
@@ -217,6 +249,12 @@ impl std::fmt::Display for JobEvent<'_> {
             JobEvent::Resumed { from, step } => {
                 write!(f, "resumed from {} at step {step}", from.display())
             }
+            JobEvent::Teacher { path, alpha } => write!(
+                f,
+                "distilling from the dense teacher {} (loss = {alpha} * KL + {} * CE)",
+                path.display(),
+                1.0 - alpha
+            ),
             JobEvent::NoCheckpointYet => {
                 write!(f, "--resume latest: no checkpoint yet, starting fresh")
             }
@@ -280,15 +318,45 @@ pub(crate) fn run_job_locked(
             spec.train.batch_size,
         ));
     }
-    crate::budget::training_estimate(&spec.config, &spec.train, spec.load_options().dtype)
-        .check_fits(spec.device)?;
+    let mut estimate =
+        crate::budget::training_estimate(&spec.config, &spec.train, spec.load_options().dtype);
+    if spec.teacher.is_some() {
+        if spec.data_parallel.is_some() {
+            return Err(Error::config(
+                "distill",
+                "a single process (distillation is not data-parallel yet)",
+                "a data-parallel group",
+            ));
+        }
+        estimate.add_dense_copy(&spec.config, spec.load_options().dtype);
+    }
+    estimate.check_fits(spec.device)?;
     let (model, like) = spec.load_model()?;
     let pad = spec.config.pad_token_id.unwrap_or_else(|| tok.eos_id());
-    let eval_set: Vec<_> = pick_eval_examples(&data, spec.eval_samples);
+    // Exact match asks chat prompts for their answers; text windows have none.
+    let eval_set: Vec<_> = match spec.data {
+        DataSource::Text(_) => Vec::new(),
+        _ => pick_eval_examples(&data, spec.eval_samples),
+    };
     let mut trainer = Trainer::new(model, spec.train.clone(), data, pad)?;
     trainer.set_run_args(spec.run_args.clone());
     if let Some(group) = &spec.data_parallel {
         trainer.set_data_parallel(distributed::ProcessGroup::new(group)?)?;
+    }
+    if let Some(t) = &spec.teacher {
+        let model = Qwen3Model::load_dense(&t.path, None, &spec.load_options())?;
+        if model.config().to_json_string() != spec.config.to_json_string() {
+            return Err(Error::config(
+                "teacher",
+                "a model of the student's config (same layers, sizes and vocabulary)",
+                t.path.display(),
+            ));
+        }
+        emit(&JobEvent::Teacher {
+            path: &t.path,
+            alpha: t.alpha,
+        });
+        trainer.set_teacher(Teacher::new(model, t.alpha)?);
     }
     emit(&JobEvent::Training {
         tensors: trainer.param_names().len(),

@@ -78,7 +78,7 @@ pub use fsutil::write_atomic;
 pub use grad::{clip_coefficient, clip_grad_norm, global_grad_norm};
 pub use job::{
     resolve_model_dir, run_job, run_job_observed, DataSource, JobEvent, JobReport, JobSpec,
-    ResumeFrom, WeightsSource,
+    ResumeFrom, TeacherSpec, WeightsSource,
 };
 pub use metrics::{human_bytes, memory_available, memory_in_use, MetricsLog, StepMetrics};
 pub use optim::{

@@ -14,7 +14,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::config::Qwen3Config;
 use crate::error::{Error, Result};
-use crate::loader::assemble;
+use crate::loader::{assemble_as, Projections};
 use crate::model::{LoadOptions, Qwen3Model};
 use crate::weights::schema::TensorSpec;
 use crate::weights::source::{shape_problem, Check, WeightSource};
@@ -212,6 +212,10 @@ impl WeightSource for HfSource {
         Ok(self.load(&spec.key, device)?.to_kind(kind))
     }
 
+    fn stores_dense(&self) -> bool {
+        true
+    }
+
     /// Quantized from f32 (bf16/f16 -> f32 is exact), on the target device,
     /// with the single-level scales the original files use.
     fn packed(&mut self, spec: &TensorSpec, device: Device) -> Result<Nvfp4Tensor> {
@@ -232,13 +236,24 @@ impl Qwen3Model {
     /// its packed codes and scales as stored, without re-quantizing; an
     /// unknown or unsupported quantization config is an error naming the field.
     pub fn load_hf_dir(dir: &Path, cfg: &Qwen3Config, opts: &LoadOptions) -> Result<Self> {
+        Self::load_hf_dir_as(dir, cfg, opts, Projections::Nvfp4)
+    }
+
+    /// [`Qwen3Model::load_hf_dir`] with the projections held as `projections` says.
+    pub(crate) fn load_hf_dir_as(
+        dir: &Path,
+        cfg: &Qwen3Config,
+        opts: &LoadOptions,
+        projections: Projections,
+    ) -> Result<Self> {
         match crate::weights::quant_config::detect(dir)? {
-            Some(spec) => assemble(
+            Some(spec) => assemble_as(
                 cfg,
                 opts,
                 &mut crate::weights::packed_source::PackedSource::open(dir, spec)?,
+                projections,
             ),
-            None => assemble(cfg, opts, &mut HfSource::open(dir)?),
+            None => assemble_as(cfg, opts, &mut HfSource::open(dir)?, projections),
         }
     }
 }

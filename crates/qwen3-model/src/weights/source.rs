@@ -35,6 +35,11 @@ pub(crate) trait WeightSource {
     /// A packed tensor (projection, head) as NVFP4 on `device`; a source
     /// holding it in high precision quantizes it here.
     fn packed(&mut self, spec: &TensorSpec, device: Device) -> Result<Nvfp4Tensor>;
+    /// True when projections are stored in high precision, so that
+    /// [`WeightSource::dense`] serves them too (a bf16 teacher stays bf16).
+    fn stores_dense(&self) -> bool {
+        false
+    }
 }
 
 /// The shape problem message every source uses.
