@@ -10,7 +10,7 @@
 //!
 //! Env: FULL_SIZE_CONFIG (default: the bundled Qwen3-4B config.json),
 //! FULL_SIZE_DIR (where the .dat goes; default a temp dir), FULL_SIZE_SKIP
-//! (comma list of load,decode,prefill,train), FULL_SIZE_PATH (compute path, default auto).
+//! (comma list of load,decode,prefill,nvfp4_head,train), FULL_SIZE_PATH (compute path, default auto).
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -127,10 +127,16 @@ fn main() -> Result<()> {
         return profile_decode(&model);
     }
     if !skip("decode") {
-        decode(&model, 512, 256)?;
+        decode(&model, 512, 256, "bf16 tied")?;
     }
     if !skip("prefill") {
         prefill(&model, 2048)?;
+    }
+    // Issue 15: the same decode with an NVFP4 copy of the tied head.
+    if !skip("nvfp4_head") && model.uses_tied_head() {
+        let mut model = model;
+        model.quantize_tied_head(qwen3_model::ScaleMode::TwoLevel)?;
+        decode(&model, 512, 256, "nvfp4 copy")?;
     }
     Ok(())
 }
@@ -366,7 +372,8 @@ fn prompt(len: usize, vocab: usize) -> Vec<u32> {
     qwen3_nvfp4::synthetic_prompt(len, vocab, 7)
 }
 
-fn decode(model: &Qwen3Model, prompt_len: usize, new: usize) -> Result<()> {
+/// Decode speed; `head` names how the model's head is stored.
+fn decode(model: &Qwen3Model, prompt_len: usize, new: usize, head: &str) -> Result<()> {
     let ids = prompt(prompt_len, model.config().vocab_size);
     let run = |n: usize, fused: bool| -> Result<qwen3_model::Generation> {
         let mut cache = model.new_cache(1, prompt_len + n + 1).unwrap();
@@ -399,7 +406,7 @@ fn decode(model: &Qwen3Model, prompt_len: usize, new: usize) -> Result<()> {
         .count();
     emit(
         json!({"metric": "decode_tok_s", "value": fused.decode_tokens_per_s(), "prompt": prompt_len,
-                "new": new, "prefill_tok_s": fused.prefill_tokens_per_s(), "path": "fused+graph",
+                "new": new, "prefill_tok_s": fused.prefill_tokens_per_s(), "path": "fused+graph", "head": head,
                 "reference_tok_s": reference.decode_tokens_per_s(),
                 "tokens_equal_to_reference": same_prefix}),
     );

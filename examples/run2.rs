@@ -38,7 +38,8 @@ use tokenizer_bridge::{ChatMessage, Qwen3Tokenizer};
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
-    /// Model directory: config.json, tokenizer files and one `.dat`.
+    /// Model directory: config.json, tokenizer files and one `.dat`, or a
+    /// Hugging Face safetensors directory (bf16, compressed-tensors or ModelOpt NVFP4).
     #[arg(long, value_name = "DIR")]
     model_dir: Option<PathBuf>,
     /// The `.dat` weights (overrides the one in --model-dir).
@@ -117,6 +118,11 @@ struct Args {
     /// (the reference; the fused step only runs on CUDA with packed weights).
     #[arg(long)]
     no_fused_decode: bool,
+    /// Compute the logits of a tied model through an NVFP4 copy of the
+    /// embedding (a quarter of the bytes a decode step reads on Qwen3-4B; its
+    /// quality cost is in docs/QUALITY.md, "+head").
+    #[arg(long)]
+    nvfp4_head: bool,
     /// Print the NVFP4 kernel diagnosis (device, driver, NVRTC, kernels) and exit.
     #[arg(long)]
     diagnose: bool,
@@ -227,8 +233,13 @@ impl Runner {
             compute_path,
             strict: true,
         };
-        let model = Qwen3Model::load_with_config(&files.weight, Some(&files.config), &load)
+        let mut model = Qwen3Model::load_with_config(&files.weight, Some(&files.config), &load)
             .with_context(|| format!("loading {}", files.weight.display()))?;
+        if args.nvfp4_head {
+            model
+                .quantize_tied_head(qwen3_model::ScaleMode::TwoLevel)
+                .context("--nvfp4-head")?;
+        }
         eprintln!(
             "loaded {} ({} layers, vocab {}) on {device:?} as {} in {:.2}s; {}",
             files.weight.display(),

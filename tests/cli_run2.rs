@@ -214,3 +214,30 @@ fn a_safetensors_directory_decodes_like_the_dat_converted_from_it() {
     assert_eq!(from_hf.split(' ').count(), 6, "{from_hf}");
     assert_eq!(from_hf, greedy(&converted));
 }
+
+/// `--nvfp4-head` runs a tied model with a packed head, and refuses an untied one by name.
+#[test]
+fn nvfp4_head_runs_a_tied_model_and_names_an_untied_one() {
+    let dir = tempfile::tempdir().unwrap();
+    for (tied, ok) in [(true, true), (false, false)] {
+        let model = tiny_model_dir(
+            &dir.path().join(format!("m{tied}")),
+            &tiny_config(|c| c.tie_word_embeddings = tied),
+        );
+        let out = run(Command::new(example("run2"))
+            .arg("--model-dir")
+            .arg(&model)
+            .args(["--nvfp4-head", "--prompt-ids", "1,2,3", "--max-tokens", "3"])
+            .arg("--print-ids"));
+        let (stdout, stderr) = text(&out);
+        assert_eq!(out.status.success(), ok, "tied={tied}: {stderr}");
+        if ok {
+            assert!(stdout.contains("generated_ids"), "{stdout}");
+        } else {
+            assert!(
+                stderr.contains("--nvfp4-head") && stderr.contains("lm_head"),
+                "{stderr}"
+            );
+        }
+    }
+}

@@ -39,6 +39,7 @@ mod config;
 mod error;
 mod fused_decode;
 mod generate;
+mod head;
 mod init;
 mod kv_cache;
 mod linear;
