@@ -4,7 +4,11 @@
 //! Loss: next-token cross-entropy summed over target positions only (the
 //! labels carry [`IGNORE_INDEX`] elsewhere). Only the target rows of the
 //! final hidden state go through the head, so a 151936-word lm_head costs
-//! nothing for prompt and padding positions.
+//! nothing for prompt and padding positions; and they go through it
+//! [`CE_CHUNK`] rows at a time, each chunk's loss backpropagated into the
+//! (detached) last hidden state before the next chunk's logits exist, so the
+//! f32 `[tokens, vocab]` logits, their softmax and gradient are never whole
+//! (at batch 4 x 2048 on Qwen3 that is 3 x 5 GB, now 3 x 1.2 GB).
 //!
 //! Activation checkpointing (libtorch has no checkpoint API): run the blocks
 //! without a graph, keeping each block's input; then from the last block
@@ -85,12 +89,55 @@ pub fn forward_backward(
 /// the leaf's `.grad` and the head's gradients).
 pub(crate) type TopLoss<'a> = dyn FnMut(&Tensor) -> Result<()> + 'a;
 
+/// Target positions whose logits exist at once in the training loss.
+pub const CE_CHUNK: usize = 2048;
+
 /// The masked CE of `top` (a leaf), backpropagated with weight `1 / denom`;
 /// returns the CE sum.
 fn ce_backward(model: &Qwen3Model, top: &Tensor, labels: &Tensor, denom: f64) -> Result<f64> {
-    let ce = masked_ce_sum(model, top, labels)?;
-    (&ce / denom).f_backward()?;
-    Ok(ce.double_value(&[]))
+    masked_ce_backward(model, top, labels, denom, CE_CHUNK)
+}
+
+/// [`masked_ce_sum`] of `top` (a leaf [B, T, H] that requires grad),
+/// computed and backpropagated (weight `1 / denom`) `chunk` target positions
+/// at a time: the gradients equal one whole backward up to summation order.
+/// Returns the CE sum.
+pub fn masked_ce_backward(
+    model: &Qwen3Model,
+    top: &Tensor,
+    labels: &Tensor,
+    denom: f64,
+    chunk: usize,
+) -> Result<f64> {
+    let h = top.size()[2];
+    let flat_labels = labels.reshape([-1]);
+    let rows = flat_labels.ne(IGNORE_INDEX).nonzero().squeeze_dim(1); // [N]
+    let n = rows.size()[0];
+    let chunk = i64::try_from(chunk).unwrap_or(i64::MAX).max(1);
+    let mut sum = Tensor::zeros([], (Kind::Float, top.device()));
+    let mut start = 0;
+    // At least one pass, empty when nothing is a target: the caller reads
+    // the leaf's gradient, which must then be a defined zero.
+    loop {
+        let r = rows.narrow(0, start, chunk.min(n - start));
+        // A fresh view of the leaf per chunk: each backward frees its own graph.
+        let picked = top.reshape([-1, h]).index_select(0, &r).unsqueeze(0);
+        let logits = model.head(&picked)?.squeeze_dim(0); // [c, V] f32
+        let ce = logits.f_cross_entropy_loss::<Tensor>(
+            &flat_labels.index_select(0, &r),
+            None,
+            Reduction::Sum,
+            IGNORE_INDEX,
+            0.0,
+        )?;
+        (&ce / denom).f_backward()?;
+        sum += ce.detach();
+        start += chunk;
+        if start >= n {
+            break;
+        }
+    }
+    Ok(sum.double_value(&[]))
 }
 
 /// Forward of the blocks, `top` on the last hidden state, then the

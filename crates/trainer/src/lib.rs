@@ -56,7 +56,9 @@ mod text;
 mod trainer;
 
 pub use alloc::keep_freed_memory;
-pub use backprop::{forward_backward, masked_ce_sum, reference_ce_sum, BackpropPlan};
+pub use backprop::{
+    forward_backward, masked_ce_backward, masked_ce_sum, reference_ce_sum, BackpropPlan, CE_CHUNK,
+};
 pub use batch::{inputs_and_labels, make_batch, Batch, DataCursor, DataOrder, IGNORE_INDEX};
 pub use budget::{inference_estimate, training_estimate, MemoryEstimate, ParamCounts};
 pub use config::{MasterDtype, NonFinitePolicy, TrainConfig};
