@@ -29,9 +29,9 @@ step() { # name timeout command... : runs it, keeps its JSON lines, notes a fail
     echo "{\"step\": \"$name\", \"rc\": $rc, \"wall_s\": $((SECONDS - t0))}" | tee -a "$json"
 }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt" | tee -a "$log"
-step bench 200 "$bin/bench-full_size"
+step bench 140 "$bin/bench-full_size"
 cp crates/tokenizer-bridge/assets/qwen3/config.json "$model/config.json"
-step eval 150 "$bin/example-eval" --model-dir "$model" --data "$data/val.txt.gz" \
+step eval 90 "$bin/example-eval" --model-dir "$model" --data "$data/val.txt.gz" \
     --seq-len 2048 --batch-size 4 --token-cache /tmp/tokens --no-progress
 train() { # name timeout flags...
     local name="$1" limit="$2"; shift 2
@@ -41,6 +41,6 @@ train() { # name timeout flags...
     sed "s/^{/{\"step\": \"$name\", /" "/tmp/run-$name/metrics.jsonl" >> "$json" 2>/dev/null
     rm -rf "/tmp/run-$name"
 }
-train distill-text 150 --data "$data/val.txt.gz" --text --distill --seq-len 2048 --batch-size 1
-train distill-chat 120 --data "$data/gsm8k.jsonl" --distill --seq-len 512 --batch-size 8
-train qat-text 120 --data "$data/val.txt.gz" --text --seq-len 2048 --batch-size 1
+train distill-text 120 --data "$data/val.txt.gz" --text --distill --seq-len 2048 --batch-size 1
+train distill-chat 80 --data "$data/gsm8k.jsonl" --distill --seq-len 512 --batch-size 8
+train qat-text 50 --data "$data/val.txt.gz" --text --seq-len 2048 --batch-size 1
