@@ -155,7 +155,7 @@ fn train(model: Qwen3Model, spec: &str, probe: &MemoryProbe, base_mem: u64) -> R
         steps: Some(4),
         warmup: 0,
         master_dtype: master.parse()?,
-        activation_checkpointing: true,
+        activation_checkpointing: trainer::Checkpointing::On,
         progress: false,
         ..trainer::TrainConfig::default()
     };

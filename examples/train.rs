@@ -35,8 +35,8 @@ use tch::{Device, Kind};
 use tokenizer_bridge::Qwen3Tokenizer;
 use trainer::{
     resolve_model_dir, run_default_observed, run_job_observed, timestamped_run_dir, BadLinePolicy,
-    DataSource, DefaultRunOptions, EvalReport, JobSpec, MasterDtype, NonFinitePolicy,
-    OptimStateKind, ResumeFrom, ScheduleKind, TeacherSpec, TrainConfig,
+    Checkpointing, DataSource, DefaultRunOptions, EvalReport, JobSpec, MasterDtype,
+    NonFinitePolicy, OptimStateKind, ResumeFrom, ScheduleKind, TeacherSpec, TrainConfig,
 };
 
 /// The library's defaults, shown by `--help` (one place: `TrainConfig::default`).
@@ -160,9 +160,11 @@ struct Args {
     /// Train only the last N blocks (plus final norm and head) [default: all].
     #[arg(long)]
     train_last_layers: Option<usize>,
-    /// Recompute blocks in the backward pass to save activation memory.
-    #[arg(long)]
-    activation_checkpointing: bool,
+    /// Recompute blocks in the backward pass to save activation memory:
+    /// on | off | auto (on only when the run would not fit without it). A bare flag means on.
+    #[arg(long, default_value_t = defaults().activation_checkpointing,
+          value_parser = parse_arg::<Checkpointing>, num_args = 0..=1, default_missing_value = "on")]
+    activation_checkpointing: Checkpointing,
     /// NaN/inf loss or gradient: skip (drop the step, count it) | stop.
     #[arg(long, default_value_t = defaults().on_nonfinite, value_parser = parse_arg::<NonFinitePolicy>)]
     on_nonfinite: NonFinitePolicy,

@@ -9,7 +9,7 @@
 use qwen3_model::Qwen3Config;
 use tch::{Device, Kind};
 
-use crate::config::TrainConfig;
+use crate::config::{Checkpointing, TrainConfig};
 use crate::error::{Error, Result};
 use crate::metrics::{human_bytes, memory_available};
 use crate::optim::OptimStateKind;
@@ -51,6 +51,36 @@ impl ParamCounts {
     /// All parameters.
     pub fn total(&self) -> f64 {
         self.embeddings + self.layers * (self.projections_per_layer + self.norms_per_layer)
+    }
+}
+
+/// Whether a run of `train` recomputes blocks: as asked, or for
+/// [`Checkpointing::Auto`] only when the estimate without recomputation does
+/// not fit the memory free on `device` now (unknown: recompute only if asked).
+pub fn resolve_checkpointing(
+    cfg: &Qwen3Config,
+    train: &TrainConfig,
+    dtype: Kind,
+    device: Device,
+) -> bool {
+    match train.activation_checkpointing {
+        Checkpointing::On => true,
+        Checkpointing::Off => false,
+        Checkpointing::Auto => {
+            let without = TrainConfig {
+                activation_checkpointing: Checkpointing::Off,
+                ..train.clone()
+            };
+            let need = training_estimate(cfg, &without, dtype).total();
+            let recompute = memory_available(device).is_some_and(|free| need > free as f64);
+            tracing::info!(
+                "activation checkpointing auto: {} (estimate without it {}, free {})",
+                if recompute { "on" } else { "off" },
+                human_bytes(need as u64),
+                memory_available(device).map_or("unknown".into(), human_bytes)
+            );
+            recompute
+        }
     }
 }
 
@@ -147,10 +177,10 @@ pub fn training_estimate(cfg: &Qwen3Config, train: &TrainConfig, dtype: Kind) ->
     // norms (a few times hidden), q/k/v/attention output, the MLP's three
     // intermediate tensors; with checkpointing only each block's input.
     let per_token_layer = 6.0 * h + 2.0 * cfg.q_dim() as f64 + 3.0 * cfg.intermediate_size as f64;
-    let kept_layers = if train.activation_checkpointing {
-        1.0
-    } else {
-        trained_layers
+    // `Auto` can always fall back to checkpointing: the lowest estimate.
+    let kept_layers = match train.activation_checkpointing {
+        Checkpointing::Off => trained_layers,
+        Checkpointing::On | Checkpointing::Auto => 1.0,
     };
     let activations = tokens
         * act
@@ -231,13 +261,46 @@ mod tests {
     fn optimizer_state_shrinks_with_its_precision_and_checkpointing_saves_activations() {
         let cfg = Qwen3Config::qwen3_4b();
         let part = |e: &MemoryEstimate, name: &str| e.parts.iter().find(|p| p.0 == name).unwrap().1;
-        let mut t = TrainConfig::default();
+        let mut t = TrainConfig {
+            activation_checkpointing: Checkpointing::Off,
+            ..TrainConfig::default()
+        };
         let f32_state = part(&training_estimate(&cfg, &t, Kind::Float), "optimizer state");
         t.adamw.state = OptimStateKind::Int8Block;
         let int8 = training_estimate(&cfg, &t, Kind::Float);
         assert_eq!(f32_state / part(&int8, "optimizer state"), 4.0);
-        t.activation_checkpointing = true;
+        t.activation_checkpointing = Checkpointing::On;
         let ckpt = training_estimate(&cfg, &t, Kind::Float);
         assert!(part(&ckpt, "activations") < part(&int8, "activations") / 4.0);
+    }
+
+    #[test]
+    fn auto_checkpointing_recomputes_only_when_the_run_would_not_fit() {
+        let small = Qwen3Config {
+            num_hidden_layers: 2,
+            hidden_size: 64,
+            intermediate_size: 128,
+            vocab_size: 512,
+            ..Qwen3Config::qwen3_4b()
+        };
+        let t = |c| TrainConfig {
+            activation_checkpointing: c,
+            ..TrainConfig::default()
+        };
+        let resolve =
+            |cfg: &Qwen3Config, c| resolve_checkpointing(cfg, &t(c), Kind::Float, Device::Cpu);
+        assert!(resolve(&small, Checkpointing::On));
+        assert!(!resolve(&small, Checkpointing::Off));
+        assert!(!resolve(&small, Checkpointing::Auto), "a tiny run fits");
+        // Activations of 100k layers without recomputation exceed any host.
+        let deep = Qwen3Config {
+            num_hidden_layers: 100_000,
+            ..small
+        };
+        assert!(resolve(&deep, Checkpointing::Auto));
+        assert!(
+            !resolve(&deep, Checkpointing::Off),
+            "an explicit choice stands"
+        );
     }
 }

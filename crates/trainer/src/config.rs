@@ -57,6 +57,47 @@ impl FromStr for MasterDtype {
     }
 }
 
+/// Activation checkpointing: recompute each block in the backward pass
+/// instead of keeping its activations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Checkpointing {
+    /// Keep every block's activations (fastest, most memory).
+    Off,
+    /// Recompute every block (one block's activations at a time).
+    On,
+    /// Off when the run's memory estimate without it fits the memory free
+    /// on the device when training starts, else on; the choice is logged.
+    #[default]
+    Auto,
+}
+
+impl std::fmt::Display for Checkpointing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Off => "off",
+            Self::On => "on",
+            Self::Auto => "auto",
+        })
+    }
+}
+
+impl FromStr for Checkpointing {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "off" | "false" => Ok(Self::Off),
+            "on" | "true" => Ok(Self::On),
+            "auto" => Ok(Self::Auto),
+            _ => Err(Error::ParseOption {
+                name: "activation-checkpointing",
+                expected: "on, off, auto",
+                got: s.into(),
+            }),
+        }
+    }
+}
+
 /// What a step with a NaN/infinite loss or gradient norm does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -134,7 +175,7 @@ pub struct TrainConfig {
     /// Train only the last N blocks (plus final norm and head).
     pub train_last_layers: Option<usize>,
     /// Recompute each block in the backward pass instead of keeping its activations.
-    pub activation_checkpointing: bool,
+    pub activation_checkpointing: Checkpointing,
     /// NaN/inf policy.
     pub on_nonfinite: NonFinitePolicy,
     /// Bad data line policy.
@@ -174,7 +215,7 @@ impl Default for TrainConfig {
             seed: 0,
             shuffle: true,
             train_last_layers: None,
-            activation_checkpointing: false,
+            activation_checkpointing: Checkpointing::Auto,
             on_nonfinite: NonFinitePolicy::Stop,
             bad_lines: BadLinePolicy::Fail,
             checkpoint_dir: None,

@@ -191,6 +191,8 @@ pub enum JobEvent<'a> {
         steps: u64,
         /// Where it runs.
         device: Device,
+        /// Activation checkpointing, as resolved.
+        recompute: bool,
     },
     /// Resumed from a checkpoint.
     Resumed {
@@ -238,13 +240,16 @@ impl std::fmt::Display for JobEvent<'_> {
                 state_bytes,
                 steps,
                 device,
+                recompute,
             } => write!(
                 f,
-                "training {tensors} tensors ({:.2} M parameters, master {}, optimizer state {} = {}), {steps} steps, device {device:?}",
+                "training {tensors} tensors ({:.2} M parameters, master {}, optimizer state {} = {}), {steps} steps, device {device:?}, activation checkpointing {} ({})",
                 *parameters as f64 / 1e6,
                 config.master_dtype,
                 config.adamw.state,
-                human_bytes(*state_bytes)
+                human_bytes(*state_bytes),
+                if *recompute { "on" } else { "off" },
+                config.activation_checkpointing
             ),
             JobEvent::Resumed { from, step } => {
                 write!(f, "resumed from {} at step {step}", from.display())
@@ -365,6 +370,7 @@ pub(crate) fn run_job_locked(
         state_bytes: trainer.optimizer().state_bytes() as u64,
         steps: trainer.total_steps(),
         device: trainer.model().device(),
+        recompute: trainer.recomputes_blocks(),
     });
     if let Some(from) = resume(&mut trainer, spec.resume.as_ref(), &mut emit)? {
         if trainer.step_count() >= trainer.total_steps() {

@@ -61,7 +61,7 @@ pub use backprop::{
 };
 pub use batch::{inputs_and_labels, make_batch, Batch, DataCursor, DataOrder, IGNORE_INDEX};
 pub use budget::{inference_estimate, training_estimate, MemoryEstimate, ParamCounts};
-pub use config::{MasterDtype, NonFinitePolicy, TrainConfig};
+pub use config::{Checkpointing, MasterDtype, NonFinitePolicy, TrainConfig};
 pub use data::{
     load_data, load_jsonl, load_tsv, load_tsv_str, parse_jsonl_line, parse_tsv_line, tokenize,
     BadLinePolicy, DataOptions, DataStats, Dataset, Example,

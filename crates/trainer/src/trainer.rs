@@ -104,6 +104,13 @@ impl Trainer {
                 k,
             ));
         }
+        // Decided before the master weights exist, from the memory free now.
+        let checkpointing = crate::budget::resolve_checkpointing(
+            model.config(),
+            &cfg,
+            model.dtype(),
+            model.device(),
+        );
         let model = model.into_trainable(cfg.master_dtype.kind(), cfg.train_last_layers)?;
         let named = model.named_parameters();
         if named.is_empty() {
@@ -125,7 +132,7 @@ impl Trainer {
             .build(cfg.warmup, total_steps, cfg.min_lr_ratio)?;
         let plan = BackpropPlan {
             first_trained_layer: layers - cfg.train_last_layers.unwrap_or(layers),
-            checkpointing: cfg.activation_checkpointing,
+            checkpointing,
         };
         let ckpt = match &cfg.checkpoint_dir {
             Some(dir) => Some(CheckpointManager::new(dir, cfg.keep_last)?),
@@ -181,6 +188,11 @@ impl Trainer {
     /// Trainable tensor names, in optimizer order.
     pub fn param_names(&self) -> &[String] {
         &self.names
+    }
+
+    /// Whether the backward recomputes blocks (activation checkpointing as resolved).
+    pub fn recomputes_blocks(&self) -> bool {
+        self.plan.checkpointing
     }
 
     /// Optimizer steps done (resumes included).

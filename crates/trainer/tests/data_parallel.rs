@@ -39,7 +39,10 @@ fn config(grad_accum: usize, checkpointing: bool, metrics: Option<PathBuf>) -> T
         seed: 5,
         // Small enough that clipping by the global norm takes effect.
         clip: Some(0.05),
-        activation_checkpointing: checkpointing,
+        activation_checkpointing: match checkpointing {
+            true => trainer::Checkpointing::On,
+            false => trainer::Checkpointing::Off,
+        },
         metrics,
         progress: false,
         ..Default::default()
