@@ -5,11 +5,7 @@
 # send the repo with carry [".gpu-bundle"] and run:  bash scripts/bench/full_size.sh
 # Results: $OUT/full_size.jsonl (raw), $OUT/full_size.md (table), $OUT/stress.txt.
 set -uo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/../.."
-export OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
-torch_lib=/opt/torch/.venv/lib/python3.12/site-packages/torch/lib
-nvrtc_dir="$(dirname "$(find /opt/torch/.venv /usr/local/cuda* -name 'libnvrtc.so*' 2>/dev/null | head -1)")"
-export LD_LIBRARY_PATH="$torch_lib:$nvrtc_dir:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
+source "$(dirname "${BASH_SOURCE[0]}")/gpu_env.sh"
 export FULL_SIZE_DIR=/tmp/qwen3-4b-random
 cfg=crates/tokenizer-bridge/assets/qwen3/config.json
 bin=.gpu-bundle/bin/bench-full_size

@@ -10,11 +10,7 @@
 # then run(command="bash scripts/bench/recipes_full_size.sh", carry=[".gpu-bundle"]).
 # Results in $OUT: recipes.jsonl (every JSON line), recipes.log (everything).
 set -uo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/../.."
-export OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
-torch_lib=/opt/torch/.venv/lib/python3.12/site-packages/torch/lib
-nvrtc_dir="$(dirname "$(find /opt/torch/.venv /usr/local/cuda* -name 'libnvrtc.so*' 2>/dev/null | head -1)")"
-export LD_LIBRARY_PATH="$torch_lib:$nvrtc_dir:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
+source "$(dirname "${BASH_SOURCE[0]}")/gpu_env.sh"
 bin=.gpu-bundle/bin
 data=.gpu-bundle/data
 model=/tmp/qwen3-4b-random
