@@ -27,6 +27,7 @@ use anyhow::{bail, Context, Result};
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
 use nvfp4_kernels::ComputePath;
+use qwen3_model::QuantRecipe;
 use qwen3_nvfp4::{
     convert_model, device_arg, dtype_arg, init_tracing, parse_arg, pick_device, run_main,
     JobPrinter, ModelFormat,
@@ -69,6 +70,13 @@ struct Args {
     /// full precision) [default: --model-dir].
     #[arg(long, requires = "distill")]
     teacher: Option<PathBuf>,
+    /// QAT scheme of the trained projections: w4a16 | w4a4 (activations too, what
+    /// Blackwell runs) | bf16 (no fake quantization: the dense baseline), then
+    /// optionally +head (round the head too), -1l (single-level scales), -keepN
+    /// (last N blocks dense), e.g. w4a4+head-1l [default: W4A16 with the scales
+    /// the weights are stored with].
+    #[arg(long, value_parser = parse_arg::<QuantRecipe>)]
+    recipe: Option<QuantRecipe>,
     /// Weight of the KL term of --distill; 1 - alpha weighs the data loss.
     #[arg(long, default_value_t = 1.0, requires = "distill")]
     distill_alpha: f64,
@@ -382,6 +390,7 @@ fn model_run(args: &Args, dir: &Path) -> Result<Option<EvalReport>> {
         run_dir,
         data_parallel,
         teacher,
+        recipe: args.recipe,
     };
     let mut printer =
         JobPrinter::new(!args.no_progress && launch.as_ref().is_none_or(|e| e.rank == 0));

@@ -309,3 +309,31 @@ fn text_data_and_distillation_from_the_dense_teacher() {
     assert!(!out.status.success());
     assert!(text(&out).1.contains("--distill"), "{}", text(&out).1);
 }
+
+/// `--recipe` sets the QAT scheme: W4A4 rounds activations too, so its first
+/// loss differs from the default W4A16; a bad recipe is named with the grammar.
+#[test]
+fn recipe_changes_the_scheme_and_a_bad_one_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model_dir(&dir.path().join("base"), &tiny_config(|_| {}));
+    let data = pairs_jsonl(dir.path());
+    let first_loss = |extra: &[&str], name: &str| -> f64 {
+        let run_dir = dir.path().join(name);
+        let out = run(train_cmd(&model, &data)
+            .args(["--steps", "1"])
+            .args(extra)
+            .arg("--run-dir")
+            .arg(&run_dir));
+        assert!(out.status.success(), "{}", text(&out).1);
+        let metrics = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap();
+        let line: serde_json::Value =
+            serde_json::from_str(metrics.lines().next().unwrap()).unwrap();
+        line["loss"].as_f64().unwrap()
+    };
+    let w4a16 = first_loss(&[], "default");
+    let w4a4 = first_loss(&["--recipe", "w4a4"], "w4a4");
+    assert_ne!(w4a16, w4a4, "W4A4 rounds the activations");
+    let out = run(train_cmd(&model, &data).args(["--recipe", "w4a8"]));
+    assert!(!out.status.success());
+    assert!(text(&out).1.contains("not a recipe"), "{}", text(&out).1);
+}

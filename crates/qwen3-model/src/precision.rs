@@ -150,6 +150,58 @@ impl QuantRecipe {
     }
 }
 
+/// Parses a [`QuantRecipe::label`]: `bf16`, or `w4a16` / `w4a4`, then
+/// optionally `+head`, `-1l` (single-level scales; two-level otherwise) and
+/// `-keep<N>` (the last N blocks dense), in that order.
+impl std::str::FromStr for QuantRecipe {
+    type Err = crate::error::Error;
+
+    fn from_str(text: &str) -> Result<Self> {
+        let bad = || crate::error::Error::InvalidArgument {
+            name: "recipe",
+            reason: format!(
+                "{text:?} is not a recipe; expected bf16, or w4a16 / w4a4 followed by \
+                 optional +head, -1l, -keep<N> (e.g. w4a4+head-1l-keep2)"
+            ),
+        };
+        if text == "bf16" {
+            return Ok(QuantRecipe::DENSE);
+        }
+        let (activations, mut rest) = if let Some(r) = text.strip_prefix("w4a16") {
+            (false, r)
+        } else if let Some(r) = text.strip_prefix("w4a4") {
+            (true, r)
+        } else {
+            return Err(bad());
+        };
+        let mut take = |suffix: &str| match rest.strip_prefix(suffix) {
+            Some(r) => {
+                rest = r;
+                true
+            }
+            None => false,
+        };
+        let head = take("+head");
+        let single = take("-1l");
+        let keep_last_blocks = match rest.strip_prefix("-keep") {
+            Some(n) => n.parse().map_err(|_| bad())?,
+            None if rest.is_empty() => 0,
+            None => return Err(bad()),
+        };
+        let mode = if single {
+            ScaleMode::Single
+        } else {
+            ScaleMode::TwoLevel
+        };
+        Ok(QuantRecipe {
+            weights: Some(mode),
+            activations,
+            head,
+            keep_last_blocks,
+        })
+    }
+}
+
 impl Qwen3Model {
     /// Sets the precision of every projection and of the head from `recipe`.
     /// Packed (frozen NVFP4) weights stay NVFP4; the recipe then only
@@ -171,6 +223,46 @@ impl Qwen3Model {
         match &mut self.lm_head {
             Some(lin) => lin.precision = head,
             None => self.tied_head = head,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_label_parses_back_to_its_recipe_and_bad_ones_are_named() {
+        let mut recipes = vec![QuantRecipe::DENSE];
+        for mode in [ScaleMode::Single, ScaleMode::TwoLevel] {
+            for activations in [false, true] {
+                for head in [false, true] {
+                    for keep_last_blocks in [0, 3] {
+                        recipes.push(QuantRecipe {
+                            weights: Some(mode),
+                            activations,
+                            head,
+                            keep_last_blocks,
+                        });
+                    }
+                }
+            }
+        }
+        for r in recipes {
+            let label = r.label();
+            assert_eq!(label.parse::<QuantRecipe>().unwrap(), r, "{label}");
+        }
+        for bad in [
+            "",
+            "w4",
+            "w4a8",
+            "w4a16+tail",
+            "w4a16-keep",
+            "w4a4-keepx",
+            "w4a16-1l+head",
+        ] {
+            let e = bad.parse::<QuantRecipe>().unwrap_err().to_string();
+            assert!(e.contains("not a recipe"), "{bad}: {e}");
         }
     }
 }

@@ -150,6 +150,7 @@ pub fn run_default_observed(
         train: train.clone(),
         data_parallel: None,
         teacher: None,
+        recipe: None,
     };
     let job = run_job_locked(&spec, &tok, &lock, observe)?;
     Ok(DefaultRunReport {

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use dat_format::DatFile;
 use nvfp4_kernels::ComputePath;
-use qwen3_model::{LoadOptions, Qwen3Config, Qwen3Model};
+use qwen3_model::{LoadOptions, QuantRecipe, Qwen3Config, Qwen3Model};
 use tch::{Device, Kind};
 use tokenizer_bridge::Qwen3Tokenizer;
 
@@ -80,6 +80,9 @@ pub struct JobSpec {
     pub data_parallel: Option<distributed::GroupOptions>,
     /// Distil from this teacher (QAD) instead of training on the data alone.
     pub teacher: Option<TeacherSpec>,
+    /// How the trained projections round in the forward (QAT scheme, or
+    /// `bf16` for the dense baseline); `None`: as the weights are stored.
+    pub recipe: Option<QuantRecipe>,
 }
 
 /// The frozen teacher of a distillation job.
@@ -140,6 +143,14 @@ impl JobSpec {
     }
 
     fn load_model(&self) -> Result<(Qwen3Model, Option<DatFile>)> {
+        let (mut model, like) = self.load_weights()?;
+        if let Some(recipe) = &self.recipe {
+            model.set_recipe(recipe);
+        }
+        Ok((model, like))
+    }
+
+    fn load_weights(&self) -> Result<(Qwen3Model, Option<DatFile>)> {
         let opts = self.load_options();
         match &self.weights {
             WeightsSource::Dat(p) => {
