@@ -337,3 +337,31 @@ fn recipe_changes_the_scheme_and_a_bad_one_is_named() {
     assert!(!out.status.success());
     assert!(text(&out).1.contains("not a recipe"), "{}", text(&out).1);
 }
+
+/// Training never silently unties a tied model: the exported `.dat` has no
+/// `lm_head` of its own, its config stays tied, and the reloaded model
+/// computes its logits through the (trained) embedding.
+#[test]
+fn training_a_tied_model_exports_a_tied_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(|c| c.tie_word_embeddings = true);
+    let model = tiny_model_dir(&dir.path().join("base"), &cfg);
+    let data = pairs_jsonl(dir.path());
+    let run_dir = dir.path().join("run");
+    let out = run(train_cmd(&model, &data).arg("--run-dir").arg(&run_dir));
+    assert!(out.status.success(), "{}", text(&out).1);
+    let export = run_dir.join("model");
+    let dat = dat_format::DatFile::open(export.join("model.dat")).unwrap();
+    let heads: Vec<_> = dat
+        .entries()
+        .iter()
+        .filter(|e| e.key.starts_with("lm_head"))
+        .map(|e| e.key.clone())
+        .collect();
+    assert!(heads.is_empty(), "a tied model gained {heads:?}");
+    let config = std::fs::read_to_string(export.join("config.json")).unwrap();
+    let config = qwen3_model::Qwen3Config::from_json_str(&config).unwrap();
+    assert!(config.tie_word_embeddings, "the exported config was untied");
+    let reloaded = qwen3_model::Qwen3Model::load(&export, &Default::default()).unwrap();
+    assert!(reloaded.uses_tied_head());
+}
