@@ -82,7 +82,10 @@ pub use job::{
     resolve_model_dir, run_job, run_job_observed, DataSource, JobEvent, JobReport, JobSpec,
     ResumeFrom, TeacherSpec, WeightsSource,
 };
-pub use metrics::{human_bytes, memory_available, memory_in_use, MetricsLog, StepMetrics};
+pub use metrics::{
+    human_bytes, memory_available, memory_in_use, memory_in_use_checked, process_rss, MetricsLog,
+    StepMetrics,
+};
 pub use optim::{
     default_decay, dynamic_map, AdamW, AdamWConfig, OptimStateKind, QuantMap, QUANT_BLOCK,
 };

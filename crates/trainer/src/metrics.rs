@@ -130,9 +130,15 @@ impl MetricsLog {
 /// driver reports it (total - free, all processes' allocations including
 /// libtorch's cache); on CPU this process's resident set. 0 if unknown.
 pub fn memory_in_use(device: Device) -> u64 {
+    memory_in_use_checked(device).unwrap_or(0)
+}
+
+/// [`memory_in_use`], `None` when it cannot be read (no CUDA driver, no
+/// `/proc`): the one memory probe of the workspace.
+pub fn memory_in_use_checked(device: Device) -> Option<u64> {
     match device {
-        Device::Cuda(ordinal) => cuda_used_bytes(ordinal).unwrap_or(0),
-        _ => cpu_rss_bytes().unwrap_or(0),
+        Device::Cuda(ordinal) => cuda_used_bytes(ordinal),
+        _ => process_rss(),
     }
 }
 
@@ -142,18 +148,26 @@ pub fn memory_in_use(device: Device) -> u64 {
 pub fn memory_available(device: Device) -> Option<u64> {
     match device {
         Device::Cuda(ordinal) => cuda_mem_info(ordinal).map(|(free, _)| free),
-        _ => {
-            let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-            let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
-            let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-            Some(kb * 1024)
-        }
+        _ => proc_kib("/proc/meminfo", "MemAvailable:"),
     }
 }
 
-fn cpu_rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+/// This process's resident set, after returning freed heap pages to the OS
+/// (so that a drop shows up at once, as the leak checks need).
+pub fn process_rss() -> Option<u64> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap pages to the OS; it is
+    // thread-safe and has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+    proc_kib("/proc/self/status", "VmRSS:")
+}
+
+/// The kB figure of the line starting with `key` in a `/proc` file, in bytes.
+fn proc_kib(file: &str, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let line = text.lines().find(|l| l.starts_with(key))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
 }
