@@ -280,8 +280,14 @@ pub(crate) fn run_job_locked(
             spec.train.batch_size,
         ));
     }
-    crate::budget::training_estimate(&spec.config, &spec.train, spec.load_options().dtype)
-        .check_fits(spec.device)?;
+    let world = spec.data_parallel.as_ref().map_or(1, |g| g.world_size);
+    crate::budget::training_estimate_per_rank(
+        &spec.config,
+        &spec.train,
+        spec.load_options().dtype,
+        world,
+    )
+    .check_fits(spec.device)?;
     let (model, like) = spec.load_model()?;
     let pad = spec.config.pad_token_id.unwrap_or_else(|| tok.eos_id());
     let eval_set: Vec<_> = pick_eval_examples(&data, spec.eval_samples);
@@ -290,6 +296,8 @@ pub(crate) fn run_job_locked(
     if let Some(group) = &spec.data_parallel {
         trainer.set_data_parallel(distributed::ProcessGroup::new(group)?)?;
     }
+    // ZeRO-1 in a single process: the whole state, as without it.
+    trainer.ensure_optimizer(None)?;
     emit(&JobEvent::Training {
         tensors: trainer.param_names().len(),
         parameters: trainer.params.iter().map(|p| p.numel() as u64).sum(),
