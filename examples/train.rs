@@ -173,6 +173,12 @@ struct Args {
     #[arg(long, default_value_t = defaults().activation_checkpointing,
           value_parser = parse_arg::<Checkpointing>, num_args = 0..=1, default_missing_value = "on")]
     activation_checkpointing: Checkpointing,
+    /// Under torchrun or srun: shard the AdamW state across the ranks (ZeRO-1):
+    /// each rank keeps the moments of its share of the tensors, gradients are
+    /// reduced to their owner, weights broadcast from it. Checkpoints stay
+    /// resumable at any world size. A single process trains as without it.
+    #[arg(long)]
+    zero1: bool,
     /// NaN/inf loss or gradient: skip (drop the step, count it) | stop.
     #[arg(long, default_value_t = defaults().on_nonfinite, value_parser = parse_arg::<NonFinitePolicy>)]
     on_nonfinite: NonFinitePolicy,
@@ -433,6 +439,7 @@ fn train_config(args: &Args, run_dir: &Path) -> Result<TrainConfig> {
         seed: args.seed,
         train_last_layers: args.train_last_layers,
         activation_checkpointing: args.activation_checkpointing,
+        zero1: args.zero1,
         on_nonfinite: args.on_nonfinite,
         bad_lines: args.bad_lines,
         save_every: args.save_every,

@@ -142,6 +142,26 @@ dist_work* dist_broadcast(dist_pg* pg, at::Tensor* tensor, int root, char** err)
   return out;
 }
 
+// Reduces every rank's tensor into rank `root`'s (in place). Only the root's
+// tensor holds the result afterwards; the others' content is unspecified
+// (Gloo and NCCL may use them as scratch).
+dist_work* dist_reduce(
+    dist_pg* pg,
+    at::Tensor* tensor,
+    int root,
+    int op,
+    char** err) {
+  dist_work* out = nullptr;
+  guarded(err, [&] {
+    std::vector<at::Tensor> tensors{*tensor};
+    c10d::ReduceOptions opts;
+    opts.reduceOp = reduce_op(op);
+    opts.rootRank = root;
+    out = wrap(pg->backend->reduce(tensors, opts));
+  });
+  return out;
+}
+
 dist_work* dist_all_gather(
     dist_pg* pg,
     at::Tensor* output,

@@ -54,6 +54,13 @@ extern "C" {
         root: c_int,
         err: *mut *mut c_char,
     ) -> *mut RawWork;
+    pub fn dist_reduce(
+        pg: *mut RawGroup,
+        tensor: RawTensor,
+        root: c_int,
+        op: c_int,
+        err: *mut *mut c_char,
+    ) -> *mut RawWork;
     pub fn dist_all_gather(
         pg: *mut RawGroup,
         output: RawTensor,

@@ -218,23 +218,49 @@ impl ProcessGroup {
 
     /// Copies `tensor` of rank `root` into `tensor` of every rank.
     pub fn broadcast(&self, tensor: &mut Tensor, root: usize) -> Result<()> {
+        self.broadcast_async(tensor, root)?.wait()
+    }
+
+    /// Starts a broadcast (see [`ProcessGroup::broadcast`]); the tensor must
+    /// not be touched until `wait`.
+    pub fn broadcast_async(&self, tensor: &mut Tensor, root: usize) -> Result<Work> {
         const OP: &str = "broadcast";
         self.check(OP, tensor)?;
-        if root >= self.world_size {
-            return Err(DistError::BadTensor {
-                op: OP,
-                reason: format!(
-                    "root {root} is not below the world size {}",
-                    self.world_size
-                ),
-            });
-        }
+        self.check_root(OP, root)?;
         let mut message = std::ptr::null_mut();
         // SAFETY: as in all_reduce_async.
         let raw = unsafe {
             ffi::dist_broadcast(self.raw.0, ffi::raw(tensor), root as c_int, &mut message)
         };
-        self.work(OP, raw, message, tensor, false)?.wait()
+        self.work(OP, raw, message, tensor, false)
+    }
+
+    /// Reduces every rank's `tensor` into `tensor` of rank `root`; the other
+    /// ranks' tensors hold unspecified values afterwards (the backends may
+    /// use them as scratch). With whole tensors owned by one rank each, this
+    /// is the reduce-scatter of ZeRO-1. `ReduceOp::Avg` divides on every rank
+    /// (only the root's result is meaningful).
+    pub fn reduce(&self, tensor: &mut Tensor, root: usize, op: ReduceOp) -> Result<()> {
+        self.reduce_async(tensor, root, op)?.wait()
+    }
+
+    /// Starts a reduce (see [`ProcessGroup::reduce`]).
+    pub fn reduce_async(&self, tensor: &mut Tensor, root: usize, op: ReduceOp) -> Result<Work> {
+        const OP: &str = "reduce";
+        self.check(OP, tensor)?;
+        self.check_root(OP, root)?;
+        let mut message = std::ptr::null_mut();
+        // SAFETY: as in all_reduce_async.
+        let raw = unsafe {
+            ffi::dist_reduce(
+                self.raw.0,
+                ffi::raw(tensor),
+                root as c_int,
+                op.raw(),
+                &mut message,
+            )
+        };
+        self.work(OP, raw, message, tensor, op == ReduceOp::Avg)
     }
 
     /// Concatenates every rank's `input` (same shape everywhere) along a new
@@ -307,6 +333,19 @@ impl ProcessGroup {
             return Err(DistError::BadTensor {
                 op,
                 reason: format!("tensor of shape {:?} is not contiguous", tensor.size()),
+            });
+        }
+        Ok(())
+    }
+
+    fn check_root(&self, op: &'static str, root: usize) -> Result<()> {
+        if root >= self.world_size {
+            return Err(DistError::BadTensor {
+                op,
+                reason: format!(
+                    "root {root} is not below the world size {}",
+                    self.world_size
+                ),
             });
         }
         Ok(())

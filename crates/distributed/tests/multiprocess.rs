@@ -298,6 +298,30 @@ fn collectives(group: &ProcessGroup) {
         &total.narrow(0, rank as i64 * n, n),
     );
 
+    // Reduce to each root in turn, all in flight at once (ZeRO-1's gradient
+    // reduction: one owner per tensor), then broadcasts back from each root.
+    let mut ts: Vec<Tensor> = (0..world).map(|_| values(rank, n)).collect();
+    let works: Vec<_> = ts
+        .iter_mut()
+        .enumerate()
+        .map(|(root, t)| group.reduce_async(t, root, ReduceOp::Sum).unwrap())
+        .collect();
+    works.into_iter().for_each(|w| w.wait().unwrap());
+    assert_same("reduce", &ts[rank], &sum);
+    let works: Vec<_> = ts
+        .iter_mut()
+        .enumerate()
+        .map(|(root, t)| group.broadcast_async(t, root).unwrap())
+        .collect();
+    works.into_iter().for_each(|w| w.wait().unwrap());
+    for t in &ts {
+        assert_same("broadcast after reduce", t, &sum);
+    }
+    let err = group
+        .reduce(&mut values(rank, n), world, ReduceOp::Sum)
+        .unwrap_err();
+    assert!(err.to_string().contains("root"), "{err}");
+
     let mut wrong = Tensor::zeros([n + 1], (Kind::Float, Device::Cpu));
     let err = group.all_gather(&mut wrong, &values(rank, n)).unwrap_err();
     assert!(err.to_string().contains("is not"), "{err}");

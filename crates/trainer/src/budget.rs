@@ -157,6 +157,24 @@ fn kind_bytes(kind: Kind) -> f64 {
 /// optimizer moments, and the activations of one micro-batch (`dtype` is the
 /// compute kind).
 pub fn training_estimate(cfg: &Qwen3Config, train: &TrainConfig, dtype: Kind) -> MemoryEstimate {
+    training_estimate_per_rank(cfg, train, dtype, 1)
+}
+
+/// [`training_estimate`] for one rank of `world` data-parallel ranks: with
+/// `train.zero1` the optimizer state is split `world` ways (an even split,
+/// the low side of the shard plan's; `zero::memory_per_gpu` has the exact
+/// count), the rest is the same on every rank.
+pub fn training_estimate_per_rank(
+    cfg: &Qwen3Config,
+    train: &TrainConfig,
+    dtype: Kind,
+    world: usize,
+) -> MemoryEstimate {
+    let shards = if train.zero1 {
+        world.max(1) as f64
+    } else {
+        1.0
+    };
     let p = ParamCounts::of(cfg);
     let layers = p.layers;
     let trained_layers = train
@@ -193,7 +211,7 @@ pub fn training_estimate(cfg: &Qwen3Config, train: &TrainConfig, dtype: Kind) ->
             ("frozen weights", frozen * PACKED_BYTES_PER_WEIGHT),
             ("master weights", trainable * master),
             ("gradients", trainable * master),
-            ("optimizer state", trainable * 2.0 * moment),
+            ("optimizer state", trainable * 2.0 * moment / shards),
             ("activations", activations),
         ],
     }

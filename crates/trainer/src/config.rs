@@ -176,6 +176,11 @@ pub struct TrainConfig {
     pub train_last_layers: Option<usize>,
     /// Recompute each block in the backward pass instead of keeping its activations.
     pub activation_checkpointing: Checkpointing,
+    /// ZeRO-1 under data parallelism: each rank keeps the AdamW moments of
+    /// its share of the tensors only (see `zero.rs`). Without a group (one
+    /// process) it is plain training.
+    #[serde(default)]
+    pub zero1: bool,
     /// NaN/inf policy.
     pub on_nonfinite: NonFinitePolicy,
     /// Bad data line policy.
@@ -216,6 +221,7 @@ impl Default for TrainConfig {
             shuffle: true,
             train_last_layers: None,
             activation_checkpointing: Checkpointing::Auto,
+            zero1: false,
             on_nonfinite: NonFinitePolicy::Stop,
             bad_lines: BadLinePolicy::Fail,
             checkpoint_dir: None,

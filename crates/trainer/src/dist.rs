@@ -21,6 +21,12 @@
 //!   and the AdamW update need no further communication, and the weights stay
 //!   identical (the initial weights are broadcast from rank 0 once).
 //! - Rank 0 alone draws progress, writes metrics and checkpoints.
+//! - ZeRO-1 (`TrainConfig::zero1`, see zero.rs): instead of the bucketed
+//!   all-reduce, each tensor's gradient is reduced into its owner as soon as
+//!   its block is done; the norm is summed from the owners' shares; each
+//!   rank updates its own tensors and broadcasts them. Checkpoints gather the
+//!   moments to rank 0 one tensor at a time, into CPU memory, so the file is
+//!   the same as without ZeRO-1 and loads at any world size.
 use std::collections::BTreeMap;
 
 use distributed::{ProcessGroup, ReduceOp, Work};
@@ -29,7 +35,9 @@ use tch::{Kind, Tensor};
 use crate::backprop::forward_backward_blockwise;
 use crate::batch::Batch;
 use crate::error::{Error, Result};
+use crate::optim::AdamW;
 use crate::trainer::Trainer;
+use crate::zero::ShardPlan;
 
 /// A trainer's membership of a data-parallel group.
 #[derive(Debug)]
@@ -38,13 +46,29 @@ pub struct DataParallel {
     /// Parameter indices (into `Trainer::params`) per block, then the rest.
     buckets: BTreeMap<usize, Vec<usize>>,
     rest: Vec<usize>,
+    /// ZeRO-1: which rank owns each trainable tensor.
+    zero: Option<ShardPlan>,
 }
 
-/// One bucket in flight: its flat copy and the indices it covers.
-struct Pending {
-    flat: Tensor,
-    members: Vec<usize>,
-    work: Work,
+/// Gradients in flight.
+enum Pending {
+    /// A bucket's flat copy being all-reduced, and the indices it covers.
+    Bucket {
+        flat: Tensor,
+        members: Vec<usize>,
+        work: Work,
+    },
+    /// One gradient being reduced into its owner, in place (ZeRO-1).
+    InPlace { member: usize, work: Work },
+}
+
+impl Pending {
+    fn members(&self) -> Vec<usize> {
+        match self {
+            Pending::Bucket { members, .. } => members.clone(),
+            Pending::InPlace { member, .. } => vec![*member],
+        }
+    }
 }
 
 impl DataParallel {
@@ -56,6 +80,11 @@ impl DataParallel {
     /// Number of processes.
     pub fn world_size(&self) -> usize {
         self.group.world_size()
+    }
+
+    /// Whether the optimizer state is sharded (ZeRO-1).
+    pub fn is_zero1(&self) -> bool {
+        self.zero.is_some()
     }
 }
 
@@ -86,10 +115,38 @@ impl Trainer {
         }
         let world = group.world_size();
         self.set_global_batch(world)?;
+        let zero = if self.cfg.zero1 {
+            let sizes: Vec<u64> = self.params.iter().map(|p| p.numel() as u64).collect();
+            let plan = ShardPlan::new(&sizes, world);
+            let rank = group.rank();
+            if self.optim_pending {
+                self.ensure_optimizer(Some(&|i| plan.owner(i) == rank))?;
+            } else {
+                // Built already (a resume before joining): keep this rank's share.
+                let owned: Vec<&str> = plan
+                    .owned_by(rank)
+                    .into_iter()
+                    .map(|i| self.names[i].as_str())
+                    .collect();
+                self.optim.retain(|n| owned.contains(&n));
+            }
+            let mine = plan.owned_by(rank);
+            tracing::info!(
+                rank,
+                tensors = mine.len(),
+                elements = mine.iter().map(|&i| sizes[i]).sum::<u64>(),
+                total = sizes.iter().sum::<u64>(),
+                "ZeRO-1: AdamW state of this rank's share only"
+            );
+            Some(plan)
+        } else {
+            None
+        };
         self.dp = Some(DataParallel {
             group,
             buckets,
             rest,
+            zero,
         });
         Ok(())
     }
@@ -174,13 +231,13 @@ impl Trainer {
             self.plan,
             &mut |l| {
                 if let Some(members) = dp.buckets.get(&l) {
-                    pending.extend(launch(&dp.group, params, members)?);
+                    pending.extend(launch(dp, params, members)?);
                 }
                 Ok(())
             },
         )?;
         // Buckets of blocks below the trained ones never fire; send what is left.
-        let launched: Vec<usize> = pending.iter().flat_map(|p| p.members.clone()).collect();
+        let launched: Vec<usize> = pending.iter().flat_map(Pending::members).collect();
         let left: Vec<usize> = dp
             .buckets
             .values()
@@ -190,7 +247,7 @@ impl Trainer {
             .filter(|i| !launched.contains(i))
             .collect();
         if !left.is_empty() {
-            pending.extend(launch(&dp.group, params, &left)?);
+            pending.extend(launch(dp, params, &left)?);
         }
         for p in pending {
             finish(p, params)?;
@@ -202,10 +259,42 @@ impl Trainer {
     }
 }
 
+/// Starts the reduction of the gradients of `members`: into each owner
+/// (ZeRO-1), or as all-reduced buckets.
+fn launch(dp: &DataParallel, params: &[Tensor], members: &[usize]) -> Result<Vec<Pending>> {
+    match &dp.zero {
+        Some(plan) => launch_to_owners(&dp.group, plan, params, members),
+        None => launch_buckets(&dp.group, params, members),
+    }
+}
+
+/// Starts one in-place reduce per gradient, into the rank that owns it.
+fn launch_to_owners(
+    group: &ProcessGroup,
+    plan: &ShardPlan,
+    params: &[Tensor],
+    members: &[usize],
+) -> Result<Vec<Pending>> {
+    let mut out = Vec::with_capacity(members.len());
+    for &i in members {
+        let mut g = params[i].grad();
+        if !g.defined() {
+            continue;
+        }
+        let work = group.reduce_async(&mut g, plan.owner(i), ReduceOp::Sum)?;
+        out.push(Pending::InPlace { member: i, work });
+    }
+    Ok(out)
+}
+
 /// Flattens the gradients of `members` and starts their all-reduce, one
 /// bucket per gradient kind. Tensors without a gradient take no part (the same
 /// on every rank: all run the same graph).
-fn launch(group: &ProcessGroup, params: &[Tensor], members: &[usize]) -> Result<Vec<Pending>> {
+fn launch_buckets(
+    group: &ProcessGroup,
+    params: &[Tensor],
+    members: &[usize],
+) -> Result<Vec<Pending>> {
     let mut by_kind: Vec<(Kind, Vec<usize>)> = Vec::new();
     for &i in members {
         let g = params[i].grad();
@@ -226,7 +315,7 @@ fn launch(group: &ProcessGroup, params: &[Tensor], members: &[usize]) -> Result<
                 .collect();
             let mut flat = Tensor::cat(&grads, 0);
             let work = group.all_reduce_async(&mut flat, ReduceOp::Sum)?;
-            Ok(Pending {
+            Ok(Pending::Bucket {
                 flat,
                 members,
                 work,
@@ -235,20 +324,113 @@ fn launch(group: &ProcessGroup, params: &[Tensor], members: &[usize]) -> Result<
         .collect()
 }
 
-/// Waits for a bucket and writes the summed gradients back.
+/// Waits for a reduction and writes bucketed sums back.
 fn finish(pending: Pending, params: &[Tensor]) -> Result<()> {
-    pending.work.wait()?;
+    let (flat, members, work) = match pending {
+        Pending::InPlace { work, .. } => return Ok(work.wait()?),
+        Pending::Bucket {
+            flat,
+            members,
+            work,
+        } => (flat, members, work),
+    };
+    work.wait()?;
     let mut offset = 0;
     tch::no_grad(|| {
-        for &i in &pending.members {
+        for &i in &members {
             let mut g = params[i].grad();
             let n = g.numel() as i64;
-            let piece = pending.flat.narrow(0, offset, n).view_as(&g);
+            let piece = flat.narrow(0, offset, n).view_as(&g);
             g.copy_(&piece);
             offset += n;
         }
     });
     Ok(())
+}
+
+impl Trainer {
+    /// ZeRO-1's global gradient norm: each rank's sum of squares over the
+    /// tensors it owns (the only gradients it holds reduced), summed across
+    /// ranks. `None` without ZeRO-1 (every rank holds every gradient).
+    pub(crate) fn sharded_grad_norm(&self) -> Result<Option<f64>> {
+        let Some((dp, plan)) = self.zero1() else {
+            return Ok(None);
+        };
+        let mine: Vec<Tensor> = plan
+            .owned_by(dp.rank())
+            .into_iter()
+            .map(|i| self.params[i].grad())
+            .filter(|g| g.defined())
+            .map(|g| g.norm_scalaropt_dtype(2, Kind::Float).to_kind(Kind::Double))
+            .collect();
+        let device = self.model.device();
+        let mut sum = if mine.is_empty() {
+            Tensor::zeros([1], (Kind::Double, device))
+        } else {
+            Tensor::stack(&mine, 0)
+                .square()
+                .sum(Kind::Double)
+                .reshape([1])
+        };
+        dp.group.all_reduce(&mut sum, ReduceOp::Sum)?;
+        Ok(Some(sum.double_value(&[0]).sqrt()))
+    }
+
+    /// ZeRO-1, after the update: every tensor from its owner to every rank.
+    pub(crate) fn sync_sharded_weights(&self) -> Result<()> {
+        let Some((dp, plan)) = self.zero1() else {
+            return Ok(());
+        };
+        let works = self
+            .params
+            .iter()
+            .enumerate()
+            .map(|(i, p)| dp.group.broadcast_async(&mut p.detach(), plan.owner(i)))
+            .collect::<distributed::Result<Vec<Work>>>()?;
+        for w in works {
+            w.wait()?;
+        }
+        Ok(())
+    }
+
+    /// ZeRO-1: the AdamW state of every tensor, sent from its owner one
+    /// tensor at a time and kept in CPU memory by rank 0 (which alone gets
+    /// `Some`), named as an unsharded optimizer names it. Every rank must
+    /// call it.
+    pub(crate) fn gather_sharded_state(&self) -> Result<Option<Vec<(String, Tensor)>>> {
+        let Some((dp, plan)) = self.zero1() else {
+            return Ok(None);
+        };
+        let rank = dp.rank();
+        let mut out = Vec::new();
+        for (i, (name, param)) in self.names.iter().zip(&self.params).enumerate() {
+            let owner = plan.owner(i);
+            let tensors = if owner == rank {
+                self.optim
+                    .state_tensors_of(name)
+                    .ok_or_else(|| Error::TensorMismatch {
+                        name: name.clone(),
+                        expected: format!("AdamW state on rank {rank}, its ZeRO-1 owner"),
+                        got: "none".into(),
+                    })?
+            } else {
+                AdamW::state_buffers(self.cfg.adamw.state, name, param)
+            };
+            for (n, mut t) in tensors {
+                dp.group.broadcast(&mut t, owner)?;
+                if rank == 0 {
+                    out.push((n, t.to_device(tch::Device::Cpu)));
+                }
+            }
+        }
+        Ok((rank == 0).then_some(out))
+    }
+
+    /// The group and shard plan under ZeRO-1.
+    pub(crate) fn zero1(&self) -> Option<(&DataParallel, &ShardPlan)> {
+        let dp = self.dp.as_ref()?;
+        Some((dp, dp.zero.as_ref()?))
+    }
 }
 
 #[cfg(test)]

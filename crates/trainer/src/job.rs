@@ -334,8 +334,13 @@ pub(crate) fn run_job_locked(
             spec.train.batch_size,
         ));
     }
-    let mut estimate =
-        crate::budget::training_estimate(&spec.config, &spec.train, spec.load_options().dtype);
+    let world = spec.data_parallel.as_ref().map_or(1, |g| g.world_size);
+    let mut estimate = crate::budget::training_estimate_per_rank(
+        &spec.config,
+        &spec.train,
+        spec.load_options().dtype,
+        world,
+    );
     if spec.teacher.is_some() {
         if spec.data_parallel.is_some() {
             return Err(Error::config(
@@ -374,6 +379,8 @@ pub(crate) fn run_job_locked(
         });
         trainer.set_teacher(Teacher::new(model, t.alpha)?);
     }
+    // ZeRO-1 in a single process: the whole state, as without it.
+    trainer.ensure_optimizer(None)?;
     emit(&JobEvent::Training {
         tensors: trainer.param_names().len(),
         parameters: trainer.params.iter().map(|p| p.numel() as u64).sum(),

@@ -54,13 +54,16 @@ mod run_dir;
 mod schedule;
 mod text;
 mod trainer;
+mod zero;
 
 pub use alloc::keep_freed_memory;
 pub use backprop::{
     forward_backward, masked_ce_backward, masked_ce_sum, reference_ce_sum, BackpropPlan, CE_CHUNK,
 };
 pub use batch::{inputs_and_labels, make_batch, Batch, DataCursor, DataOrder, IGNORE_INDEX};
-pub use budget::{inference_estimate, training_estimate, MemoryEstimate, ParamCounts};
+pub use budget::{
+    inference_estimate, training_estimate, training_estimate_per_rank, MemoryEstimate, ParamCounts,
+};
 pub use config::{Checkpointing, MasterDtype, NonFinitePolicy, TrainConfig};
 pub use data::{
     load_data, load_jsonl, load_tsv, load_tsv_str, parse_jsonl_line, parse_tsv_line, tokenize,
@@ -94,3 +97,4 @@ pub use run_dir::{timestamped_run_dir, RunDirLock, LOCK_FILE};
 pub use schedule::{Schedule, ScheduleKind};
 pub use text::{is_text_path, load_text_tokens, read_text, text_windows, tokenize_text};
 pub use trainer::{StepProgress, TrainReport, Trainer};
+pub use zero::{memory_per_gpu, moment_bytes, MemoryPerGpu, ShardPlan};

@@ -24,11 +24,17 @@ const RNG_TAG: &[u8; 8] = b"chacha8s";
 impl Trainer {
     /// Writes a checkpoint for the current step (no-op without a checkpoint
     /// directory, and on data-parallel ranks other than 0, whose state equals
-    /// rank 0's) and returns its path.
+    /// rank 0's) and returns its path. Under ZeRO-1 every rank must call it:
+    /// the moments are gathered to rank 0 (one tensor at a time, into CPU
+    /// memory), so the checkpoint is the one an unsharded run writes.
     pub fn save_checkpoint(&self) -> Result<Option<PathBuf>> {
-        let Some(mgr) = self.ckpt.as_ref().filter(|_| self.is_main_process()) else {
+        let Some(mgr) = self.ckpt.as_ref() else {
             return Ok(None);
         };
+        let gathered = self.gather_sharded_state()?;
+        if !self.is_main_process() {
+            return Ok(None);
+        }
         let mut rng_state = RNG_TAG.to_vec();
         rng_state.extend_from_slice(&self.cfg.seed.to_le_bytes());
         let state = TrainingState {
@@ -53,7 +59,20 @@ impl Trainer {
             .zip(&self.params)
             .map(|(n, p)| (n.clone(), p.detach()))
             .collect();
-        tensors.extend(self.optim.state_tensors());
+        match gathered {
+            Some(optim) => tensors.extend(optim),
+            // ZeRO-1 without a group, before the first step: a fresh state.
+            None if self.optim_pending => {
+                let named = self
+                    .names
+                    .iter()
+                    .cloned()
+                    .zip(self.params.iter().map(Tensor::shallow_clone));
+                let fresh = crate::trainer::build_optimizer(&self.cfg, named.collect())?;
+                tensors.extend(fresh.state_tensors());
+            }
+            None => tensors.extend(self.optim.state_tensors()),
+        }
         Ok(Some(mgr.save(&state, &tensors)?))
     }
 
@@ -69,8 +88,20 @@ impl Trainer {
     /// checkpoint written by [`Trainer::save_checkpoint`] for the same model,
     /// data and trainable set. The metrics log is cut to the checkpoint's
     /// step and then appended to.
+    ///
+    /// The checkpoint does not depend on the world size: any group (or none)
+    /// resumes from it. Under ZeRO-1 it is read into CPU memory and each rank
+    /// keeps the moments of its own share (re-sharding on load).
     pub fn resume_from(&mut self, path: &Path) -> Result<()> {
-        let (state, tensors) = CheckpointManager::load(path, self.model.device())?;
+        self.ensure_optimizer(None)?;
+        let sharded = self.zero1().is_some();
+        // ZeRO-1: no rank holds the whole state on the device, even briefly.
+        let device = if sharded {
+            tch::Device::Cpu
+        } else {
+            self.model.device()
+        };
+        let (state, tensors) = CheckpointManager::load(path, device)?;
         let bad = |reason: String| Error::BadCheckpoint {
             path: path.to_path_buf(),
             reason,
@@ -101,6 +132,15 @@ impl Trainer {
         self.optim
             .restore(optim_steps, &mut |n| map.remove(n))
             .map_err(|e| bad(e.to_string()))?;
+        if sharded {
+            // Other ranks' shards.
+            map.retain(|key, _| {
+                !self.names.iter().any(|n| {
+                    key.strip_prefix("optim.")
+                        .is_some_and(|k| k.starts_with(&format!("{n}.")))
+                })
+            });
+        }
         if !map.is_empty() {
             let mut extra: Vec<_> = map.into_keys().collect();
             extra.sort();

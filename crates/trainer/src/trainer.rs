@@ -59,6 +59,9 @@ pub struct Trainer {
     pub(crate) names: Vec<String>,
     pub(crate) params: Vec<Tensor>,
     pub(crate) optim: AdamW,
+    /// ZeRO-1 before the group is known: the optimizer is built (over this
+    /// rank's shard, or everything without a group) on first use.
+    pub(crate) optim_pending: bool,
     pub(crate) schedule: Schedule,
     order: DataOrder,
     pub(crate) cursor: DataCursor,
@@ -124,8 +127,8 @@ impl Trainer {
             .iter()
             .map(|(n, t)| (n.clone(), t.shallow_clone()))
             .unzip();
-        let all = cfg.decay_norms_and_embeddings;
-        let optim = AdamW::new(named, cfg.adamw, |n, p| all || default_decay(n, p))?;
+        // ZeRO-1 allocates moments only once the shard is known.
+        let optim = build_optimizer(&cfg, if cfg.zero1 { Vec::new() } else { named })?;
         let total_steps = cfg.total_steps(data.examples.len());
         let schedule = cfg
             .schedule
@@ -145,6 +148,7 @@ impl Trainer {
             names,
             params,
             optim,
+            optim_pending: cfg.zero1,
             schedule,
             order,
             cursor: DataCursor::default(),
@@ -237,14 +241,42 @@ impl Trainer {
         self.last_kl
     }
 
+    /// Builds the optimizer of a ZeRO-1 trainer if not built yet: over the
+    /// tensors `keep` accepts (this rank's shard), or over all of them.
+    pub(crate) fn ensure_optimizer(&mut self, keep: Option<&dyn Fn(usize) -> bool>) -> Result<()> {
+        if !self.optim_pending {
+            return Ok(());
+        }
+        let named = self
+            .names
+            .iter()
+            .zip(&self.params)
+            .enumerate()
+            .filter(|(i, _)| keep.is_none_or(|k| k(*i)))
+            .map(|(_, (n, p))| (n.clone(), p.shallow_clone()))
+            .collect();
+        self.optim = build_optimizer(&self.cfg, named)?;
+        self.optim_pending = false;
+        Ok(())
+    }
+
+    /// Clears every trainable tensor's gradient (under ZeRO-1 the optimizer
+    /// holds only this rank's tensors, but every gradient accumulates).
+    pub(crate) fn zero_grads(&mut self) {
+        for p in &mut self.params {
+            p.zero_grad();
+        }
+    }
+
     /// One optimizer step on the next `batch_size * grad_accum` examples.
     pub fn step(&mut self) -> Result<StepMetrics> {
         let start = Instant::now();
+        self.ensure_optimizer(None)?;
         let batches = self.next_batches();
         let targets: usize = batches.iter().map(|b| b.target_tokens).sum();
         let tokens: usize = batches.iter().map(|b| b.tokens).sum();
         let denom = targets.max(1) as f64;
-        self.optim.zero_grad();
+        self.zero_grads();
         let ce = match &self.teacher {
             None => {
                 let mine = self.my_share(batches);
@@ -282,7 +314,10 @@ impl Trainer {
         let loss = ce / denom;
         // Clipping happens inside the update (AdamW::step_scaled): the fused
         // kernel scales each gradient as it reads it.
-        let grad_norm = global_grad_norm(&self.params);
+        let grad_norm = match self.sharded_grad_norm()? {
+            Some(norm) => norm,
+            None => global_grad_norm(&self.params),
+        };
         let grad_scale = clip_coefficient(grad_norm, self.cfg.clip);
         let lr = self.schedule.lr(self.cfg.lr, self.step);
         let skipped = self.apply_update(loss, grad_norm, lr, grad_scale)?;
@@ -334,10 +369,12 @@ impl Trainer {
         match (bad, self.cfg.on_nonfinite) {
             (None, _) => {
                 self.optim.step_scaled(lr, grad_scale);
+                // ZeRO-1: every rank takes each tensor from its owner.
+                self.sync_sharded_weights()?;
                 Ok(false)
             }
             (Some((what, value)), NonFinitePolicy::Stop) => {
-                self.optim.zero_grad();
+                self.zero_grads();
                 Err(Error::NonFinite {
                     step: self.step + 1,
                     what,
@@ -345,7 +382,7 @@ impl Trainer {
                 })
             }
             (Some((what, value)), NonFinitePolicy::Skip) => {
-                self.optim.zero_grad();
+                self.zero_grads();
                 self.skipped += 1;
                 // Numbered as the step lines number it (1-based, after the step).
                 tracing::warn!(
@@ -430,4 +467,10 @@ impl Trainer {
             last_checkpoint,
         })
     }
+}
+
+/// AdamW over `named` with the run's hyper-parameters and decay rule.
+pub(crate) fn build_optimizer(cfg: &TrainConfig, named: Vec<(String, Tensor)>) -> Result<AdamW> {
+    let all = cfg.decay_norms_and_embeddings;
+    AdamW::new(named, cfg.adamw, |n, p| all || default_decay(n, p))
 }

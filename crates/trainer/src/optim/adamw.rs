@@ -343,6 +343,40 @@ impl AdamW {
         out
     }
 
+    /// Drops the slots (and so the moments) of the tensors `keep` rejects:
+    /// ZeRO-1 keeps only this rank's shard. The step count is kept.
+    pub fn retain(&mut self, keep: impl Fn(&str) -> bool) {
+        self.slots.retain(|s| keep(&s.name));
+    }
+
+    /// Whether this optimizer updates the tensor `name`.
+    pub fn holds(&self, name: &str) -> bool {
+        self.slots.iter().any(|s| s.name == name)
+    }
+
+    /// The checkpoint tensors of one optimized tensor, named as in
+    /// [`AdamW::state_tensors`] (shallow clones); `None` when not held.
+    pub fn state_tensors_of(&self, name: &str) -> Option<Vec<(String, Tensor)>> {
+        let s = self.slots.iter().find(|s| s.name == name)?;
+        let mut out = s.m.tensors(&format!("optim.{name}.m"));
+        out.extend(s.v.tensors(&format!("optim.{name}.v")));
+        Some(out)
+    }
+
+    /// Tensors named, shaped and typed as [`AdamW::state_tensors_of`]
+    /// returns them for `param` with moments of `state`, with unspecified
+    /// content: what a rank that does not hold the tensor receives its
+    /// state into.
+    pub fn state_buffers(
+        state: OptimStateKind,
+        name: &str,
+        param: &Tensor,
+    ) -> Vec<(String, Tensor)> {
+        let mut out = MomentStore::uninit(state, param).tensors(&format!("optim.{name}.m"));
+        out.extend(MomentStore::uninit(state, param).tensors(&format!("optim.{name}.v")));
+        out
+    }
+
     /// Restores the moments written by [`AdamW::state_tensors`] and the step count.
     pub fn restore(
         &mut self,
