@@ -9,6 +9,13 @@
 //!   `#[ignore = "needs CUDA"]`, so a CPU run reports them as ignored; run
 //!   with `--include-ignored` on a GPU machine, where a missing GPU is a
 //!   failure, not a silent pass.
+//! - [`tiny_fixture`], [`read_safetensors`], [`tiny_source_weight`]: the
+//!   tiny `.dat` fixture and its safetensors source, for the codec's and the
+//!   converters' tests.
+
+mod tiny;
+
+pub use tiny::{read_safetensors, tiny_fixture, tiny_source_weight};
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};

@@ -12,11 +12,10 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use dat_format::{
-    is_quantized_key, DatFile, DatWriter, ElemType, Nvfp4Pair, GLOBAL_SCALE_SUFFIX, QDATA_SUFFIX,
-    SCALE_SUFFIX,
+    DatFile, DatWriter, ElemType, Nvfp4Pair, GLOBAL_SCALE_SUFFIX, QDATA_SUFFIX, SCALE_SUFFIX,
 };
 use nvfp4_kernels::{Nvfp4Host, ScaleMode, BLOCK_SIZE};
-use qwen3_model::Qwen3Model;
+use qwen3_model::{is_packed_key as is_quantized_key, Qwen3Model};
 use tch::Kind;
 
 use crate::error::{Error, Result};

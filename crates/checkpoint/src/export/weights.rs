@@ -4,8 +4,8 @@
 
 use std::collections::HashMap;
 
-use dat_format::is_quantized_key;
 use nvfp4_kernels::{Nvfp4Host, ScaleMode};
+use qwen3_model::is_packed_key as is_quantized_key;
 use qwen3_model::{Qwen3Model, WeightRef};
 use tch::{Kind, Tensor};
 

@@ -97,7 +97,7 @@ pub fn trained_model(cfg: &Qwen3Config, seed: i64) -> Qwen3Model {
     tch::no_grad(|| {
         for (key, mut p) in model.named_parameters() {
             let moved = &p + Tensor::randn_like(&p) * 0.1;
-            let moved = if dat_format::is_quantized_key(&key) {
+            let moved = if qwen3_model::is_packed_key(&key) {
                 moved
             } else {
                 moved.to_kind(Kind::BFloat16).to_kind(Kind::Float)

@@ -16,15 +16,17 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use dat_format::is_quantized_key;
 use nvfp4_kernels::{Nvfp4Host, ScaleMode};
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 
+use super::dtype::float_dtype;
 use super::packed_source::EXACT_GLOBAL_KEY;
 use super::quant_config::{PackedLayout, MODELOPT_FILE};
+use super::safetensors::{shard_names, split_shards, SHARD_INDEX};
+use super::schema::is_packed_key;
 use super::{compressed_tensors as ct, modelopt as mo};
 use crate::error::{Error, Result};
 use crate::model::Qwen3Model;
@@ -194,7 +196,7 @@ fn write_weights(model: &Qwen3Model, dir: &Path, opts: &DirExportOptions) -> Res
         .named_weights()
         .into_iter()
         .map(|(key, weight)| {
-            let nbytes = group_bytes(&weight, is_quantized_key(&key), opts.format);
+            let nbytes = group_bytes(&weight, is_packed_key(&key), opts.format);
             Group {
                 key,
                 weight,
@@ -202,13 +204,8 @@ fn write_weights(model: &Qwen3Model, dir: &Path, opts: &DirExportOptions) -> Res
             }
         })
         .collect();
-    let shards = split_shards(&groups, opts.max_shard_bytes);
-    let names: Vec<String> = match shards.len() {
-        1 => vec!["model.safetensors".into()],
-        n => (1..=n)
-            .map(|i| format!("model-{i:05}-of-{n:05}.safetensors"))
-            .collect(),
-    };
+    let shards = split_shards(groups.iter().map(|g| g.nbytes), opts.max_shard_bytes);
+    let names = shard_names(shards.len());
     let mut weight_map = BTreeMap::new();
     let mut total = 0u64;
     for (shard, name) in shards.iter().zip(&names) {
@@ -247,7 +244,7 @@ fn write_weights(model: &Qwen3Model, dir: &Path, opts: &DirExportOptions) -> Res
     if names.len() > 1 {
         let index =
             serde_json::json!({ "metadata": { "total_size": total }, "weight_map": weight_map });
-        written.push(write_json(dir, "model.safetensors.index.json", &index)?);
+        written.push(write_json(dir, SHARD_INDEX, &index)?);
     }
     Ok(written)
 }
@@ -271,27 +268,10 @@ fn group_bytes(w: &WeightRef<'_>, quantized_key: bool, format: DirFormat) -> u64
     }
 }
 
-/// Greedy split in model order; every shard holds at least one group.
-fn split_shards(groups: &[Group<'_>], max_bytes: u64) -> Vec<Vec<usize>> {
-    let mut shards: Vec<Vec<usize>> = vec![Vec::new()];
-    let mut size = 0u64;
-    for (i, g) in groups.iter().enumerate() {
-        let last = shards.last_mut().expect("never empty");
-        if !last.is_empty() && size + g.nbytes > max_bytes {
-            shards.push(vec![i]);
-            size = g.nbytes;
-        } else {
-            last.push(i);
-            size += g.nbytes;
-        }
-    }
-    shards
-}
-
 /// The output tensors of one weight, and its two-level global scale (for
 /// the exact-scale metadata).
 fn group_tensors(g: &Group<'_>, opts: &DirExportOptions) -> Result<(Vec<OutTensor>, Option<f32>)> {
-    let quantized = is_quantized_key(&g.key);
+    let quantized = is_packed_key(&g.key);
     let host = |mode| -> Result<Option<Nvfp4Host>> {
         Ok(match &g.weight {
             WeightRef::Packed(q) => Some(q.to_host()),
@@ -357,17 +337,10 @@ fn dense_tensor(key: &str, t: &Tensor, force_bf16: bool) -> Result<OutTensor> {
     let bf16 = t.f_to_kind(Kind::BFloat16)?;
     let exact = bf16.f_to_kind(t.kind())?.f_equal(&t)?;
     let out = if force_bf16 || exact { bf16 } else { t };
-    let dtype = match out.kind() {
-        Kind::BFloat16 => Dtype::BF16,
-        Kind::Half => Dtype::F16,
-        Kind::Float => Dtype::F32,
-        other => {
-            return Err(Error::InvalidArgument {
-                name: "weights",
-                reason: format!("{key} has kind {other:?}; expected a float kind"),
-            })
-        }
-    };
+    let dtype = float_dtype(out.kind()).ok_or_else(|| Error::InvalidArgument {
+        name: "weights",
+        reason: format!("{key} has kind {:?}; expected a float kind", out.kind()),
+    })?;
     let shape = out.size().iter().map(|&d| d as usize).collect();
     let flat = out
         .f_contiguous()?
