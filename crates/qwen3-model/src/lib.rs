@@ -72,10 +72,12 @@ pub use sampling::{Sampler, SamplingParams};
 pub use scale_stats::ScaleStats;
 pub use train::WeightRef;
 pub use weights::convert::{convert_hf_dir_to_dat, ConvertReport};
+pub use weights::export_dat::export_dat;
 pub use weights::export_dir::{
     export_model_dir, model_files_in, DirExportOptions, DirFormat, MODEL_FILES,
 };
 pub use weights::export_hf::{export_dat_to_hf_dir, export_dat_to_hf_dir_with, DatToHfOptions};
+pub use weights::export_hf_dir::{export_hf_dir, export_hf_dir_with, HfDtype, HfExportOptions};
 pub use weights::quant_config::{detect_packed_layout, PackedLayout};
 pub use weights::resolve::{ModelPaths, WeightFormat};
 pub use weights::schema::{

@@ -5,10 +5,10 @@
 
 mod common;
 
-use checkpoint::{export_dat, Error};
-use common::*;
+use common::export::*;
 use dat_format::{DatFile, ElemType};
 use nvfp4_kernels::ScaleMode;
+use qwen3_model::{export_dat, Error};
 use qwen3_model::{LoadOptions, Qwen3Model, WeightRef};
 use tch::{Kind, Tensor};
 
