@@ -1,6 +1,9 @@
 //! Qwen3 decoder written out in full on tch (FR-07): config, NVFP4 linear
 //! layers, KV cache, loading from `.dat` and safetensors, training hooks, and
-//! generation.
+//! generation; and everything that knows the Qwen3 weight names on disk:
+//! Hugging Face directory <-> `.dat` conversion ([`convert_hf_dir_to_dat`],
+//! [`export_dat_to_hf_dir_with`]) and export of a (trained) model
+//! ([`export_dat`], [`export_hf_dir`], [`export_model_dir`]).
 //!
 //! The forward pass is the one of transformers' `Qwen3ForCausalLM`: embedding
 //! lookup -> N x [RMSNorm -> q/k/v -> per-head q/k RMSNorm -> RoPE (theta from
