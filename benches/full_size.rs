@@ -75,7 +75,7 @@ fn main() -> Result<()> {
     if !dat_path.exists() {
         let t = Instant::now();
         let model = Qwen3Model::random(&cfg, &opts, 1)?;
-        checkpoint::export_dat(&model, &dat_path, None)?;
+        qwen3_model::export_dat(&model, &dat_path, None)?;
         drop(model);
         emit(json!({"metric": "generate_random_dat_s", "value": t.elapsed().as_secs_f64()}));
         // libtorch's caching allocator keeps the generator's memory: measure

@@ -7,8 +7,9 @@
 //! cargo run --release --example dat -- to-hf qwen3-4b.dat --out exported/ --dtype bf16
 //! ```
 //!
-//! The work is done by `dat_format` (reader, writer, `convert_hf_dir_to_dat`,
-//! `export_dat_to_hf_dir_with`); this file only parses flags and prints.
+//! The work is done by `dat_format` (reader, writer) and `qwen3_model`
+//! (`convert_hf_dir_to_dat`, `export_dat_to_hf_dir_with`); this file only
+//! parses flags and prints.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -16,10 +17,9 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use dat_format::{
-    convert_hf_dir_to_dat, export_dat_to_hf_dir_with, DatFile, ElemType, ExportOptions,
-};
+use dat_format::{DatFile, ElemType};
 use nvfp4_kernels::ScaleMode;
+use qwen3_model::{convert_hf_dir_to_dat, export_dat_to_hf_dir_with, DatToHfOptions};
 use qwen3_nvfp4::{
     convert_model, init_tracing, parse_device, resolve_input, run_main, ModelFormat,
 };
@@ -191,10 +191,10 @@ fn run(command: Command) -> Result<()> {
             dtype,
             config,
         } => {
-            let opts = ExportOptions {
+            let opts = DatToHfOptions {
                 dtype: dtype.into(),
                 config,
-                ..ExportOptions::default()
+                ..DatToHfOptions::default()
             };
             let files = export_dat_to_hf_dir_with(&file, &out, &opts)
                 .with_context(|| format!("exporting {} to {}", file.display(), out.display()))?;

@@ -67,7 +67,7 @@ pub fn convert_model(
     let start = Instant::now();
     let files = match format {
         ModelFormat::Dat => {
-            checkpoint::export_dat(&model, out, None)
+            qwen3_model::export_dat(&model, out, None)
                 .with_context(|| format!("writing {}", out.display()))?;
             vec![out.to_path_buf()]
         }

@@ -197,7 +197,7 @@ pub fn write_synthetic_model(
     let weight = dir.join("model.dat");
     let config = dir.join("config.json");
     // The export the trainer uses: original keys, NVFP4 pairs, raw embeddings and norms.
-    checkpoint::export_dat(&model, &weight, None)
+    qwen3_model::export_dat(&model, &weight, None)
         .with_context(|| format!("writing {}", weight.display()))?;
     write_atomic(&config, cfg.to_json_string().as_bytes())?;
     Ok((weight, config))

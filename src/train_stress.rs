@@ -162,7 +162,7 @@ pub fn run_train_phase(
                 t.save_checkpoint()?;
             }
             TrainPhase::Resume => {
-                checkpoint::export_dat(&t.into_model(), &dir.join(EXPORT_NAME), None)?;
+                qwen3_model::export_dat(&t.into_model(), &dir.join(EXPORT_NAME), None)?;
             }
         }
         losses

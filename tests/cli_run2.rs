@@ -184,15 +184,15 @@ fn a_safetensors_directory_decodes_like_the_dat_converted_from_it() {
     let dir = tempfile::tempdir().unwrap();
     let dat_dir = tiny_model_dir(&dir.path().join("dat"), &tiny_config(|_| {}));
     let hf = dir.path().join("hf");
-    dat_format::export_dat_to_hf_dir_with(
+    qwen3_model::export_dat_to_hf_dir_with(
         &dat_dir.join("model.dat"),
         &hf,
-        &dat_format::ExportOptions::default(),
+        &qwen3_model::DatToHfOptions::default(),
     )
     .unwrap();
     let converted = dir.path().join("converted");
     std::fs::create_dir_all(&converted).unwrap();
-    dat_format::convert_hf_dir_to_dat(
+    qwen3_model::convert_hf_dir_to_dat(
         &hf,
         &converted.join("model.dat"),
         nvfp4_kernels::ScaleMode::Single,

@@ -1,4 +1,4 @@
-//! Every way saving, loading or exporting can fail, each with the path or
+//! Every way saving or loading can fail, each with the path or
 //! tensor name it concerns and a hint on what to do about it.
 
 use std::path::PathBuf;
@@ -182,56 +182,6 @@ pub enum Error {
         #[source]
         source: tch::TchError,
     },
-
-    /// A model weight whose shape differs from the entry of the `like` file.
-    #[error("{like}: entry {key:?} has shape {expected:?} but the model's {model_key:?} needs {got:?} (hint: pass the .dat the model was loaded from as `like`, or none)")]
-    ExportShapeMismatch {
-        /// The `like` file.
-        like: PathBuf,
-        /// The entry key in the `like` file.
-        key: String,
-        /// The model weight written there.
-        model_key: String,
-        /// The shape of the `like` entry.
-        expected: Vec<usize>,
-        /// The shape the model weight gives it.
-        got: Vec<usize>,
-    },
-
-    /// A `like` entry whose element type cannot hold a model weight.
-    #[error("{like}: entry {key:?} has element type {elem}, which cannot hold the float weight {key:?} (hint: a raw weight needs f16, bf16, f32 or f64)")]
-    ExportElemType {
-        /// The `like` file.
-        like: PathBuf,
-        /// The entry key.
-        key: String,
-        /// Its element type, as text.
-        elem: String,
-    },
-
-    /// The export directory exists and holds files an export would not write.
-    #[error("{path} exists and holds {found:?}, which an export does not write (hint: export to a new or empty directory; nothing was changed)")]
-    ExportTargetNotEmpty {
-        /// The target directory.
-        path: PathBuf,
-        /// One of the foreign entries.
-        found: String,
-    },
-
-    /// A weight holding NaN or infinity: exporting it would ship a broken model.
-    #[error("weight {key:?} holds a non-finite value (hint: training diverged; export an earlier checkpoint)")]
-    NonFiniteWeight {
-        /// The weight's key.
-        key: String,
-    },
-
-    /// Reading the `like` file or writing the `.dat` failed.
-    #[error(transparent)]
-    Dat(#[from] dat_format::Error),
-
-    /// Quantizing or dequantizing a weight failed (e.g. a non-finite master weight).
-    #[error(transparent)]
-    Nvfp4(#[from] nvfp4_kernels::Error),
 
     /// The test-only crash hook fired: the save stopped as a kill would stop it.
     #[cfg(test)]

@@ -1,5 +1,7 @@
-//! Training checkpoints that survive a kill, and export of a trained
-//! Qwen3 model to the formats inference reads.
+//! Training checkpoints that survive a kill: a training-state store that
+//! knows nothing of the model, the weight formats or the kernels (named
+//! tch tensors and a JSON state in, the same bits out). Exporting a trained
+//! model for inference is `qwen3_model::export_dat` / `export_hf_dir`.
 //!
 //! A checkpoint is a directory `step-000123/` holding the master weights,
 //! optimizer state and any other named tensors in safetensors files (every
@@ -11,15 +13,9 @@
 //! [`CheckpointManager`] keeps the last K, and loading checks every file
 //! so damage is reported by file name.
 //!
-//! Export: [`export_dat`] writes the trained model as an NVFP4 `.dat`
-//! (projections re-quantized from the master weights, trained embeddings
-//! and norms included, the keys/order/element types of a `like` file kept);
-//! [`export_hf_dir`] writes a Hugging Face safetensors directory holding
-//! exactly the (dequantized) weights the NVFP4 model computes with.
-//!
 //! Key types: [`CheckpointManager`] (save / latest / load),
 //! [`TrainingState`], [`KeepLastCheckpoints`], [`CheckpointMetadata`],
-//! [`HfExportOptions`], [`Error`].
+//! [`Error`].
 //!
 //! ```no_run
 //! use checkpoint::{CheckpointManager, TrainingState};
@@ -43,7 +39,6 @@
 mod digest;
 mod dtype;
 mod error;
-mod export;
 mod layout;
 mod manager;
 mod metadata;
@@ -54,7 +49,6 @@ mod state;
 mod verify;
 
 pub use error::{Error, Result};
-pub use export::{export_dat, export_hf_dir, export_hf_dir_with, HfDtype, HfExportOptions};
 pub use manager::{CheckpointManager, DEFAULT_SHARD_BYTES};
 pub use metadata::{
     CheckpointMetadata, FileRecord, TensorRecord, FORMAT_NAME, FORMAT_VERSION, METADATA_FILE,

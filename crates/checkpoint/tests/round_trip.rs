@@ -13,7 +13,15 @@ fn state(step: u64) -> TrainingState {
         epoch: 3,
         data_cursor: 12_345_678_901,
         rng_state: (0..5056u32).map(|i| (i * 7 % 251) as u8).collect(),
-        config_json: qwen3_model::Qwen3Config::qwen3_4b().to_json_string(),
+        // A model config as the trainer stores it: opaque JSON text to this crate.
+        config_json: serde_json::json!({
+            "architectures": ["Qwen3ForCausalLM"],
+            "hidden_size": 2560,
+            "num_hidden_layers": 36,
+            "rope_theta": 5_000_000.0,
+            "tie_word_embeddings": true,
+        })
+        .to_string(),
         run_args: serde_json::json!({"lr": 3e-5, "batch": 4, "optim_state": "int8-block"}),
         extra: serde_json::json!({"scheduler": {"warmup": 100}, "loss_ema": 1.25}),
     }

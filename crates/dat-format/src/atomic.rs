@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 
 /// A file being written under a temporary name; deleted if dropped uncommitted.
 #[derive(Debug)]
-pub(crate) struct AtomicFile {
+pub struct AtomicFile {
     final_path: PathBuf,
     tmp: NamedTempFile,
 }
@@ -21,7 +21,7 @@ pub(crate) struct AtomicFile {
 impl AtomicFile {
     /// Creates the temporary file next to `final_path` (same directory, hence
     /// same file system, so the final rename is atomic).
-    pub(crate) fn create(final_path: &Path) -> Result<Self> {
+    pub fn create(final_path: &Path) -> Result<Self> {
         let dir = parent_dir(final_path);
         let name = final_path
             .file_name()
@@ -46,12 +46,12 @@ impl AtomicFile {
     }
 
     /// The temporary path (for writers that write the file by name).
-    pub(crate) fn tmp_path(&self) -> &Path {
+    pub fn tmp_path(&self) -> &Path {
         self.tmp.path()
     }
 
     /// Flushes, fsyncs, renames over the final path and fsyncs the directory.
-    pub(crate) fn commit(mut self) -> Result<()> {
+    pub fn commit(mut self) -> Result<()> {
         let path = self.final_path.clone();
         self.tmp.flush().map_err(Error::io(&path, "flush"))?;
         self.tmp
@@ -78,7 +78,7 @@ impl Write for AtomicFile {
 }
 
 /// Writes `bytes` to `path` atomically.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut file = AtomicFile::create(path)?;
     file.write_all(bytes).map_err(Error::io(path, "write"))?;
     file.commit()

@@ -59,7 +59,7 @@ impl std::fmt::Display for EntryRef {
 const CUT_SHORT: &str = "hint: the file looks cut short (interrupted copy or download?); compare its size with the original";
 const CORRUPT: &str = "hint: the file is corrupt or is not a .dat weight file";
 
-/// Everything that can go wrong reading, writing or converting `.dat` files.
+/// Everything that can go wrong reading or writing `.dat` files.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -355,82 +355,6 @@ pub enum Error {
         key: String,
         /// The error (part of the message, so it is not also a `source()`).
         error: nvfp4_kernels::Error,
-    },
-
-    /// A directory with no safetensors file.
-    #[error("{dir}: no model.safetensors, model.safetensors.index.json or *.safetensors found; hint: point at a Hugging Face model directory")]
-    NoSafetensors {
-        /// The directory.
-        dir: PathBuf,
-    },
-
-    /// A safetensors file that cannot be parsed or written.
-    #[error("{path}: safetensors error: {message}; hint: the file is not a valid safetensors file (or the disk is full when writing)")]
-    Safetensors {
-        /// The file.
-        path: PathBuf,
-        /// What the safetensors crate said.
-        message: String,
-    },
-
-    /// A JSON file (shard index, config) that cannot be parsed.
-    #[error("{path}: {message}; hint: fix or regenerate the JSON file")]
-    Json {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        message: String,
-    },
-
-    /// A shard index naming a tensor its shard does not hold (or one tensor in two shards).
-    #[error("{key:?}: {message}; hint: the shard index does not match the shard files; re-download the model")]
-    ShardMismatch {
-        /// The tensor.
-        key: String,
-        /// What is wrong.
-        message: String,
-    },
-
-    /// A source dtype the conversion does not handle.
-    #[error("{path}: tensor {key:?} has dtype {dtype}, which {reason}; hint: convert it to bf16/f16/f32 first")]
-    UnsupportedDtype {
-        /// The file.
-        path: PathBuf,
-        /// The tensor.
-        key: String,
-        /// The dtype, as safetensors names it.
-        dtype: String,
-        /// Why it is refused.
-        reason: &'static str,
-    },
-
-    /// A tensor to quantize that is not a `[out, in]` matrix with `in % 16 == 0`.
-    #[error("{key:?}: cannot quantize shape {shape:?}: {reason}; hint: only [out, in] projections with in a multiple of 16 are quantized")]
-    NotQuantizable {
-        /// The tensor.
-        key: String,
-        /// Its shape.
-        shape: Vec<usize>,
-        /// Why.
-        reason: &'static str,
-    },
-
-    /// Two `.dat` entries that map to the same Hugging Face key on export.
-    #[error("{key:?}: produced twice on export (entries #{first} and #{second}); hint: the file holds both a raw and a quantized copy of this weight")]
-    ExportCollision {
-        /// The Hugging Face key.
-        key: String,
-        /// First entry.
-        first: usize,
-        /// Second entry.
-        second: usize,
-    },
-
-    /// An export dtype other than bf16/f16/f32.
-    #[error("export dtype {dtype} is not supported; hint: use bf16, f16 or f32")]
-    BadExportDtype {
-        /// The dtype asked for.
-        dtype: ElemType,
     },
 }
 

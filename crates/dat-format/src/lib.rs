@@ -1,6 +1,7 @@
 //! Reader and writer of the original project's `.dat` weight file
-//! (docs/Formats.md, "The `.dat` weight file"), and conversion to and from
-//! Hugging Face safetensors model directories.
+//! (docs/Formats.md, "The `.dat` weight file"): the codec only. This crate
+//! knows no Hugging Face layout and no Qwen3 key; conversion to and from
+//! Hugging Face directories lives with the weight schema in `qwen3-model`.
 //!
 //! The format has no magic, version or alignment: a LEB128 entry count, then
 //! per entry a key, an element type code, a shape and the raw payload. This
@@ -14,7 +15,8 @@
 //! - [`DatWriter`] streams entries to a temporary file and atomically renames
 //!   it into place on [`DatWriter::finish`].
 //! - [`parse_index`] is the parser on a byte slice (what the fuzz tests drive).
-//! - [`convert_hf_dir_to_dat`] / [`export_dat_to_hf_dir`] convert models.
+//! - [`AtomicFile`] / [`write_atomic`] are the atomic file replacement the
+//!   writer uses, for other files written beside a model.
 //!
 //! ```no_run
 //! use dat_format::{DatFile, DatWriter};
@@ -39,11 +41,8 @@
 #![deny(missing_docs)]
 
 mod atomic;
-mod convert;
 mod elem;
 mod error;
-mod export_hf;
-mod hf_source;
 mod index;
 mod load;
 mod pairs;
@@ -53,10 +52,9 @@ mod varint;
 mod writer;
 
 pub use crate::{
-    convert::{convert_hf_dir_to_dat, is_quantized_key, ConvertReport},
+    atomic::{write_atomic, AtomicFile},
     elem::ElemType,
     error::{EntryRef, Error, Result},
-    export_hf::{export_dat_to_hf_dir, export_dat_to_hf_dir_with, ExportOptions},
     index::{parse_index, TensorEntry, MAX_DIM, MAX_NDIM},
     pairs::{Nvfp4Pair, GLOBAL_SCALE_SUFFIX, QDATA_SUFFIX, SCALE_SUFFIX},
     reader::DatFile,

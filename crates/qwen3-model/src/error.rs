@@ -163,11 +163,66 @@ pub enum Error {
         reason: String,
     },
 
+    /// A tensor a conversion or an export cannot handle: a dtype the target
+    /// cannot hold, a shape that cannot be quantized, a key produced twice.
+    #[error("{}: tensor {key:?}: {reason}", path.display())]
+    Convert {
+        /// The file holding (or receiving) the tensor.
+        path: PathBuf,
+        /// The tensor.
+        key: String,
+        /// What is wrong, with a hint.
+        reason: String,
+    },
+
+    /// A model weight whose shape differs from the entry of the `like` file.
+    #[error("{}: entry {key:?} has shape {expected:?} but the model's {model_key:?} needs {got:?} (hint: pass the .dat the model was loaded from as `like`, or none)", like.display())]
+    ExportShapeMismatch {
+        /// The `like` file.
+        like: PathBuf,
+        /// The entry key in the `like` file.
+        key: String,
+        /// The model weight written there.
+        model_key: String,
+        /// The shape of the `like` entry.
+        expected: Vec<usize>,
+        /// The shape the model weight gives it.
+        got: Vec<usize>,
+    },
+
+    /// A `like` entry whose element type cannot hold a model weight.
+    #[error("{}: entry {key:?} has element type {elem}, which cannot hold the float weight {key:?} (hint: a raw weight needs f16, bf16, f32 or f64)", like.display())]
+    ExportElemType {
+        /// The `like` file.
+        like: PathBuf,
+        /// The entry key.
+        key: String,
+        /// Its element type, as text.
+        elem: String,
+    },
+
+    /// A weight holding NaN or infinity: exporting it would ship a broken model.
+    #[error("weight {key:?} holds a non-finite value (hint: training diverged; export an earlier checkpoint)")]
+    NonFiniteWeight {
+        /// The weight's key.
+        key: String,
+    },
+
+    /// An NVFP4 operation on one named tensor failed.
+    #[error("{key:?}: {source}")]
+    Nvfp4Tensor {
+        /// The tensor.
+        key: String,
+        /// The NVFP4 crate's error.
+        #[source]
+        source: nvfp4_kernels::Error,
+    },
+
     /// An error from the NVFP4 crate (quantizer, compute path).
     #[error(transparent)]
     Nvfp4(#[from] nvfp4_kernels::Error),
 
-    /// An error from the `.dat` reader.
+    /// An error from the `.dat` codec (reading, or writing a `.dat` file).
     #[error(transparent)]
     Dat(#[from] dat_format::Error),
 
@@ -178,6 +233,29 @@ pub enum Error {
 
 /// Result type of this crate.
 pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// An [`Error::Io`] for `path`.
+    pub(crate) fn io_at(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.into();
+        move |source| Error::Io { path, source }
+    }
+
+    /// An [`Error::Libtorch`] saying what was running (naming the tensor).
+    pub(crate) fn libtorch(during: impl Into<String>) -> impl FnOnce(tch::TchError) -> Self {
+        let during = during.into();
+        move |e| Error::Libtorch {
+            during,
+            reason: e.to_string(),
+        }
+    }
+
+    /// An [`Error::Nvfp4Tensor`] for tensor `key`.
+    pub(crate) fn nvfp4_at(key: impl Into<String>) -> impl FnOnce(nvfp4_kernels::Error) -> Self {
+        let key = key.into();
+        move |source| Error::Nvfp4Tensor { key, source }
+    }
+}
 
 /// Problem lists of a broken 4B file can run to hundreds of lines; the message
 /// shows the first ones and a count, the variant keeps them all.

@@ -1,6 +1,9 @@
 //! Qwen3 decoder written out in full on tch (FR-07): config, NVFP4 linear
 //! layers, KV cache, loading from `.dat` and safetensors, training hooks, and
-//! generation.
+//! generation; and everything that knows the Qwen3 weight names on disk:
+//! Hugging Face directory <-> `.dat` conversion ([`convert_hf_dir_to_dat`],
+//! [`export_dat_to_hf_dir_with`]) and export of a (trained) model
+//! ([`export_dat`], [`export_hf_dir`], [`export_model_dir`]).
 //!
 //! The forward pass is the one of transformers' `Qwen3ForCausalLM`: embedding
 //! lookup -> N x [RMSNorm -> q/k/v -> per-head q/k RMSNorm -> RoPE (theta from
@@ -71,9 +74,13 @@ pub use precision::{Precision, QuantRecipe};
 pub use sampling::{Sampler, SamplingParams};
 pub use scale_stats::ScaleStats;
 pub use train::WeightRef;
+pub use weights::convert::{convert_hf_dir_to_dat, ConvertReport};
+pub use weights::export_dat::export_dat;
 pub use weights::export_dir::{
     export_model_dir, model_files_in, DirExportOptions, DirFormat, MODEL_FILES,
 };
+pub use weights::export_hf::{export_dat_to_hf_dir, export_dat_to_hf_dir_with, DatToHfOptions};
+pub use weights::export_hf_dir::{export_hf_dir, export_hf_dir_with, HfDtype, HfExportOptions};
 pub use weights::quant_config::{detect_packed_layout, PackedLayout};
 pub use weights::resolve::{ModelPaths, WeightFormat};
 pub use weights::schema::{

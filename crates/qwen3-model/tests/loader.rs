@@ -238,7 +238,7 @@ fn load_hf_dir_equals_load_dat_of_the_converted_file() {
         write_hf_dir(&Qwen3Model::random(&cfg, &opts(true), 5).unwrap(), &hf);
         let from_hf = Qwen3Model::load_hf_dir(&hf, &cfg, &opts(true)).unwrap();
         let dat_path = dir.path().join(format!("converted_{tied}.dat"));
-        dat_format::convert_hf_dir_to_dat(&hf, &dat_path, ScaleMode::Single).unwrap();
+        qwen3_model::convert_hf_dir_to_dat(&hf, &dat_path, ScaleMode::Single).unwrap();
         let from_dat =
             Qwen3Model::load_dat(&DatFile::open(&dat_path).unwrap(), &cfg, &opts(true)).unwrap();
         let ids = random_ids(cfg.vocab_size, 1, 12);

@@ -35,7 +35,7 @@ fn training_forward_is_exactly_what_inference_computes_after_export() {
             .named_weights()
             .into_iter()
             .map(|(key, w)| match w {
-                WeightRef::Dense(t) if dat_format::is_quantized_key(&key) => Entry::Packed(
+                WeightRef::Dense(t) if qwen3_model::is_packed_key(&key) => Entry::Packed(
                     key,
                     nvfp4_kernels::quantize(&t.detach(), ScaleMode::Single)
                         .unwrap()

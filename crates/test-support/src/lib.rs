@@ -9,6 +9,14 @@
 //!   `#[ignore = "needs CUDA"]`, so a CPU run reports them as ignored; run
 //!   with `--include-ignored` on a GPU machine, where a missing GPU is a
 //!   failure, not a silent pass.
+//! - [`tiny_fixture`], [`read_safetensors`], [`tiny_source_weight`]: the
+//!   tiny `.dat` fixture and its safetensors source, for the codec's and the
+//!   converters' tests.
+//! - [`raw_bytes`], [`dir_names`]: bitwise tensor comparison, directory listings.
+
+mod tiny;
+
+pub use tiny::{read_safetensors, tiny_fixture, tiny_source_weight};
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
@@ -67,6 +75,30 @@ pub fn cuda() -> tch::Device {
          --include-ignored), but libtorch sees no CUDA device"
     );
     tch::Device::Cuda(0)
+}
+
+/// The raw bytes of a tensor (any device), for bitwise comparison.
+pub fn raw_bytes(t: &tch::Tensor) -> Vec<u8> {
+    let numel = t.numel();
+    let mut out = vec![0u8; numel * t.kind().elt_size_in_bytes()];
+    t.copy_data_u8(&mut out, numel);
+    out
+}
+
+/// The names in a directory, sorted.
+///
+/// # Panics
+/// When the directory cannot be listed (a test failure).
+pub fn dir_names(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| {
+            let name = e.expect("a directory entry").file_name();
+            name.to_string_lossy().into_owned()
+        })
+        .collect();
+    names.sort();
+    names
 }
 
 #[cfg(test)]

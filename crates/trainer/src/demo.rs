@@ -90,7 +90,7 @@ pub fn default_train_config(run_dir: &Path) -> TrainConfig {
 /// Writes the synthetic base model of the default run to `path` (`.dat`).
 pub fn write_default_base(cfg: &Qwen3Config, path: &Path) -> Result<()> {
     let model = Qwen3Model::random(cfg, &LoadOptions::new(Device::Cpu), DEFAULT_WEIGHTS_SEED)?;
-    checkpoint::export_dat(&model, path, None)?;
+    qwen3_model::export_dat(&model, path, None)?;
     Ok(())
 }
 

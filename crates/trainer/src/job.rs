@@ -436,7 +436,7 @@ pub(crate) fn run_job_locked(
     };
     let model = trainer.into_model();
     if let Some(dir) = &spec.export_hf {
-        checkpoint::export_hf_dir(&model, dir)?;
+        qwen3_model::export_hf_dir(&model, dir)?;
         emit(&JobEvent::Exported {
             what: "safetensors directory",
             path: dir,
@@ -444,7 +444,7 @@ pub(crate) fn run_job_locked(
     }
     let eval_model = match &spec.export_dat {
         Some(path) => {
-            checkpoint::export_dat(&model, path, like.as_ref())?;
+            qwen3_model::export_dat(&model, path, like.as_ref())?;
             spec.write_model_dir_files(path)?;
             emit(&JobEvent::Exported {
                 what: "model directory",

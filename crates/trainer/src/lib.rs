@@ -5,7 +5,7 @@
 //! forward, the identity going backward. The optimizer ([`AdamW`], moments
 //! in f32, bf16 or block-wise 8 bits) updates the masters and never
 //! re-quantizes them, so updates smaller than one FP4 step accumulate;
-//! export (`checkpoint::export_dat`) quantizes once at the end.
+//! export (`qwen3_model::export_dat`) quantizes once at the end.
 //!
 //! Key types:
 //! - [`TrainConfig`]: every knob of `examples/train.rs`; [`Trainer`]: the loop

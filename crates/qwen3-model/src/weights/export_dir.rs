@@ -16,16 +16,19 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use dat_format::is_quantized_key;
 use nvfp4_kernels::{Nvfp4Host, ScaleMode};
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 
+use super::dtype::float_dtype;
 use super::packed_source::EXACT_GLOBAL_KEY;
 use super::quant_config::{PackedLayout, MODELOPT_FILE};
+use super::safetensors::{shard_names, split_shards, SHARD_INDEX};
+use super::schema::is_packed_key;
 use super::{compressed_tensors as ct, modelopt as mo};
+use crate::config::Qwen3Config;
 use crate::error::{Error, Result};
 use crate::model::Qwen3Model;
 use crate::train::WeightRef;
@@ -115,36 +118,80 @@ pub fn export_model_dir(
     dir: &Path,
     opts: &DirExportOptions,
 ) -> Result<Vec<String>> {
-    let (parent, name) = split_target(dir)?;
-    check_target(dir)?;
-    std::fs::create_dir_all(&parent).map_err(|source| Error::Io {
-        path: parent.clone(),
-        source,
-    })?;
-    let staging = tempfile::Builder::new()
-        .prefix(&format!(".{name}.tmp-"))
-        .tempdir_in(&parent)
-        .map_err(|source| Error::Io {
-            path: parent.clone(),
-            source,
-        })?;
-    let mut written = write_weights(model, staging.path(), opts)?;
-    written.extend(write_side_files(model, staging.path(), opts)?);
-    // Publish: the complete directory appears under its name in one rename.
-    if dir.exists() {
-        std::fs::remove_dir(dir).map_err(|source| Error::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?;
-    }
-    let staged = staging.keep();
-    std::fs::rename(&staged, dir).map_err(|source| Error::Io {
-        path: dir.to_path_buf(),
-        source,
-    })?;
-    sync_dir(&parent)?;
+    let staged = Staged::begin(dir, &[])?;
+    let mut written = write_weights(model, staged.path(), opts)?;
+    written.extend(write_side_files(model, staged.path(), opts)?);
+    staged.publish()?;
     tracing::info!(dir = %dir.display(), format = ?opts.format, files = written.len(), "exported model directory");
     Ok(written)
+}
+
+/// A directory filled under a temporary name beside its target, then
+/// published whole: the target is absent, the previous export, or the
+/// complete new one, never half written. Dropped unpublished (an error
+/// part-way), the temporary directory is removed.
+pub(crate) struct Staged {
+    target: PathBuf,
+    parent: PathBuf,
+    name: String,
+    tmp: tempfile::TempDir,
+}
+
+impl Staged {
+    /// Checks the target: absent, empty, or holding only files named in
+    /// `previous` (a previous export, which [`Staged::publish`] replaces);
+    /// anything else is refused, as replacing it would delete the user's
+    /// files. Then creates the temporary directory beside it.
+    pub(crate) fn begin(target: &Path, previous: &[&str]) -> Result<Self> {
+        let (parent, name) = split_target(target)?;
+        check_target(target, previous)?;
+        std::fs::create_dir_all(&parent).map_err(Error::io_at(&parent))?;
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!(".{name}.tmp-"))
+            .tempdir_in(&parent)
+            .map_err(Error::io_at(&parent))?;
+        Ok(Self {
+            target: target.to_path_buf(),
+            parent,
+            name,
+            tmp,
+        })
+    }
+
+    /// Where to write the files (each written and fsynced by its writer).
+    pub(crate) fn path(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    /// Renames the directory into place; a previous target is first moved
+    /// aside (one rename) and removed once the new one is in place.
+    pub(crate) fn publish(self) -> Result<()> {
+        sync_dir(self.tmp.path())?;
+        let old = if self.target.exists() {
+            let trash = tempfile::Builder::new()
+                .prefix(&format!(".{}.trash-", self.name))
+                .tempdir_in(&self.parent)
+                .map_err(Error::io_at(&self.parent))?;
+            std::fs::rename(&self.target, trash.path()).map_err(Error::io_at(&self.target))?;
+            Some(trash)
+        } else {
+            None
+        };
+        let staged = self.tmp.keep();
+        if let Err(source) = std::fs::rename(&staged, &self.target) {
+            if let Some(trash) = &old {
+                // Put the previous export back; the new one stays for inspection.
+                let _ = std::fs::rename(trash.path(), &self.target);
+            }
+            return Err(Error::Io {
+                path: self.target,
+                source,
+            });
+        }
+        sync_dir(&self.parent)?;
+        drop(old); // removes the previous export
+        Ok(())
+    }
 }
 
 fn split_target(dir: &Path) -> Result<(PathBuf, String)> {
@@ -162,8 +209,8 @@ fn split_target(dir: &Path) -> Result<(PathBuf, String)> {
     Ok((parent, name.to_string()))
 }
 
-/// Only an absent or empty directory is a target: replacing one would delete files.
-fn check_target(dir: &Path) -> Result<()> {
+/// An absent or empty directory, or one holding only `previous` files.
+fn check_target(dir: &Path, previous: &[&str]) -> Result<()> {
     if !dir.exists() {
         return Ok(());
     }
@@ -174,18 +221,29 @@ fn check_target(dir: &Path) -> Result<()> {
     if !dir.is_dir() {
         return Err(err("exists and is a file".into()));
     }
-    let mut entries = std::fs::read_dir(dir).map_err(|source| Error::Io {
-        path: dir.to_path_buf(),
-        source,
-    })?;
-    if let Some(first) = entries.next() {
-        let first = first.map(|e| e.file_name().to_string_lossy().into_owned());
-        return Err(err(format!(
-            "exists and is not empty (holds {}); choose a new directory or remove it",
-            first.unwrap_or_default()
-        )));
+    for entry in std::fs::read_dir(dir).map_err(Error::io_at(dir))? {
+        let entry = entry.map_err(Error::io_at(dir))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !(previous.contains(&name.as_str()) && entry.path().is_file()) {
+            return Err(err(format!(
+                "exists and is not empty (holds {name}, which an export does not write); choose a new directory or remove it; nothing was changed"
+            )));
+        }
     }
     Ok(())
+}
+
+/// The model's config as an export writes it: untied when the model has its
+/// own head (a tied config would make loaders replace that head with the
+/// embedding), `torch_dtype` the dtype of the exported weights.
+pub(crate) fn export_config(model: &Qwen3Model, torch_dtype: &str) -> Qwen3Config {
+    let mut cfg = model.config().clone();
+    if cfg.tie_word_embeddings && !model.uses_tied_head() {
+        tracing::warn!("the model has its own lm_head: exporting with tie_word_embeddings = false");
+        cfg.tie_word_embeddings = false;
+    }
+    cfg.torch_dtype = Some(torch_dtype.into());
+    cfg
 }
 
 /// The model's weights, sharded and written; returns the file names.
@@ -194,7 +252,7 @@ fn write_weights(model: &Qwen3Model, dir: &Path, opts: &DirExportOptions) -> Res
         .named_weights()
         .into_iter()
         .map(|(key, weight)| {
-            let nbytes = group_bytes(&weight, is_quantized_key(&key), opts.format);
+            let nbytes = group_bytes(&weight, is_packed_key(&key), opts.format);
             Group {
                 key,
                 weight,
@@ -202,13 +260,8 @@ fn write_weights(model: &Qwen3Model, dir: &Path, opts: &DirExportOptions) -> Res
             }
         })
         .collect();
-    let shards = split_shards(&groups, opts.max_shard_bytes);
-    let names: Vec<String> = match shards.len() {
-        1 => vec!["model.safetensors".into()],
-        n => (1..=n)
-            .map(|i| format!("model-{i:05}-of-{n:05}.safetensors"))
-            .collect(),
-    };
+    let shards = split_shards(groups.iter().map(|g| g.nbytes), opts.max_shard_bytes);
+    let names = shard_names(shards.len());
     let mut weight_map = BTreeMap::new();
     let mut total = 0u64;
     for (shard, name) in shards.iter().zip(&names) {
@@ -247,7 +300,7 @@ fn write_weights(model: &Qwen3Model, dir: &Path, opts: &DirExportOptions) -> Res
     if names.len() > 1 {
         let index =
             serde_json::json!({ "metadata": { "total_size": total }, "weight_map": weight_map });
-        written.push(write_json(dir, "model.safetensors.index.json", &index)?);
+        written.push(write_json(dir, SHARD_INDEX, &index)?);
     }
     Ok(written)
 }
@@ -271,27 +324,10 @@ fn group_bytes(w: &WeightRef<'_>, quantized_key: bool, format: DirFormat) -> u64
     }
 }
 
-/// Greedy split in model order; every shard holds at least one group.
-fn split_shards(groups: &[Group<'_>], max_bytes: u64) -> Vec<Vec<usize>> {
-    let mut shards: Vec<Vec<usize>> = vec![Vec::new()];
-    let mut size = 0u64;
-    for (i, g) in groups.iter().enumerate() {
-        let last = shards.last_mut().expect("never empty");
-        if !last.is_empty() && size + g.nbytes > max_bytes {
-            shards.push(vec![i]);
-            size = g.nbytes;
-        } else {
-            last.push(i);
-            size += g.nbytes;
-        }
-    }
-    shards
-}
-
 /// The output tensors of one weight, and its two-level global scale (for
 /// the exact-scale metadata).
 fn group_tensors(g: &Group<'_>, opts: &DirExportOptions) -> Result<(Vec<OutTensor>, Option<f32>)> {
-    let quantized = is_quantized_key(&g.key);
+    let quantized = is_packed_key(&g.key);
     let host = |mode| -> Result<Option<Nvfp4Host>> {
         Ok(match &g.weight {
             WeightRef::Packed(q) => Some(q.to_host()),
@@ -357,17 +393,10 @@ fn dense_tensor(key: &str, t: &Tensor, force_bf16: bool) -> Result<OutTensor> {
     let bf16 = t.f_to_kind(Kind::BFloat16)?;
     let exact = bf16.f_to_kind(t.kind())?.f_equal(&t)?;
     let out = if force_bf16 || exact { bf16 } else { t };
-    let dtype = match out.kind() {
-        Kind::BFloat16 => Dtype::BF16,
-        Kind::Half => Dtype::F16,
-        Kind::Float => Dtype::F32,
-        other => {
-            return Err(Error::InvalidArgument {
-                name: "weights",
-                reason: format!("{key} has kind {other:?}; expected a float kind"),
-            })
-        }
-    };
+    let dtype = float_dtype(out.kind()).ok_or_else(|| Error::InvalidArgument {
+        name: "weights",
+        reason: format!("{key} has kind {:?}; expected a float kind", out.kind()),
+    })?;
     let shape = out.size().iter().map(|&d| d as usize).collect();
     let flat = out
         .f_contiguous()?
@@ -387,12 +416,7 @@ fn write_side_files(
     dir: &Path,
     opts: &DirExportOptions,
 ) -> Result<Vec<String>> {
-    let mut cfg = model.config().clone();
-    if cfg.tie_word_embeddings && !model.uses_tied_head() {
-        tracing::warn!("the model has its own lm_head: exporting with tie_word_embeddings = false");
-        cfg.tie_word_embeddings = false;
-    }
-    cfg.torch_dtype = Some("bfloat16".into());
+    let cfg = export_config(model, "bfloat16");
     let mut config: Value = serde_json::from_str(&cfg.to_json_string())
         .map_err(|source| Error::ConfigJson { path: None, source })?;
     let mut written = Vec::new();
@@ -443,7 +467,7 @@ fn write_json(dir: &Path, name: &str, v: &Value) -> Result<String> {
     Ok(name.to_string())
 }
 
-fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
     let io = |source| Error::Io {
         path: path.to_path_buf(),
         source,
@@ -453,7 +477,7 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
     f.sync_all().map_err(io)
 }
 
-fn fsync(path: &Path) -> Result<()> {
+pub(crate) fn fsync(path: &Path) -> Result<()> {
     File::open(path)
         .and_then(|f| f.sync_all())
         .map_err(|source| Error::Io {

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: fixture cases, models, comparisons.
 #![allow(dead_code)]
 
+pub mod export;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 

@@ -12,16 +12,15 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use dat_format::{
-    is_quantized_key, DatFile, DatWriter, ElemType, Nvfp4Pair, GLOBAL_SCALE_SUFFIX, QDATA_SUFFIX,
-    SCALE_SUFFIX,
+    DatFile, DatWriter, ElemType, Nvfp4Pair, GLOBAL_SCALE_SUFFIX, QDATA_SUFFIX, SCALE_SUFFIX,
 };
 use nvfp4_kernels::{Nvfp4Host, ScaleMode, BLOCK_SIZE};
-use qwen3_model::Qwen3Model;
 use tch::Kind;
 
 use crate::error::{Error, Result};
-
-use super::weights::{ModelWeights, EMBED_KEY};
+use crate::model::Qwen3Model;
+use crate::weights::model_weights::ModelWeights;
+use crate::weights::schema::{is_packed_key, EMBED_KEY};
 
 /// Which entry of an NVFP4 pair.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -147,7 +146,7 @@ fn plan_default(weights: &ModelWeights<'_>) -> Plan {
 
 /// The entries of one weight when no template says otherwise.
 fn default_entries(weights: &ModelWeights<'_>, key: &str) -> Vec<Planned> {
-    if !is_quantized_key(key) {
+    if !is_packed_key(key) {
         // Embeddings in bf16 (the original's files), norms in f32 (computed in f32).
         let elem = if key == EMBED_KEY {
             ElemType::BF16
@@ -204,7 +203,7 @@ fn plan_like(weights: &ModelWeights<'_>, like: &DatFile) -> Result<Plan> {
                     elem: e.elem.to_string(),
                 });
             }
-            let effective = is_quantized_key(&e.key);
+            let effective = is_packed_key(&e.key);
             plan.entries.push(Planned::Dense {
                 key: e.key.clone(),
                 elem: e.elem,

@@ -8,10 +8,11 @@ mod common;
 
 use std::fs;
 
-use checkpoint::{export_dat, export_hf_dir, export_hf_dir_with, Error, HfDtype, HfExportOptions};
-use common::*;
-use dat_format::{convert_hf_dir_to_dat, DatFile};
+use common::export::*;
+use dat_format::DatFile;
 use nvfp4_kernels::ScaleMode;
+use qwen3_model::convert_hf_dir_to_dat;
+use qwen3_model::{export_dat, export_hf_dir, export_hf_dir_with, Error, HfDtype, HfExportOptions};
 use qwen3_model::{Qwen3Config, Qwen3Model};
 use tch::{Kind, Tensor};
 
@@ -112,7 +113,7 @@ fn should_write_f32_values_exactly_when_asked() {
         };
         let got = &tensors[&key];
         assert_eq!(got.kind(), Kind::Float, "{key}");
-        let want = if dat_format::is_quantized_key(&key) {
+        let want = if qwen3_model::is_packed_key(&key) {
             nvfp4_kernels::fake_quantize(trained, ScaleMode::Single)
         } else {
             trained.detach()
@@ -194,7 +195,7 @@ fn should_refuse_a_target_holding_foreign_files() {
     fs::write(target.join("notes.txt"), b"keep me").unwrap();
     let err = export_hf_dir(&model, &target).unwrap_err();
     assert!(
-        matches!(&err, Error::ExportTargetNotEmpty { found, .. } if found == "notes.txt"),
+        matches!(&err, Error::ExportTarget { reason, .. } if reason.contains("notes.txt")),
         "{err}"
     );
     assert_eq!(fs::read(target.join("notes.txt")).unwrap(), b"keep me");

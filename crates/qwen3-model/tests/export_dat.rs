@@ -5,10 +5,10 @@
 
 mod common;
 
-use checkpoint::{export_dat, Error};
-use common::*;
+use common::export::*;
 use dat_format::{DatFile, ElemType};
 use nvfp4_kernels::ScaleMode;
+use qwen3_model::{export_dat, Error};
 use qwen3_model::{LoadOptions, Qwen3Model, WeightRef};
 use tch::{Kind, Tensor};
 
@@ -78,7 +78,7 @@ fn should_write_trained_embeddings_and_norms_and_requantized_masters() {
         let WeightRef::Dense(trained) = w else {
             panic!("{key}: everything is a master after into_trainable")
         };
-        if dat_format::is_quantized_key(&key) {
+        if qwen3_model::is_packed_key(&key) {
             let want = nvfp4_kernels::quantize(trained, ScaleMode::Single)
                 .unwrap()
                 .to_host();
@@ -158,7 +158,7 @@ fn perturb(model: &Qwen3Model, seed: i64) {
     tch::no_grad(|| {
         for (key, mut p) in model.named_parameters() {
             let moved = &p + Tensor::randn_like(&p) * 0.1;
-            let moved = if dat_format::is_quantized_key(&key) {
+            let moved = if qwen3_model::is_packed_key(&key) {
                 moved
             } else {
                 moved
@@ -241,7 +241,7 @@ fn should_write_the_quantized_trained_embedding_as_head_of_a_tied_model() {
         let WeightRef::Dense(t) = w else {
             unreachable!()
         };
-        match dat_format::is_quantized_key(&key) {
+        match qwen3_model::is_packed_key(&key) {
             true => entries.extend(RawEntry::pair(
                 &key,
                 &nvfp4_kernels::quantize(t, ScaleMode::Single)

@@ -4,19 +4,13 @@
 
 use std::collections::HashMap;
 
-use dat_format::is_quantized_key;
 use nvfp4_kernels::{Nvfp4Host, ScaleMode};
-use qwen3_model::{Qwen3Model, WeightRef};
 use tch::{Kind, Tensor};
 
-use crate::error::{Error, Result, TorchContext};
-
-use qwen3_model::hf_rank;
-
-/// Key of the embedding matrix, which a tied model also uses as its head.
-pub(crate) const EMBED_KEY: &str = "model.embed_tokens.weight";
-/// Key of an untied head.
-pub(crate) const LM_HEAD_KEY: &str = "lm_head.weight";
+use crate::error::{Error, Result};
+use crate::model::Qwen3Model;
+use crate::train::WeightRef;
+use crate::weights::schema::{hf_rank, is_packed_key, EMBED_KEY, LM_HEAD_KEY};
 
 /// Every weight of a model under its HF key.
 pub(crate) struct ModelWeights<'a> {
@@ -40,7 +34,7 @@ impl<'a> ModelWeights<'a> {
         }
     }
 
-    /// Keys in HF order (see `order.rs`).
+    /// Keys in HF order (transformers' `state_dict()` order, `hf_rank`).
     pub(crate) fn keys_hf_order(&self) -> Vec<&str> {
         let mut keys: Vec<&str> = self.items.iter().map(|(k, _)| k.as_str()).collect();
         keys.sort_by_key(|k| hf_rank(k));
@@ -88,7 +82,9 @@ impl<'a> ModelWeights<'a> {
     pub(crate) fn quantized(&self, key: &str, mode: ScaleMode) -> Result<Nvfp4Host> {
         match self.get(key) {
             Some(WeightRef::Packed(q)) => Ok(q.to_host()),
-            Some(WeightRef::Dense(t)) => Ok(nvfp4_kernels::quantize_named(key, t, mode)?.to_host()),
+            Some(WeightRef::Dense(t)) => Ok(nvfp4_kernels::quantize_named(key, t, mode)
+                .map_err(Error::nvfp4_at(key))?
+                .to_host()),
             None => unreachable!("callers plan only keys the model has: {key}"),
         }
     }
@@ -103,14 +99,16 @@ impl<'a> ModelWeights<'a> {
     }
 
     fn effective_unchecked(&self, key: &str, mode: ScaleMode, kind: Kind) -> Result<Tensor> {
-        let ctx = || format!("converting weight {key:?} to {kind:?}");
+        let ctx = || Error::libtorch(format!("converting weight {key:?} to {kind:?}"));
         match self.get(key) {
-            Some(WeightRef::Packed(q)) => Ok(nvfp4_kernels::f_dequantize(q, kind)?),
-            Some(WeightRef::Dense(t)) if is_quantized_key(key) => {
-                let fq = nvfp4_kernels::f_fake_quantize(t, mode)?;
-                fq.f_to_kind(kind).torch_ctx(ctx)
+            Some(WeightRef::Packed(q)) => {
+                nvfp4_kernels::f_dequantize(q, kind).map_err(Error::nvfp4_at(key))
             }
-            Some(WeightRef::Dense(t)) => t.detach().f_to_kind(kind).torch_ctx(ctx),
+            Some(WeightRef::Dense(t)) if is_packed_key(key) => {
+                let fq = nvfp4_kernels::f_fake_quantize(t, mode).map_err(Error::nvfp4_at(key))?;
+                fq.f_to_kind(kind).map_err(ctx())
+            }
+            Some(WeightRef::Dense(t)) => t.detach().f_to_kind(kind).map_err(ctx()),
             None => unreachable!("callers plan only keys the model has: {key}"),
         }
     }
@@ -133,7 +131,9 @@ fn check_finite(key: &str, t: &Tensor) -> Result<()> {
         .f_isfinite()
         .and_then(|f| f.f_all())
         .and_then(|a| a.f_int64_value(&[]))
-        .torch_ctx(|| format!("checking weight {key:?} for non-finite values"))?;
+        .map_err(Error::libtorch(format!(
+            "checking weight {key:?} for non-finite values"
+        )))?;
     if finite == 0 {
         return Err(Error::NonFiniteWeight {
             key: key.to_string(),

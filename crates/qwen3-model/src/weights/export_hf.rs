@@ -11,15 +11,15 @@ use std::path::{Path, PathBuf};
 use safetensors::{Dtype, View};
 use tch::{Device, Tensor};
 
-use crate::atomic::{write_atomic, AtomicFile};
-use crate::elem::ElemType;
+use dat_format::{write_atomic, AtomicFile, DatFile, ElemType};
+
 use crate::error::{Error, Result};
-use crate::hf_source::dtype_of_elem;
-use crate::reader::DatFile;
+use crate::weights::dtype::{dtype_of_elem, float_kind};
+use crate::weights::safetensors::{shard_names, split_shards, SHARD_INDEX};
 
 /// How to export a `.dat` file.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ExportOptions {
+pub struct DatToHfOptions {
     /// Element type of float and dequantized tensors: BF16, F16 or F32.
     pub dtype: ElemType,
     /// `config.json` to copy; `None` copies the one beside the `.dat` file, if any.
@@ -28,7 +28,7 @@ pub struct ExportOptions {
     pub max_shard_bytes: u64,
 }
 
-impl Default for ExportOptions {
+impl Default for DatToHfOptions {
     fn default() -> Self {
         // 5 GB is the shard size `transformers` writes by default.
         Self {
@@ -45,9 +45,9 @@ pub fn export_dat_to_hf_dir(dat: &Path, out_dir: &Path, dtype: ElemType) -> Resu
     export_dat_to_hf_dir_with(
         dat,
         out_dir,
-        &ExportOptions {
+        &DatToHfOptions {
             dtype,
-            ..ExportOptions::default()
+            ..DatToHfOptions::default()
         },
     )
     .map(|_| ())
@@ -57,21 +57,22 @@ pub fn export_dat_to_hf_dir(dat: &Path, out_dir: &Path, dtype: ElemType) -> Resu
 pub fn export_dat_to_hf_dir_with(
     dat: &Path,
     out_dir: &Path,
-    opts: &ExportOptions,
+    opts: &DatToHfOptions,
 ) -> Result<Vec<PathBuf>> {
     if !matches!(opts.dtype, ElemType::BF16 | ElemType::F16 | ElemType::F32) {
-        return Err(Error::BadExportDtype { dtype: opts.dtype });
+        return Err(Error::InvalidArgument {
+            name: "DatToHfOptions::dtype",
+            reason: format!(
+                "{} is not an export dtype; use bf16, f16 or f32",
+                opts.dtype
+            ),
+        });
     }
     let file = DatFile::open(dat)?;
     let plan = plan_export(&file, opts.dtype)?;
-    std::fs::create_dir_all(out_dir).map_err(Error::io(out_dir, "create directory"))?;
-    let shards = split_shards(&plan, opts.max_shard_bytes);
-    let names: Vec<String> = match shards.len() {
-        1 => vec!["model.safetensors".to_owned()],
-        n => (1..=n)
-            .map(|i| format!("model-{i:05}-of-{n:05}.safetensors"))
-            .collect(),
-    };
+    std::fs::create_dir_all(out_dir).map_err(Error::io_at(out_dir))?;
+    let shards = split_shards(plan.iter().map(|p| p.nbytes), opts.max_shard_bytes);
+    let names = shard_names(shards.len());
     let mut written = Vec::new();
     let metadata = Some(HashMap::from([("format".to_owned(), "pt".to_owned())]));
     for (shard, name) in shards.iter().zip(&names) {
@@ -84,19 +85,19 @@ pub fn export_dat_to_hf_dir_with(
         safetensors::serialize_to_file(views, &metadata, out.tmp_path()).map_err(|e| {
             Error::Safetensors {
                 path: path.clone(),
-                message: format!("{e:?}"),
+                reason: format!("{e:?}"),
             }
         })?;
         out.commit()?;
         written.push(path);
     }
     if shards.len() > 1 {
-        let path = out_dir.join("model.safetensors.index.json");
+        let path = out_dir.join(SHARD_INDEX);
         write_atomic(&path, shard_index_json(&plan, &shards, &names).as_bytes())?;
         written.push(path);
     }
     if let Some(config) = config_source(dat, opts) {
-        let bytes = std::fs::read(&config).map_err(Error::io(&config, "read"))?;
+        let bytes = std::fs::read(&config).map_err(Error::io_at(&config))?;
         let has_head = plan.iter().any(|p| p.key == "lm_head.weight");
         let bytes = untie_if_head_present(&config, bytes, has_head)?;
         let path = out_dir.join("config.json");
@@ -159,32 +160,15 @@ fn plan_export(file: &DatFile, dtype: ElemType) -> Result<Vec<Planned>> {
             }
         };
         if let Some(first) = seen.insert(planned.key.clone(), i) {
-            return Err(Error::ExportCollision {
+            return Err(Error::Convert {
+                path: file.path().to_path_buf(),
                 key: planned.key,
-                first,
-                second: i,
+                reason: format!("produced twice on export (entries #{first} and #{i}); hint: the file holds both a raw and a quantized copy of this weight"),
             });
         }
         plan.push(planned);
     }
     Ok(plan)
-}
-
-/// Greedy split in file order; every shard holds at least one tensor.
-fn split_shards(plan: &[Planned], max_bytes: u64) -> Vec<Vec<usize>> {
-    let mut shards: Vec<Vec<usize>> = vec![Vec::new()];
-    let mut size = 0u64;
-    for (i, p) in plan.iter().enumerate() {
-        let last = shards.last_mut().expect("never empty");
-        if !last.is_empty() && size + p.nbytes > max_bytes {
-            shards.push(vec![i]);
-            size = p.nbytes;
-        } else {
-            last.push(i);
-            size += p.nbytes;
-        }
-    }
-    shards
 }
 
 fn shard_index_json(plan: &[Planned], shards: &[Vec<usize>], names: &[String]) -> String {
@@ -207,9 +191,11 @@ fn untie_if_head_present(config: &Path, bytes: Vec<u8>, has_head: bool) -> Resul
     if !has_head {
         return Ok(bytes);
     }
-    let mut json: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
-        Error::io(config, "parse")(std::io::Error::new(std::io::ErrorKind::InvalidData, e))
-    })?;
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|source| Error::ConfigJson {
+            path: Some(config.to_path_buf()),
+            source,
+        })?;
     if json.get("tie_word_embeddings") != Some(&serde_json::Value::Bool(true)) {
         return Ok(bytes);
     }
@@ -218,7 +204,7 @@ fn untie_if_head_present(config: &Path, bytes: Vec<u8>, has_head: bool) -> Resul
     Ok(serde_json::to_vec_pretty(&json).expect("a JSON value always serializes"))
 }
 
-fn config_source(dat: &Path, opts: &ExportOptions) -> Option<PathBuf> {
+fn config_source(dat: &Path, opts: &DatToHfOptions) -> Option<PathBuf> {
     if let Some(c) = &opts.config {
         return Some(c.clone());
     }
@@ -240,14 +226,15 @@ enum OutData<'a> {
 }
 
 fn materialize<'a>(file: &'a DatFile, p: &Planned) -> Result<OutTensor<'a>> {
-    let kind = dtype_kind(p.dtype);
+    // Only float export dtypes reach here (raw entries keep their bytes).
+    let kind = float_kind(p.dtype).unwrap_or(tch::Kind::BFloat16);
     match p.source {
         Source::Pair(pi) => {
             let pair = &file.nvfp4_pairs()[pi];
             let host = file.pair(pair)?;
             let q = nvfp4_kernels::Nvfp4Tensor::from_host(&host, Device::Cpu)
-                .map_err(Error::nvfp4(&pair.base))?;
-            let w = nvfp4_kernels::f_dequantize(&q, kind).map_err(Error::nvfp4(&pair.base))?;
+                .map_err(Error::nvfp4_at(&pair.base))?;
+            let w = nvfp4_kernels::f_dequantize(&q, kind).map_err(Error::nvfp4_at(&pair.base))?;
             Ok(OutTensor {
                 dtype: p.dtype,
                 shape: vec![pair.rows, pair.cols],
@@ -274,17 +261,8 @@ fn materialize<'a>(file: &'a DatFile, p: &Planned) -> Result<OutTensor<'a>> {
 fn owned(key: &str, t: Tensor) -> Result<OutData<'static>> {
     let t = t
         .f_contiguous()
-        .map_err(Error::torch(format!("exporting {key:?}")))?;
+        .map_err(Error::libtorch(format!("exporting {key:?}")))?;
     Ok(OutData::Owned(t))
-}
-
-fn dtype_kind(dtype: Dtype) -> tch::Kind {
-    match dtype {
-        Dtype::F16 => tch::Kind::Half,
-        Dtype::F32 => tch::Kind::Float,
-        // Only float export dtypes reach here (raw entries keep their bytes).
-        _ => tch::Kind::BFloat16,
-    }
 }
 
 impl View for OutTensor<'_> {
