@@ -18,6 +18,7 @@ use crate::model::{LoadOptions, Qwen3Model};
 use crate::norm::RmsNorm;
 use crate::precision::Precision;
 use crate::random::{standard_normal, stream_of};
+use crate::weights::schema::{LayerTensor, TensorRole};
 
 /// transformers' default `initializer_range`.
 pub const DEFAULT_INITIALIZER_RANGE: f64 = 0.02;
@@ -65,26 +66,25 @@ impl Qwen3Model {
             |key: &str, shape: &[i64]| standard_normal(shape, seed, stream_of(key), device) * std;
         let v = cfg.vocab_size as i64;
         let h = cfg.hidden_size as i64;
-        model.embed_tokens = draw("model.embed_tokens.weight", &[v, h]).to_kind(opts.dtype);
+        model.embed_tokens = draw(&TensorRole::Embedding.key(), &[v, h]).to_kind(opts.dtype);
         let ones = |norm: &mut RmsNorm| {
             norm.weight = Tensor::ones_like(&norm.weight);
         };
         for (l, layer) in model.layers.iter_mut().enumerate() {
-            let p = format!("model.layers.{l}");
             let a = &mut layer.self_attn;
             let m = &mut layer.mlp;
             let projections = [
-                ("self_attn.q_proj", &mut a.q_proj),
-                ("self_attn.k_proj", &mut a.k_proj),
-                ("self_attn.v_proj", &mut a.v_proj),
-                ("self_attn.o_proj", &mut a.o_proj),
-                ("mlp.gate_proj", &mut m.gate_proj),
-                ("mlp.up_proj", &mut m.up_proj),
-                ("mlp.down_proj", &mut m.down_proj),
+                (LayerTensor::QProj, &mut a.q_proj),
+                (LayerTensor::KProj, &mut a.k_proj),
+                (LayerTensor::VProj, &mut a.v_proj),
+                (LayerTensor::OProj, &mut a.o_proj),
+                (LayerTensor::GateProj, &mut m.gate_proj),
+                (LayerTensor::UpProj, &mut m.up_proj),
+                (LayerTensor::DownProj, &mut m.down_proj),
             ];
-            for (name, lin) in projections {
+            for (tensor, lin) in projections {
                 let [rows, cols] = lin.weight.shape();
-                let w = draw(&format!("{p}.{name}.weight"), &[rows as i64, cols as i64]);
+                let w = draw(&tensor.key(l), &[rows as i64, cols as i64]);
                 lin.weight = LinearWeight::Master(w.to_kind(Kind::Float));
                 lin.precision = Precision::DENSE;
             }
@@ -95,7 +95,7 @@ impl Qwen3Model {
         }
         ones(&mut model.norm);
         if let Some(lin) = &mut model.lm_head {
-            lin.weight = LinearWeight::Master(draw("lm_head.weight", &[v, h]));
+            lin.weight = LinearWeight::Master(draw(&TensorRole::Head.key(), &[v, h]));
             lin.precision = Precision::DENSE;
         }
         Ok(model)

@@ -1,27 +1,20 @@
 //! Atomic file writes: temp file in the same directory, fsync, rename,
 //! fsync of the directory, so a crash leaves the old file or the new one.
+//! The implementation is dat-format's (one for the workspace's files); only
+//! [`persist`] is here, for a writer that must name its own temp file.
 
 use std::fs::File;
-use std::io::Write;
 use std::path::Path;
 
 use crate::error::{Error, Result};
 
-/// Writes `bytes` to `path` atomically.
+/// Writes `bytes` to `path` atomically (`dat_format::write_atomic`).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_file_name(format!(
-        ".{}.tmp",
-        path.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    ));
-    let mut f = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
-    drop(f);
-    persist(&tmp, path)
+    Ok(dat_format::write_atomic(path, bytes)?)
 }
 
-/// fsyncs `tmp`, renames it onto `path` and fsyncs the directory.
+/// fsyncs `tmp`, renames it onto `path` and fsyncs the directory (the plot
+/// backend picks its encoder from the temp file's extension, so it names it).
 pub fn persist(tmp: &Path, path: &Path) -> Result<()> {
     File::open(tmp)
         .and_then(|f| f.sync_all())
