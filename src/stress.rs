@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use dat_format::DatFile;
 use nvfp4_kernels::ComputePath;
 use qwen3_model::{
     generate, GenerateOptions, LoadOptions, PrefillMode, Qwen3Config, Qwen3Model, SamplingParams,
@@ -125,20 +124,15 @@ pub fn run_stress_with(
 /// load -> prefill -> generate -> drop for one case; memory fields left 0.
 fn run_once(opts: &StressOptions, case: StressCase) -> Result<RunRecord> {
     let start = Instant::now();
-    let cfg = Qwen3Config::from_file(&opts.config)
-        .with_context(|| format!("{}", opts.config.display()))?;
     let load = LoadOptions {
         device: opts.device,
         dtype: opts.dtype,
         compute_path: opts.compute_path,
         strict: true,
     };
-    let model = {
-        // The mmap is closed as soon as the model holds its device copies.
-        let dat =
-            DatFile::open(&opts.weight).with_context(|| format!("{}", opts.weight.display()))?;
-        Qwen3Model::load_dat(&dat, &cfg, &load)?
-    };
+    // The model library's one opener: a `.dat` or a safetensors directory.
+    let model = Qwen3Model::load_with_config(&opts.weight, Some(&opts.config), &load)
+        .with_context(|| format!("{}", opts.weight.display()))?;
     let load_s = start.elapsed().as_secs_f64();
     let gen = GenerateOptions {
         max_new_tokens: opts.max_new_tokens,

@@ -617,69 +617,16 @@ fn resume(
     Ok(Some(path))
 }
 
-/// Finds the weights and config of `--model-dir`: a `.dat` file (config.json
+/// Finds the weights and config of `--model-dir` with the model library's
+/// one resolver ([`qwen3_model::ModelPaths`]): a `.dat` file (config.json
 /// beside it), a directory with exactly one `.dat`, or a Hugging Face
 /// directory (config.json + *.safetensors).
 pub fn resolve_model_dir(path: &Path) -> Result<(Qwen3Config, WeightsSource)> {
-    let missing = |p: &Path| {
-        Error::io(
-            p,
-            std::io::Error::new(std::io::ErrorKind::NotFound, "not found"),
-        )
+    let paths = qwen3_model::ModelPaths::resolve(path, None)?;
+    let cfg = Qwen3Config::from_file(&paths.config)?;
+    let weights = match paths.format {
+        qwen3_model::WeightFormat::Dat => WeightsSource::Dat(paths.weights),
+        qwen3_model::WeightFormat::Safetensors => WeightsSource::HfDir(paths.weights),
     };
-    if path.is_file() {
-        if path.extension().and_then(|e| e.to_str()) != Some("dat") {
-            return Err(Error::config(
-                "model-dir",
-                "a directory or a .dat file",
-                path.display(),
-            ));
-        }
-        let cfg_path = path.with_file_name("config.json");
-        let cfg = Qwen3Config::from_file(&cfg_path).map_err(|e| {
-            if cfg_path.exists() {
-                e.into()
-            } else {
-                missing(&cfg_path)
-            }
-        })?;
-        return Ok((cfg, WeightsSource::Dat(path.to_path_buf())));
-    }
-    if !path.is_dir() {
-        return Err(missing(path));
-    }
-    let cfg_path = path.join("config.json");
-    if !cfg_path.exists() {
-        return Err(missing(&cfg_path));
-    }
-    let cfg = Qwen3Config::from_file(&cfg_path)?;
-    let entries = std::fs::read_dir(path).map_err(|e| Error::io(path, e))?;
-    let mut dats = Vec::new();
-    let mut safetensors = 0;
-    for entry in entries {
-        let p = entry.map_err(|e| Error::io(path, e))?.path();
-        match p.extension().and_then(|e| e.to_str()) {
-            Some("dat") => dats.push(p),
-            Some("safetensors") => safetensors += 1,
-            _ => {}
-        }
-    }
-    dats.sort();
-    match (dats.len(), safetensors) {
-        (1, _) => Ok((cfg, WeightsSource::Dat(dats.remove(0)))),
-        (0, n) if n > 0 => Ok((cfg, WeightsSource::HfDir(path.to_path_buf()))),
-        (0, _) => Err(Error::config(
-            "model-dir",
-            "a directory holding a .dat file or *.safetensors",
-            path.display(),
-        )),
-        _ => Err(Error::config(
-            "model-dir",
-            "one .dat file (pass the file itself to choose)",
-            dats.iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
-        )),
-    }
+    Ok((cfg, weights))
 }
