@@ -227,15 +227,20 @@ fn write_hf_dir(model: &Qwen3Model, dir: &Path) {
     std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
 }
 
+/// A new directory `dir` holding a random model of `cfg` as bf16 safetensors.
+fn random_hf_dir(cfg: &qwen3_model::Qwen3Config, dir: &Path, seed: u64) -> std::path::PathBuf {
+    std::fs::create_dir(dir).unwrap();
+    tch::manual_seed(test_support::seed_i64());
+    write_hf_dir(&Qwen3Model::random(cfg, &opts(true), seed).unwrap(), dir);
+    dir.to_path_buf()
+}
+
 #[test]
 fn load_hf_dir_equals_load_dat_of_the_converted_file() {
     let dir = tempfile::tempdir().unwrap();
     for tied in [true, false] {
         let cfg = tiny_cfg(tied);
-        let hf = dir.path().join(format!("hf_{tied}"));
-        std::fs::create_dir(&hf).unwrap();
-        tch::manual_seed(test_support::seed_i64());
-        write_hf_dir(&Qwen3Model::random(&cfg, &opts(true), 5).unwrap(), &hf);
+        let hf = random_hf_dir(&cfg, &dir.path().join(format!("hf_{tied}")), 5);
         let from_hf = Qwen3Model::load_hf_dir(&hf, &cfg, &opts(true)).unwrap();
         let dat_path = dir.path().join(format!("converted_{tied}.dat"));
         qwen3_model::convert_hf_dir_to_dat(&hf, &dat_path, ScaleMode::Single).unwrap();
@@ -385,10 +390,7 @@ fn load_dense_keeps_stored_bf16_weights_and_dequantizes_nvfp4() {
     let dir = tempfile::tempdir().unwrap();
     for tied in [true, false] {
         let cfg = tiny_cfg(tied);
-        let hf = dir.path().join(format!("hf_{tied}"));
-        std::fs::create_dir(&hf).unwrap();
-        tch::manual_seed(test_support::seed_i64());
-        write_hf_dir(&Qwen3Model::random(&cfg, &opts(true), 7).unwrap(), &hf);
+        let hf = random_hf_dir(&cfg, &dir.path().join(format!("hf_{tied}")), 7);
         std::fs::write(hf.join("config.json"), cfg.to_json_string()).unwrap();
         let stored: std::collections::HashMap<String, Tensor> = std::fs::read_dir(&hf)
             .unwrap()

@@ -144,7 +144,7 @@ fn run_ranks(
     let port = free_port();
     let exe = std::env::current_exe().unwrap();
     let start = Instant::now();
-    let mut children: Vec<_> = (0..world)
+    let children: Vec<_> = (0..world)
         .map(|rank| {
             Command::new(&exe)
                 .args([
@@ -165,30 +165,8 @@ fn run_ranks(
                 .unwrap()
         })
         .collect();
-    while children.iter_mut().any(|c| c.try_wait().unwrap().is_none()) {
-        if start.elapsed() > Duration::from_secs(240) {
-            children.iter_mut().for_each(|c| drop(c.kill()));
-            panic!("ranks still running after 240 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    for (rank, child) in children.into_iter().enumerate() {
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "rank {rank}: {:?}\n{}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let losses: Vec<f64> = std::fs::read_to_string(dir.join("losses.txt"))
-        .unwrap()
-        .lines()
-        .map(|l| l.parse().unwrap())
-        .collect();
-    let weights = Tensor::load_multi(dir.join("weights.pt")).unwrap();
-    (losses, weights)
+    common::join_ranks(children, start);
+    common::rank_results(dir)
 }
 
 /// The uninterrupted single process with `micro_batches` micro-batches per step.

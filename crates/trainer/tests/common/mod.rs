@@ -61,3 +61,36 @@ pub fn random_dataset(n: usize, vocab: u32, seed: u64) -> Dataset {
         examples,
     }
 }
+
+/// Waits for every rank process (killing all after 240 s) and asserts each
+/// exited successfully, printing a failed rank's output.
+pub fn join_ranks(mut children: Vec<std::process::Child>, start: std::time::Instant) {
+    while children.iter_mut().any(|c| c.try_wait().unwrap().is_none()) {
+        if start.elapsed() > std::time::Duration::from_secs(240) {
+            children.iter_mut().for_each(|c| drop(c.kill()));
+            panic!("ranks still running after 240 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    for (rank, child) in children.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "rank {rank}: {:?}\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// What rank 0 wrote: one loss a line in `losses.txt`, the weights in `weights.pt`.
+pub fn rank_results(dir: &std::path::Path) -> (Vec<f64>, Vec<(String, tch::Tensor)>) {
+    let losses = std::fs::read_to_string(dir.join("losses.txt"))
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    let weights = tch::Tensor::load_multi(dir.join("weights.pt")).unwrap();
+    (losses, weights)
+}
