@@ -141,21 +141,27 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-/// `spec` = "master,moments,batch[,seq]", e.g. "f32,f32,1" or "bf16,int8,4,2048".
+/// `spec` = "master,moments,batch[,seq[,checkpointing]]", e.g. "f32,f32,1",
+/// "bf16,int8,4,2048" or "bf16,bf16,4,2048,off" (checkpointing on | off | auto, default on).
 fn train(model: Qwen3Model, spec: &str, probe: &MemoryProbe, base_mem: u64) -> Result<()> {
     let parts: Vec<&str> = spec.split(',').collect();
     let [master, moments, batch, rest @ ..] = parts.as_slice() else {
-        bail!("FULL_SIZE_TRAIN={spec}: want master,moments,batch[,seq]");
+        bail!("FULL_SIZE_TRAIN={spec}: want master,moments,batch[,seq[,checkpointing]]");
     };
     let batch: usize = batch.parse()?;
     let seq: usize = rest.first().map(|s| s.parse()).transpose()?.unwrap_or(2048);
+    let checkpointing: trainer::Checkpointing = match rest.get(1) {
+        Some(c) => c.parse()?,
+        None => trainer::Checkpointing::On,
+    };
+    let flops_per_token = train_flops_per_token(model.config(), seq);
     let mut cfg = trainer::TrainConfig {
         batch_size: batch,
         seq_len: seq,
         steps: Some(4),
         warmup: 0,
         master_dtype: master.parse()?,
-        activation_checkpointing: trainer::Checkpointing::On,
+        activation_checkpointing: checkpointing,
         progress: false,
         ..trainer::TrainConfig::default()
     };
@@ -198,13 +204,32 @@ fn train(model: Qwen3Model, spec: &str, probe: &MemoryProbe, base_mem: u64) -> R
     times.sort_by(f64::total_cmp);
     let step_s = times[1];
     let peak = probe.bytes_in_use()? - base_mem;
+    let tok_s = (batch * seq) as f64 / step_s;
     emit(
         json!({"metric": "train_step", "master": master, "moments": moments, "batch": batch, "seq": seq,
-                "step_s": step_s, "tok_s": (batch * seq) as f64 / step_s, "first_step_s": first.step_s,
+                "step_s": step_s, "tok_s": tok_s, "first_step_s": first.step_s,
                 "loss": first.loss, "peak_reserved_gib": peak as f64 / 2f64.powi(30),
-                "activation_checkpointing": true}),
+                "mfu": tok_s * flops_per_token / H100_H200_BF16_PEAK_FLOPS,
+                "activation_checkpointing": t.recomputes_blocks()}),
     );
     Ok(())
+}
+
+/// Dense bf16 tensor-core peak of an H100/H200 SXM (the MFU denominator,
+/// the same as scripts/bench/train_baselines.py's --peak-tflops).
+const H100_H200_BF16_PEAK_FLOPS: f64 = 989.4e12;
+
+/// Training FLOPs per token: 6 N (every parameter, forward and backward)
+/// plus 6 L q_dim T for causal attention's two matmuls, the count
+/// scripts/bench/train_baselines.py uses for the baselines.
+fn train_flops_per_token(cfg: &qwen3_model::Qwen3Config, seq: usize) -> f64 {
+    let (h, i, l) = (cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers);
+    let q = cfg.num_attention_heads * cfg.head_dim;
+    let kv = cfg.num_key_value_heads * cfg.head_dim;
+    let block = h * q + 2 * h * kv + q * h + 3 * h * i + 2 * h + 2 * cfg.head_dim;
+    let heads = if cfg.tie_word_embeddings { 1 } else { 2 };
+    let n = heads * cfg.vocab_size * h + l * block + h;
+    6.0 * n as f64 + 6.0 * (l * q * seq) as f64
 }
 
 /// Where a decode step's time goes: one cached single-token forward at several
