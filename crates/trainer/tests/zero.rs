@@ -509,6 +509,75 @@ fn zero1_without_a_group_is_plain_training() {
     );
 }
 
+/// World size 1 through NCCL on the GPU with ZeRO-1 against the
+/// non-distributed trainer (both f32, blockwise backward), including a
+/// collective checkpoint half-way (its agreements run on the GPU through
+/// NCCL) from which the non-distributed trainer resumes. Bitwise is
+/// expected but for the norm (ZeRO-1 sums per-tensor sums of squares); the
+/// 1e-6 bounds are data_parallel.rs's NCCL test's.
+#[test]
+#[ignore = "needs CUDA"]
+fn nccl_zero1_group_of_one_matches_the_plain_trainer() {
+    use qwen3_model::{LoadOptions, Qwen3Model};
+    let seed = test_support::seed();
+    let device = test_support::cuda();
+    let dir = tempfile::tempdir().unwrap();
+    let make = |zero1: bool, ckpt: Option<PathBuf>| {
+        let cfg = common::tiny_config(VOCAB, true);
+        let opts = LoadOptions {
+            dtype: tch::Kind::Float,
+            ..LoadOptions::new(device)
+        };
+        let model = Qwen3Model::random(&cfg, &opts, seed).unwrap();
+        let train = TrainConfig {
+            activation_checkpointing: trainer::Checkpointing::On,
+            ..config(2, zero1, ckpt)
+        };
+        Trainer::new(
+            model,
+            train,
+            common::random_dataset(13, VOCAB as u32, seed),
+            0,
+        )
+        .unwrap()
+    };
+    let mut plain = make(false, None);
+    let mut zero = make(true, Some(dir.path().join("ckpt")));
+    let group = ProcessGroup::new(&GroupOptions {
+        master_addr: "127.0.0.1".into(),
+        master_port: free_port(),
+        rank: 0,
+        world_size: 1,
+        backend: Backend::Nccl,
+        timeout: Duration::from_secs(60),
+    })
+    .unwrap();
+    zero.set_data_parallel(group).unwrap();
+    assert!(zero.data_parallel().unwrap().is_zero1());
+    let compare = |what: &str, a: &Trainer, b: &Trainer| {
+        for ((name, x), (_, y)) in weights(a).iter().zip(&weights(b)) {
+            let diff = (x - y).abs().max().double_value(&[]);
+            println!("{what}: {name}: max |diff| {diff:e}");
+            assert!(diff <= 1e-6, "{what}: {name}: max |diff| {diff}");
+        }
+    };
+    let mut saved = None;
+    for step in 0..STEPS {
+        let (a, b) = (plain.step().unwrap().loss, zero.step().unwrap().loss);
+        assert!((a - b).abs() <= 1e-6 * a.abs(), "step {step}: {a} vs {b}");
+        if step + 1 == STEPS / 2 {
+            saved = zero.save_checkpoint().unwrap();
+        }
+    }
+    compare("ZeRO-1 over NCCL", &plain, &zero);
+    let mut resumed = make(false, None);
+    resumed.resume_from(&saved.expect("a collective checkpoint")).unwrap();
+    while resumed.step_count() < resumed.total_steps() {
+        resumed.step().unwrap();
+    }
+    compare("resumed from the NCCL checkpoint", &plain, &resumed);
+}
+
 /// A Gloo group of this process alone.
 fn group_of_one() -> ProcessGroup {
     ProcessGroup::new(&GroupOptions {
