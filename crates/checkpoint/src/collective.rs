@@ -102,9 +102,8 @@ impl CheckpointManager {
     /// Writes this rank's data files and, last, its part index, all fsynced.
     fn write_part(&self, dir: &Path, rank: usize, tensors: &[(String, Tensor)]) -> Result<()> {
         let mut records = check_tensors(tensors)?;
-        let files = self.write_tensor_files(dir, tensors, &mut records, &|i| {
-            rank_file_name(rank, i)
-        })?;
+        let files =
+            self.write_tensor_files(dir, tensors, &mut records, &|i| rank_file_name(rank, i))?;
         let part = Part {
             rank,
             tensors: records,

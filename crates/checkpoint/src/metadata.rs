@@ -102,7 +102,11 @@ impl CheckpointMetadata {
 
     /// The metadata of a checkpoint of `state` made of `tensors` in `files`,
     /// stamped now.
-    pub(crate) fn new(state: &TrainingState, tensors: Vec<TensorRecord>, files: Vec<FileRecord>) -> Self {
+    pub(crate) fn new(
+        state: &TrainingState,
+        tensors: Vec<TensorRecord>,
+        files: Vec<FileRecord>,
+    ) -> Self {
         CheckpointMetadata {
             format: FORMAT_NAME.to_string(),
             format_version: FORMAT_VERSION,

@@ -94,7 +94,11 @@ impl DataParallel {
     /// succeeded; else this rank's own error, or `other(why)` when another
     /// rank failed or the group itself did. Keeps the ranks from running
     /// into the next collective with one of them gone.
-    pub(crate) fn agree<T>(&self, local: Result<T>, other: impl FnOnce(String) -> Error) -> Result<T> {
+    pub(crate) fn agree<T>(
+        &self,
+        local: Result<T>,
+        other: impl FnOnce(String) -> Error,
+    ) -> Result<T> {
         use checkpoint::RankGroup;
         match (self.all_ok(local.is_ok()), local) {
             (_, Err(e)) => Err(e),
@@ -444,14 +448,14 @@ impl Trainer {
         for i in plan.owned_by(rank) {
             let name = &self.names[i];
             out.push((name.clone(), self.params[i].detach()));
-            let moments = self
-                .optim
-                .state_tensors_of(name)
-                .ok_or_else(|| Error::TensorMismatch {
-                    name: name.clone(),
-                    expected: format!("AdamW state on rank {rank}, its ZeRO-1 owner"),
-                    got: "none".into(),
-                })?;
+            let moments =
+                self.optim
+                    .state_tensors_of(name)
+                    .ok_or_else(|| Error::TensorMismatch {
+                        name: name.clone(),
+                        expected: format!("AdamW state on rank {rank}, its ZeRO-1 owner"),
+                        got: "none".into(),
+                    })?;
             out.extend(moments);
         }
         Ok(Some(out))

@@ -39,7 +39,11 @@ impl Trainer {
         };
         if let Some(owned) = self.owned_checkpoint_tensors()? {
             let dp = self.dp.as_ref().expect("ZeRO-1 tensors come with a group");
-            return Ok(Some(mgr.save_collective(dp, &self.training_state(), &owned)?));
+            return Ok(Some(mgr.save_collective(
+                dp,
+                &self.training_state(),
+                &owned,
+            )?));
         }
         if !self.is_main_process() {
             return Ok(None);

@@ -250,7 +250,10 @@ fn zero1_checkpoint_at_two_resumes_at_three() {
     let meta = checkpoint::CheckpointManager::verify(&ckpt).unwrap();
     for rank in 0..2 {
         let prefix = format!("rank-{rank:05}-");
-        assert!(meta.files.iter().any(|f| f.name.starts_with(&prefix)), "{prefix}");
+        assert!(
+            meta.files.iter().any(|f| f.name.starts_with(&prefix)),
+            "{prefix}"
+        );
         assert!(meta
             .tensors
             .iter()
@@ -386,7 +389,9 @@ fn zero1_missing_or_corrupt_shard_is_named() {
         let errors: Vec<String> = (0..3)
             .map(|r| std::fs::read_to_string(dir.path().join(format!("error-{r}.txt"))).unwrap())
             .collect();
-        let naming = errors.iter().filter(|e| e.contains(&name) && e.contains(what));
+        let naming = errors
+            .iter()
+            .filter(|e| e.contains(&name) && e.contains(what));
         assert!(naming.count() >= 1, "{errors:#?}");
         for e in &errors {
             assert!(
@@ -416,15 +421,31 @@ fn zero1_rank_killed_during_save_publishes_nothing() {
     let mut children = spawn_ranks(2, seed, &spec, dir.path());
     let killed = children.pop().unwrap().wait_with_output().unwrap();
     use std::os::unix::process::ExitStatusExt;
-    assert_eq!(killed.status.signal(), Some(libc::SIGKILL), "rank 1: {killed:?}");
+    assert_eq!(
+        killed.status.signal(),
+        Some(libc::SIGKILL),
+        "rank 1: {killed:?}"
+    );
     common::join_ranks(children, Instant::now());
     let err = std::fs::read_to_string(dir.path().join("save-error.txt")).unwrap();
-    assert!(err.contains("write the ranks' shards: the group of ranks failed"), "{err}");
+    assert!(
+        err.contains("write the ranks' shards: the group of ranks failed"),
+        "{err}"
+    );
 
     let ckpt_dir = dir.path().join("ckpt");
     let manager = checkpoint::CheckpointManager::new(&ckpt_dir, 3).unwrap();
-    let listed: Vec<u64> = manager.list().unwrap().into_iter().map(|(s, _)| s).collect();
-    assert_eq!(listed, [STEPS / 2], "only the complete checkpoint is listed");
+    let listed: Vec<u64> = manager
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
+    assert_eq!(
+        listed,
+        [STEPS / 2],
+        "only the complete checkpoint is listed"
+    );
     assert!(!ckpt_dir.join(format!("step-{:06}", STEPS / 2 + 1)).exists());
 
     let (mut losses, _) = common::rank_results(dir.path());
@@ -571,7 +592,9 @@ fn nccl_zero1_group_of_one_matches_the_plain_trainer() {
     }
     compare("ZeRO-1 over NCCL", &plain, &zero);
     let mut resumed = make(false, None);
-    resumed.resume_from(&saved.expect("a collective checkpoint")).unwrap();
+    resumed
+        .resume_from(&saved.expect("a collective checkpoint"))
+        .unwrap();
     while resumed.step_count() < resumed.total_steps() {
         resumed.step().unwrap();
     }
