@@ -183,6 +183,36 @@ pub enum Error {
         source: tch::TchError,
     },
 
+    /// The group of ranks saving or loading together could not agree
+    /// (a rank died, hung past the timeout, or the transport failed).
+    #[error("checkpoint {during}: the group of ranks failed: {message} (hint: see the other ranks' logs; nothing was published)")]
+    Group {
+        /// The step of the collective save or load.
+        during: &'static str,
+        /// The group's error, as text.
+        message: String,
+    },
+
+    /// Another rank of a collective save or load failed at this step;
+    /// that rank's own error names the file.
+    #[error("checkpoint {during}: another rank failed (hint: its log names the file; nothing was published)")]
+    OtherRankFailed {
+        /// The step of the collective save or load.
+        during: &'static str,
+    },
+
+    /// A rank's part index, written by that rank into the shared temp
+    /// directory, is missing or unreadable when rank 0 assembles the metadata.
+    #[error("{path}: rank {rank}'s part of the checkpoint cannot be read: {reason} (hint: every rank must see the same checkpoint directory, e.g. on a shared filesystem)")]
+    PartUnreadable {
+        /// The part index file.
+        path: PathBuf,
+        /// The rank that should have written it.
+        rank: usize,
+        /// Why it cannot be used.
+        reason: String,
+    },
+
     /// The test-only crash hook fired: the save stopped as a kill would stop it.
     #[cfg(test)]
     #[error("simulated crash after {files_written} files")]

@@ -1,6 +1,8 @@
 //! Names on disk: `step-000123/` per checkpoint, `.tmp-*` while one is
 //! being written, `.trash-*` while one is being deleted, and the data files
-//! `tensors-00000.safetensors`, ... inside.
+//! `tensors-00000.safetensors`, ... inside (a collective save: each rank's
+//! `rank-00001-tensors-00000.safetensors`, ..., and while it is being
+//! written, the rank's part index `rank-00001.json`).
 
 use std::ops::Range;
 
@@ -28,6 +30,22 @@ pub(crate) fn parse_step_dir(name: &str) -> Option<u64> {
 /// Name of the `index`-th data file.
 pub(crate) fn shard_file_name(index: usize) -> String {
     format!("tensors-{index:05}.safetensors")
+}
+
+/// Name of the `index`-th data file written by `rank` in a collective save.
+pub(crate) fn rank_file_name(rank: usize, index: usize) -> String {
+    format!("rank-{rank:05}-tensors-{index:05}.safetensors")
+}
+
+/// Name of the part index `rank` leaves for rank 0 in a collective save.
+pub(crate) fn rank_part_name(rank: usize) -> String {
+    format!("rank-{rank:05}.json")
+}
+
+/// Name of the temp directory of a collective save: fixed, so that every
+/// rank finds the one rank 0 created without being told its name.
+pub(crate) fn collective_temp_name(final_name: &str) -> String {
+    format!("{TEMP_PREFIX}{final_name}-ranks")
 }
 
 /// Splits tensors of the given byte sizes, in order, into consecutive

@@ -13,8 +13,14 @@
 //! [`CheckpointManager`] keeps the last K, and loading checks every file
 //! so damage is reported by file name.
 //!
+//! The ranks of a sharded (ZeRO) run save together
+//! ([`CheckpointManager::save_collective`], over any [`RankGroup`]): each
+//! writes its own files into the one temp directory, rank 0 writes the
+//! metadata last and publishes; each rank of a later run, at any world
+//! size, reads only the tensors it needs ([`CheckpointManager::load_selected`]).
+//!
 //! Key types: [`CheckpointManager`] (save / latest / load),
-//! [`TrainingState`], [`KeepLastCheckpoints`], [`CheckpointMetadata`],
+//! [`TrainingState`], [`RankGroup`], [`KeepLastCheckpoints`], [`CheckpointMetadata`],
 //! [`Error`].
 //!
 //! ```no_run
@@ -36,6 +42,7 @@
 //! ```
 #![deny(missing_docs)]
 
+mod collective;
 mod digest;
 mod dtype;
 mod error;
@@ -48,6 +55,7 @@ mod staging;
 mod state;
 mod verify;
 
+pub use collective::RankGroup;
 pub use error::{Error, Result};
 pub use manager::{CheckpointManager, DEFAULT_SHARD_BYTES};
 pub use metadata::{

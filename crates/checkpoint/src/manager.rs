@@ -4,7 +4,6 @@
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use tch::{Device, Tensor};
 
@@ -13,12 +12,12 @@ use crate::error::{Error, IoContext, Result};
 use crate::layout::{
     parse_step_dir, plan_shards, shard_file_name, step_dir_name, TEMP_PREFIX, TRASH_PREFIX,
 };
-use crate::metadata::{CheckpointMetadata, FileRecord, TensorRecord, FORMAT_NAME, FORMAT_VERSION};
+use crate::metadata::{CheckpointMetadata, FileRecord, TensorRecord};
 use crate::retention::KeepLastCheckpoints;
 use crate::safetensors_io::{dtype_and_shape, parse, tensor_from_view, view, write_safetensors};
 use crate::staging::{fsync_dir, remove_dir_atomically, sweep_leftovers, StagingDir};
 use crate::state::TrainingState;
-use crate::verify::verify_files;
+use crate::verify::{verify_files, verify_selected};
 
 /// Default upper bound on one data file (a larger tensor gets its own file).
 pub const DEFAULT_SHARD_BYTES: u64 = 4 << 30;
@@ -30,7 +29,7 @@ pub const DEFAULT_SHARD_BYTES: u64 = 4 << 30;
 /// killed save.
 #[derive(Debug)]
 pub struct CheckpointManager {
-    dir: PathBuf,
+    pub(crate) dir: PathBuf,
     retention: KeepLastCheckpoints,
     shard_bytes: u64,
     /// Test hook: stop like a kill after this many files of the next save.
@@ -103,17 +102,33 @@ impl CheckpointManager {
         tensors: &[(String, Tensor)],
         mut records: Vec<TensorRecord>,
     ) -> Result<()> {
+        self.crash_point(0)?; // killed right after the temp dir was created
+        let files = self.write_tensor_files(dir, tensors, &mut records, &shard_file_name)?;
+        let meta = CheckpointMetadata::new(state, records, files);
+        meta.write(dir)?;
+        self.crash_point(meta.files.len() + 1)
+    }
+
+    /// Writes `tensors` into data files of at most `shard_bytes` each, named
+    /// `file_name(0)`, `file_name(1)`, ..., fsynced; fills in each record's
+    /// file and returns the file records.
+    pub(crate) fn write_tensor_files(
+        &self,
+        dir: &Path,
+        tensors: &[(String, Tensor)],
+        records: &mut [TensorRecord],
+        file_name: &dyn Fn(usize) -> String,
+    ) -> Result<Vec<FileRecord>> {
         let sizes: Vec<u64> = tensors
             .iter()
             .map(|(_, t)| (t.numel() * t.kind().elt_size_in_bytes()) as u64)
             .collect();
         let mut files = Vec::new();
-        self.crash_point(0)?; // killed right after the temp dir was created
         for (index, range) in plan_shards(&sizes, self.shard_bytes)
             .into_iter()
             .enumerate()
         {
-            let name = shard_file_name(index);
+            let name = file_name(index);
             let shard: Vec<(&str, &Tensor)> = tensors[range.clone()]
                 .iter()
                 .map(|(n, t)| (n.as_str(), t))
@@ -129,18 +144,7 @@ impl CheckpointManager {
             });
             self.crash_point(files.len())?;
         }
-        let meta = CheckpointMetadata {
-            format: FORMAT_NAME.to_string(),
-            format_version: FORMAT_VERSION,
-            created_unix_s: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
-            state: state.clone(),
-            tensors: records,
-            files,
-        };
-        meta.write(dir)?;
-        self.crash_point(meta.files.len() + 1)
+        Ok(files)
     }
 
     #[cfg(test)]
@@ -156,7 +160,7 @@ impl CheckpointManager {
         Ok(())
     }
 
-    fn apply_retention(&self, just_saved: u64) -> Result<()> {
+    pub(crate) fn apply_retention(&self, just_saved: u64) -> Result<()> {
         let complete = self.list()?;
         let steps: Vec<u64> = complete.iter().map(|(s, _)| *s).collect();
         if let Some(&max) = steps.iter().max().filter(|&&m| m > just_saved) {
@@ -225,16 +229,31 @@ impl CheckpointManager {
     /// order they were saved, bit-exact, on `device`. Every file is checked
     /// against its checksum first.
     pub fn load(path: &Path, device: Device) -> Result<(TrainingState, Vec<(String, Tensor)>)> {
+        Self::load_selected(path, device, &|_| true)
+    }
+
+    /// Loads only the tensors `want` accepts (by name, in saved order): what
+    /// one rank of a sharded run needs, whatever world size wrote the
+    /// checkpoint. Every listed file must be present with its recorded
+    /// length; only the files holding a wanted tensor are read and checked
+    /// against their checksums.
+    pub fn load_selected(
+        path: &Path,
+        device: Device,
+        want: &dyn Fn(&str) -> bool,
+    ) -> Result<(TrainingState, Vec<(String, Tensor)>)> {
         let meta = CheckpointMetadata::read(path)?;
-        let maps = verify_files(path, &meta)?;
+        let wanted: Vec<&TensorRecord> = meta.tensors.iter().filter(|t| want(&t.name)).collect();
+        let needed: HashSet<&str> = wanted.iter().map(|t| t.file.as_str()).collect();
+        let maps = verify_selected(path, &meta, &|f| needed.contains(f))?;
         let mut parsed = HashMap::with_capacity(maps.len());
         for (name, map) in &maps {
             let file = path.join(name);
             parsed.insert(name.as_str(), (parse(&file, map)?, file));
         }
-        let mut tensors = Vec::with_capacity(meta.tensors.len());
-        for record in &meta.tensors {
-            let (st, file) = &parsed[record.file.as_str()]; // verify_files checked the index
+        let mut tensors = Vec::with_capacity(wanted.len());
+        for record in wanted {
+            let (st, file) = &parsed[record.file.as_str()]; // verify_selected checked the index
             let view = view(file, st, &record.name)?;
             let got = format!("{} {:?}", dtype_name(view.dtype()), view.shape());
             let expected = format!("{} {:?}", record.dtype, record.shape);
@@ -257,7 +276,7 @@ impl CheckpointManager {
 
 /// Rejects duplicate names and unstorable kinds before anything is written;
 /// returns the index records (file names filled in while writing).
-fn check_tensors(tensors: &[(String, Tensor)]) -> Result<Vec<TensorRecord>> {
+pub(crate) fn check_tensors(tensors: &[(String, Tensor)]) -> Result<Vec<TensorRecord>> {
     let mut seen = HashSet::with_capacity(tensors.len());
     tensors
         .iter()

@@ -6,6 +6,7 @@
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -99,14 +100,38 @@ impl CheckpointMetadata {
         serde_json::from_value(value).map_err(parse_err)
     }
 
+    /// The metadata of a checkpoint of `state` made of `tensors` in `files`,
+    /// stamped now.
+    pub(crate) fn new(
+        state: &TrainingState,
+        tensors: Vec<TensorRecord>,
+        files: Vec<FileRecord>,
+    ) -> Self {
+        CheckpointMetadata {
+            format: FORMAT_NAME.to_string(),
+            format_version: FORMAT_VERSION,
+            created_unix_s: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            state: state.clone(),
+            tensors,
+            files,
+        }
+    }
+
     /// Writes `<dir>/checkpoint.json` and fsyncs it.
     pub(crate) fn write(&self, dir: &Path) -> Result<()> {
-        let path = dir.join(METADATA_FILE);
-        let text = serde_json::to_vec_pretty(self).expect("metadata serializes");
-        let mut file = File::create(&path).io_ctx("create", &path)?;
-        file.write_all(&text).io_ctx("write", &path)?;
-        file.sync_all().io_ctx("fsync", &path)
+        write_json_synced(&dir.join(METADATA_FILE), self)
     }
+}
+
+/// Writes `value` as pretty JSON to a new file at `path` and fsyncs it (a
+/// file inside a temp directory; the directory's rename publishes it).
+pub(crate) fn write_json_synced(path: &Path, value: &impl Serialize) -> Result<()> {
+    let text = serde_json::to_vec_pretty(value).expect("metadata serializes");
+    let mut file = File::create(path).io_ctx("create", path)?;
+    file.write_all(&text).io_ctx("write", path)?;
+    file.sync_all().io_ctx("fsync", path)
 }
 
 #[cfg(test)]

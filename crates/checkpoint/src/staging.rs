@@ -29,6 +29,14 @@ impl StagingDir {
         Ok(Self { path: Some(path) })
     }
 
+    /// Creates `<parent>/<name>` (a name every rank of a collective save
+    /// knows); it must not exist.
+    pub(crate) fn create_named(parent: &Path, name: &str) -> Result<Self> {
+        let path = parent.join(name);
+        fs::create_dir(&path).io_ctx("create directory", &path)?;
+        Ok(Self { path: Some(path) })
+    }
+
     /// Where to write the files.
     pub(crate) fn path(&self) -> &Path {
         self.path

@@ -17,12 +17,27 @@ use crate::safetensors_io::map_file;
 /// by file name for the loader to reuse. Files are hashed in parallel
 /// (a multi-GB checkpoint is otherwise bound by one core's SHA-256 speed).
 pub(crate) fn verify_files(dir: &Path, meta: &CheckpointMetadata) -> Result<HashMap<String, Mmap>> {
+    verify_selected(dir, meta, &|_| true)
+}
+
+/// Checks that every file `meta` lists is present with its recorded length
+/// (cheap: a missing or truncated shard is reported whoever needs it), then
+/// maps and hashes the files `read` selects (by name) and returns those
+/// mappings. A rank of a sharded load reads only the files its tensors are in.
+pub(crate) fn verify_selected(
+    dir: &Path,
+    meta: &CheckpointMetadata,
+    read: &dyn Fn(&str) -> bool,
+) -> Result<HashMap<String, Mmap>> {
     check_index(dir, meta)?;
+    for record in &meta.files {
+        check_length(dir, record)?;
+    }
+    let selected: Vec<&FileRecord> = meta.files.iter().filter(|f| read(&f.name)).collect();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let per_thread = meta.files.len().div_ceil(threads).max(1);
+    let per_thread = selected.len().div_ceil(threads).max(1);
     let results: Vec<Result<Vec<(String, Mmap)>>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = meta
-            .files
+        let handles: Vec<_> = selected
             .chunks(per_thread)
             .map(|chunk| scope.spawn(move || chunk.iter().map(|f| verify_one(dir, f)).collect()))
             .collect();
@@ -31,11 +46,28 @@ pub(crate) fn verify_files(dir: &Path, meta: &CheckpointMetadata) -> Result<Hash
             .map(|h| h.join().expect("hashing thread does not panic"))
             .collect()
     });
-    let mut mapped = HashMap::with_capacity(meta.files.len());
+    let mut mapped = HashMap::with_capacity(selected.len());
     for chunk in results {
         mapped.extend(chunk?);
     }
     Ok(mapped)
+}
+
+/// The file exists and has its recorded length.
+fn check_length(dir: &Path, record: &FileRecord) -> Result<()> {
+    let path: PathBuf = dir.join(&record.name);
+    let got = match std::fs::metadata(&path) {
+        Ok(m) if m.is_file() => m.len(),
+        _ => return Err(Error::MissingFile { path }),
+    };
+    if got != record.bytes {
+        return Err(Error::FileSizeMismatch {
+            path,
+            expected: record.bytes,
+            got,
+        });
+    }
+    Ok(())
 }
 
 /// File names are plain names, and every tensor's file is listed.

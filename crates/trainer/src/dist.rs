@@ -24,18 +24,19 @@
 //! - ZeRO-1 (`TrainConfig::zero1`, see zero.rs): instead of the bucketed
 //!   all-reduce, each tensor's gradient is reduced into its owner as soon as
 //!   its block is done; the norm is summed from the owners' shares; each
-//!   rank updates its own tensors and broadcasts them. Checkpoints gather the
-//!   moments to rank 0 one tensor at a time, into CPU memory, so the file is
-//!   the same as without ZeRO-1 and loads at any world size.
+//!   rank updates its own tensors and broadcasts them. Checkpoints are
+//!   collective: each rank writes the tensors it owns (weights and moments)
+//!   to its own files, rank 0 the metadata last (`checkpoint::RankGroup`,
+//!   implemented here); a resume at any world size reads each rank's share
+//!   by name and broadcasts the weights from their new owners.
 use std::collections::BTreeMap;
 
 use distributed::{ProcessGroup, ReduceOp, Work};
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use crate::backprop::forward_backward_blockwise;
 use crate::batch::Batch;
 use crate::error::{Error, Result};
-use crate::optim::AdamW;
 use crate::trainer::Trainer;
 use crate::zero::ShardPlan;
 
@@ -48,6 +49,8 @@ pub struct DataParallel {
     rest: Vec<usize>,
     /// ZeRO-1: which rank owns each trainable tensor.
     zero: Option<ShardPlan>,
+    /// Where the group's own small tensors live (NCCL reduces device memory only).
+    device: Device,
 }
 
 /// Gradients in flight.
@@ -85,6 +88,45 @@ impl DataParallel {
     /// Whether the optimizer state is sharded (ZeRO-1).
     pub fn is_zero1(&self) -> bool {
         self.zero.is_some()
+    }
+
+    /// Every rank's verdict on one stage: this rank's result when every rank
+    /// succeeded; else this rank's own error, or `other(why)` when another
+    /// rank failed or the group itself did. Keeps the ranks from running
+    /// into the next collective with one of them gone.
+    pub(crate) fn agree<T>(
+        &self,
+        local: Result<T>,
+        other: impl FnOnce(String) -> Error,
+    ) -> Result<T> {
+        use checkpoint::RankGroup;
+        match (self.all_ok(local.is_ok()), local) {
+            (_, Err(e)) => Err(e),
+            (Ok(true), ok) => ok,
+            (Ok(false), Ok(_)) => Err(other(
+                "another rank failed (its log names the cause)".into(),
+            )),
+            (Err(message), Ok(_)) => Err(other(format!("the group failed: {message}"))),
+        }
+    }
+}
+
+/// The checkpoint crate's view of the group: collective saves agree through it.
+impl checkpoint::RankGroup for DataParallel {
+    fn rank(&self) -> usize {
+        self.group.rank()
+    }
+
+    fn world_size(&self) -> usize {
+        self.group.world_size()
+    }
+
+    fn all_ok(&self, ok: bool) -> std::result::Result<bool, String> {
+        let mut vote = Tensor::from_slice(&[f32::from(u8::from(ok))]).to_device(self.device);
+        self.group
+            .all_reduce(&mut vote, ReduceOp::Min)
+            .map_err(|e| e.to_string())?;
+        Ok(vote.double_value(&[0]) == 1.0)
     }
 }
 
@@ -147,6 +189,7 @@ impl Trainer {
             buckets,
             rest,
             zero,
+            device: self.model.device(),
         });
         Ok(())
     }
@@ -393,37 +436,41 @@ impl Trainer {
         Ok(())
     }
 
-    /// ZeRO-1: the AdamW state of every tensor, sent from its owner one
-    /// tensor at a time and kept in CPU memory by rank 0 (which alone gets
-    /// `Some`), named as an unsharded optimizer names it. Every rank must
-    /// call it.
-    pub(crate) fn gather_sharded_state(&self) -> Result<Option<Vec<(String, Tensor)>>> {
+    /// ZeRO-1: what this rank writes to its own checkpoint files: the
+    /// tensors it owns and their AdamW state, named as an unsharded run
+    /// names them. `None` without ZeRO-1 in a group.
+    pub(crate) fn owned_checkpoint_tensors(&self) -> Result<Option<Vec<(String, Tensor)>>> {
         let Some((dp, plan)) = self.zero1() else {
             return Ok(None);
         };
         let rank = dp.rank();
         let mut out = Vec::new();
-        for (i, (name, param)) in self.names.iter().zip(&self.params).enumerate() {
-            let owner = plan.owner(i);
-            let tensors = if owner == rank {
+        for i in plan.owned_by(rank) {
+            let name = &self.names[i];
+            out.push((name.clone(), self.params[i].detach()));
+            let moments =
                 self.optim
                     .state_tensors_of(name)
                     .ok_or_else(|| Error::TensorMismatch {
                         name: name.clone(),
                         expected: format!("AdamW state on rank {rank}, its ZeRO-1 owner"),
                         got: "none".into(),
-                    })?
-            } else {
-                AdamW::state_buffers(self.cfg.adamw.state, name, param)
-            };
-            for (n, mut t) in tensors {
-                dp.group.broadcast(&mut t, owner)?;
-                if rank == 0 {
-                    out.push((n, t.to_device(tch::Device::Cpu)));
-                }
-            }
+                    })?;
+            out.extend(moments);
         }
-        Ok((rank == 0).then_some(out))
+        Ok(Some(out))
+    }
+
+    /// ZeRO-1: the names of the tensors this rank owns. `None` without ZeRO-1
+    /// in a group.
+    pub(crate) fn owned_names(&self) -> Option<Vec<&str>> {
+        let (dp, plan) = self.zero1()?;
+        Some(
+            plan.owned_by(dp.rank())
+                .into_iter()
+                .map(|i| self.names[i].as_str())
+                .collect(),
+        )
     }
 
     /// The group and shard plan under ZeRO-1.

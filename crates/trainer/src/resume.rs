@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use checkpoint::{CheckpointManager, TrainingState};
+use checkpoint::{CheckpointManager, CheckpointMetadata, TrainingState};
 use serde_json::json;
 use tch::Tensor;
 
@@ -24,20 +24,56 @@ const RNG_TAG: &[u8; 8] = b"chacha8s";
 impl Trainer {
     /// Writes a checkpoint for the current step (no-op without a checkpoint
     /// directory, and on data-parallel ranks other than 0, whose state equals
-    /// rank 0's) and returns its path. Under ZeRO-1 every rank must call it:
-    /// the moments are gathered to rank 0 (one tensor at a time, into CPU
-    /// memory), so the checkpoint is the one an unsharded run writes.
+    /// rank 0's) and returns its path.
+    ///
+    /// Under ZeRO-1 in a group every rank must call it, and every rank gets
+    /// the path: the save is collective (`CheckpointManager::save_collective`).
+    /// Each rank writes the tensors it owns, master weights and AdamW
+    /// moments, to its own files in the one temp directory; rank 0 writes
+    /// the metadata last and publishes the directory by rename. Tensor names,
+    /// dtypes and shapes are those of an unsharded run, so any world size
+    /// (or a single process) resumes from it.
     pub fn save_checkpoint(&self) -> Result<Option<PathBuf>> {
         let Some(mgr) = self.ckpt.as_ref() else {
             return Ok(None);
         };
-        let gathered = self.gather_sharded_state()?;
+        if let Some(owned) = self.owned_checkpoint_tensors()? {
+            let dp = self.dp.as_ref().expect("ZeRO-1 tensors come with a group");
+            return Ok(Some(mgr.save_collective(
+                dp,
+                &self.training_state(),
+                &owned,
+            )?));
+        }
         if !self.is_main_process() {
             return Ok(None);
         }
+        let mut tensors: Vec<(String, Tensor)> = self
+            .names
+            .iter()
+            .zip(&self.params)
+            .map(|(n, p)| (n.clone(), p.detach()))
+            .collect();
+        if self.optim_pending {
+            // ZeRO-1 without a group, before the first step: a fresh state.
+            let named = self
+                .names
+                .iter()
+                .cloned()
+                .zip(self.params.iter().map(Tensor::shallow_clone));
+            let fresh = crate::trainer::build_optimizer(&self.cfg, named.collect())?;
+            tensors.extend(fresh.state_tensors());
+        } else {
+            tensors.extend(self.optim.state_tensors());
+        }
+        Ok(Some(mgr.save(&self.training_state(), &tensors)?))
+    }
+
+    /// Everything but the tensors, as the checkpoint stores it.
+    fn training_state(&self) -> TrainingState {
         let mut rng_state = RNG_TAG.to_vec();
         rng_state.extend_from_slice(&self.cfg.seed.to_le_bytes());
-        let state = TrainingState {
+        TrainingState {
             step: self.step,
             epoch: self.cursor.epoch,
             data_cursor: self.cursor.index,
@@ -52,28 +88,7 @@ impl Trainer {
                 "examples": self.data.examples.len(),
                 "train_config": self.cfg,
             }),
-        };
-        let mut tensors: Vec<(String, Tensor)> = self
-            .names
-            .iter()
-            .zip(&self.params)
-            .map(|(n, p)| (n.clone(), p.detach()))
-            .collect();
-        match gathered {
-            Some(optim) => tensors.extend(optim),
-            // ZeRO-1 without a group, before the first step: a fresh state.
-            None if self.optim_pending => {
-                let named = self
-                    .names
-                    .iter()
-                    .cloned()
-                    .zip(self.params.iter().map(Tensor::shallow_clone));
-                let fresh = crate::trainer::build_optimizer(&self.cfg, named.collect())?;
-                tensors.extend(fresh.state_tensors());
-            }
-            None => tensors.extend(self.optim.state_tensors()),
         }
-        Ok(Some(mgr.save(&state, &tensors)?))
     }
 
     /// The latest checkpoint of this run's checkpoint directory, if any.
@@ -90,25 +105,88 @@ impl Trainer {
     /// step and then appended to.
     ///
     /// The checkpoint does not depend on the world size: any group (or none)
-    /// resumes from it. Under ZeRO-1 it is read into CPU memory and each rank
-    /// keeps the moments of its own share (re-sharding on load).
+    /// resumes from it. Under ZeRO-1 in a group every rank must call it:
+    /// each reads (into CPU memory) and checks only the files holding the
+    /// tensors it owns at this world size, weights and moments
+    /// (re-sharding on load); the ranks agree that all succeeded, then every
+    /// weight is broadcast from its owner.
     pub fn resume_from(&mut self, path: &Path) -> Result<()> {
         self.ensure_optimizer(None)?;
-        let sharded = self.zero1().is_some();
-        // ZeRO-1: no rank holds the whole state on the device, even briefly.
-        let device = if sharded {
-            tch::Device::Cpu
-        } else {
-            self.model.device()
+        let local = self.restore_local(path);
+        let state = match &self.dp {
+            Some(dp) if dp.is_zero1() => dp.agree(local, |why| Error::BadCheckpoint {
+                path: path.to_path_buf(),
+                reason: format!("resuming: {why}"),
+            })?,
+            _ => local?,
         };
-        let (state, tensors) = CheckpointManager::load(path, device)?;
+        // ZeRO-1: the weights each rank restored, to every rank.
+        self.sync_sharded_weights()?;
+        self.step = state.step;
+        self.cursor = DataCursor {
+            epoch: state.epoch,
+            index: state.data_cursor,
+        };
+        self.skipped = state.extra["skipped_steps"].as_u64().unwrap_or(0);
+        // A run killed after its last checkpoint logged steps that will run
+        // again: cut them, so each step is in the log once.
+        if let Some(log) = &self.cfg.metrics {
+            if self.is_main_process() {
+                crate::metrics::MetricsLog::truncate_after(log, self.step)?;
+            }
+        }
+        self.append_log = true;
+        tracing::info!(
+            "resumed from {} at step {} (epoch {}, example {})",
+            path.display(),
+            self.step,
+            state.epoch,
+            state.data_cursor
+        );
+        Ok(())
+    }
+
+    /// This rank's part of a resume: reads its tensors (all of them, or
+    /// under ZeRO-1 the ones it owns), checks them against the run and
+    /// restores them into the weights and the optimizer.
+    fn restore_local(&mut self, path: &Path) -> Result<TrainingState> {
         let bad = |reason: String| Error::BadCheckpoint {
             path: path.to_path_buf(),
             reason,
         };
+        let owned: Option<Vec<String>> = self
+            .owned_names()
+            .map(|v| v.into_iter().map(str::to_string).collect());
+        let (state, tensors) = match &owned {
+            None => CheckpointManager::load(path, self.model.device())?,
+            Some(owned) => {
+                let meta = CheckpointMetadata::read(path)?;
+                let foreign: Vec<&str> = meta
+                    .tensors
+                    .iter()
+                    .map(|t| t.name.as_str())
+                    .filter(|n| self.param_of_key(n).is_none())
+                    .collect();
+                if !foreign.is_empty() {
+                    return Err(bad(format!(
+                        "holds tensors this run does not train: {}",
+                        foreign.join(", ")
+                    )));
+                }
+                // ZeRO-1: no rank holds the whole state, not even in CPU memory.
+                let want = |key: &str| {
+                    self.param_of_key(key)
+                        .is_some_and(|p| owned.iter().any(|o| o == p))
+                };
+                CheckpointManager::load_selected(path, tch::Device::Cpu, &want)?
+            }
+        };
         self.check_compatible(&state, &bad)?;
         let mut map: HashMap<String, Tensor> = tensors.into_iter().collect();
         for (name, param) in self.names.iter().zip(&self.params) {
+            if owned.as_ref().is_some_and(|o| !o.contains(name)) {
+                continue; // another rank's: broadcast from it after the load
+            }
             let t = map.remove(name).ok_or_else(|| {
                 bad(format!(
                     "no tensor {name} (saved with another --train-last-layers?)"
@@ -132,15 +210,6 @@ impl Trainer {
         self.optim
             .restore(optim_steps, &mut |n| map.remove(n))
             .map_err(|e| bad(e.to_string()))?;
-        if sharded {
-            // Other ranks' shards.
-            map.retain(|key, _| {
-                !self.names.iter().any(|n| {
-                    key.strip_prefix("optim.")
-                        .is_some_and(|k| k.starts_with(&format!("{n}.")))
-                })
-            });
-        }
         if !map.is_empty() {
             let mut extra: Vec<_> = map.into_keys().collect();
             extra.sort();
@@ -149,26 +218,23 @@ impl Trainer {
                 extra.join(", ")
             )));
         }
-        self.step = state.step;
-        self.cursor = DataCursor {
-            epoch: state.epoch,
-            index: state.data_cursor,
-        };
-        self.skipped = state.extra["skipped_steps"].as_u64().unwrap_or(0);
-        // A run killed after its last checkpoint logged steps that will run
-        // again: cut them, so each step is in the log once.
-        if let Some(log) = &self.cfg.metrics {
-            crate::metrics::MetricsLog::truncate_after(log, self.step)?;
-        }
-        self.append_log = true;
-        tracing::info!(
-            "resumed from {} at step {} (epoch {}, example {})",
-            path.display(),
-            self.step,
-            state.epoch,
-            state.data_cursor
-        );
-        Ok(())
+        Ok(state)
+    }
+
+    /// The trainable tensor a checkpoint key belongs to: the tensor itself,
+    /// or `optim.<name>.<moment>`; `None` for anything else.
+    fn param_of_key<'a>(&'a self, key: &str) -> Option<&'a str> {
+        let moment = key.strip_prefix("optim.");
+        self.names
+            .iter()
+            .find(|n| {
+                *n == key
+                    || moment.is_some_and(|k| {
+                        k.strip_prefix(n.as_str())
+                            .is_some_and(|rest| rest.starts_with('.'))
+                    })
+            })
+            .map(String::as_str)
     }
 
     fn check_compatible(

@@ -28,7 +28,7 @@ mod common;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use distributed::{Backend, GroupOptions, LaunchEnv, ProcessGroup};
@@ -98,7 +98,7 @@ fn free_port() -> u16 {
 }
 
 /// What one launch of ranks does.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 struct Spec {
     zero1: bool,
     /// Per-rank micro-batches per step.
@@ -107,15 +107,22 @@ struct Spec {
     run: u64,
     /// Checkpoint to resume from.
     resume: Option<PathBuf>,
+    /// The resume must fail: each rank writes its error to `error-<rank>.txt`.
+    resume_fails: bool,
+    /// After the run and its checkpoint, one more step whose collective save
+    /// rank 1 does not survive (SIGKILL once its shard is written).
+    kill_in_save: bool,
 }
 
 impl Spec {
     fn encode(&self) -> String {
         format!(
-            "{}|{}|{}|{}",
+            "{}|{}|{}|{}|{}|{}",
             u8::from(self.zero1),
             self.grad_accum,
             self.run,
+            u8::from(self.resume_fails),
+            u8::from(self.kill_in_save),
             self.resume
                 .as_ref()
                 .map_or(String::new(), |p| p.display().to_string())
@@ -123,12 +130,14 @@ impl Spec {
     }
 
     fn decode(s: &str) -> Self {
-        let parts: Vec<&str> = s.splitn(4, '|').collect();
+        let parts: Vec<&str> = s.splitn(6, '|').collect();
         Spec {
             zero1: parts[0] == "1",
             grad_accum: parts[1].parse().unwrap(),
             run: parts[2].parse().unwrap(),
-            resume: (!parts[3].is_empty()).then(|| PathBuf::from(parts[3])),
+            resume_fails: parts[3] == "1",
+            kill_in_save: parts[4] == "1",
+            resume: (!parts[5].is_empty()).then(|| PathBuf::from(parts[5])),
         }
     }
 }
@@ -141,10 +150,14 @@ fn run_ranks(
     spec: &Spec,
     dir: &Path,
 ) -> (Vec<f64>, Vec<(String, Tensor)>) {
+    common::join_ranks(spawn_ranks(world, seed, spec, dir), Instant::now());
+    common::rank_results(dir)
+}
+
+fn spawn_ranks(world: usize, seed: u64, spec: &Spec, dir: &Path) -> Vec<Child> {
     let port = free_port();
     let exe = std::env::current_exe().unwrap();
-    let start = Instant::now();
-    let children: Vec<_> = (0..world)
+    (0..world)
         .map(|rank| {
             Command::new(&exe)
                 .args([
@@ -164,9 +177,7 @@ fn run_ranks(
                 .spawn()
                 .unwrap()
         })
-        .collect();
-    common::join_ranks(children, start);
-    common::rank_results(dir)
+        .collect()
 }
 
 /// The uninterrupted single process with `micro_batches` micro-batches per step.
@@ -212,6 +223,7 @@ fn zero1_two_processes_match_one_process() {
         grad_accum: 1,
         run: STEPS,
         resume: None,
+        ..Default::default()
     };
     let (losses, w) = run_ranks(2, seed, &spec, dir.path());
     let (want_losses, want) = single(seed, 2);
@@ -230,10 +242,23 @@ fn zero1_checkpoint_at_two_resumes_at_three() {
         grad_accum: 3,
         run: STEPS / 2,
         resume: None,
+        ..Default::default()
     };
     let (mut losses, _) = run_ranks(2, seed, &spec, first.path());
     let ckpt = latest(&first.path().join("ckpt"));
-    // The gathered checkpoint is the one an unsharded run writes.
+    // Each rank wrote its own files; the tensors are those of an unsharded run.
+    let meta = checkpoint::CheckpointManager::verify(&ckpt).unwrap();
+    for rank in 0..2 {
+        let prefix = format!("rank-{rank:05}-");
+        assert!(
+            meta.files.iter().any(|f| f.name.starts_with(&prefix)),
+            "{prefix}"
+        );
+        assert!(meta
+            .tensors
+            .iter()
+            .any(|t| t.file.starts_with(&prefix) && t.name.starts_with("optim.")));
+    }
     let mut plain = trainer(seed, 6, false, Some(first.path().join("plain")));
     plain.step().unwrap();
     let plain_ckpt = plain.save_checkpoint().unwrap().unwrap();
@@ -245,6 +270,7 @@ fn zero1_checkpoint_at_two_resumes_at_three() {
         grad_accum: 2,
         run: STEPS / 2,
         resume: Some(ckpt),
+        ..Default::default()
     };
     let (rest, w) = run_ranks(3, seed, &spec, second.path());
     losses.extend(rest);
@@ -252,6 +278,184 @@ fn zero1_checkpoint_at_two_resumes_at_three() {
     assert_close(
         "zero1 world 2, resumed at world 3",
         (&losses, &w),
+        (&want_losses, &want),
+    );
+}
+
+/// The ZeRO-1 checkpoint of two ranks (`STEPS / 2` steps of 3 micro-batches
+/// each), in `dir/ckpt`.
+fn zero1_checkpoint_of_two(seed: u64, dir: &Path) -> (Vec<f64>, PathBuf) {
+    let spec = Spec {
+        zero1: true,
+        grad_accum: 3,
+        run: STEPS / 2,
+        ..Default::default()
+    };
+    let (losses, _) = run_ranks(2, seed, &spec, dir);
+    (losses, latest(&dir.join("ckpt")))
+}
+
+/// Runs `t` to its last step; returns the losses.
+fn finish(t: &mut Trainer) -> Vec<f64> {
+    let mut losses = Vec::new();
+    while t.step_count() < t.total_steps() {
+        losses.push(t.step().unwrap().loss);
+    }
+    losses
+}
+
+/// Two ZeRO-1 ranks checkpoint per-rank shards; world size 1 resumes: one
+/// process without a group (reads every shard), and a ZeRO-1 group of one
+/// (owns every tensor: reads every shard by name). Both match the
+/// uninterrupted run.
+#[test]
+fn zero1_checkpoint_at_two_resumes_at_one() {
+    let seed = test_support::seed();
+    let first = tempfile::tempdir().unwrap();
+    let (losses, ckpt) = zero1_checkpoint_of_two(seed, first.path());
+    let (want_losses, want) = single(seed, 6);
+
+    let mut alone = trainer(seed, 6, false, None);
+    alone.resume_from(&ckpt).unwrap();
+    let mut all = losses.clone();
+    all.extend(finish(&mut alone));
+    assert_close(
+        "zero1 world 2, resumed in one process",
+        (&all, &weights(&alone)),
+        (&want_losses, &want),
+    );
+
+    let mut zero = trainer(seed, 6, true, None);
+    zero.set_data_parallel(group_of_one()).unwrap();
+    zero.resume_from(&ckpt).unwrap();
+    let mut all = losses;
+    all.extend(finish(&mut zero));
+    assert_close(
+        "zero1 world 2, resumed by a ZeRO-1 group of one",
+        (&all, &weights(&zero)),
+        (&want_losses, &want),
+    );
+}
+
+/// A copy of checkpoint `ckpt` under `dir` with `damage` done to the first
+/// data file rank 1 wrote; returns the copy and that file's name.
+fn damaged_copy(ckpt: &Path, dir: &Path, damage: impl Fn(&Path)) -> (PathBuf, String) {
+    let copy = dir.join(ckpt.file_name().unwrap());
+    std::fs::create_dir_all(&copy).unwrap();
+    for entry in std::fs::read_dir(ckpt).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), copy.join(entry.file_name())).unwrap();
+    }
+    let name = "rank-00001-tensors-00000.safetensors".to_string();
+    damage(&copy.join(&name));
+    (copy, name)
+}
+
+/// A shard file missing, or with one byte changed, stops a resume with an
+/// error naming that file: in one process, and at world size 3, where every
+/// rank fails (none waits in a collective for a rank that gave up): the
+/// ranks that read the file name it, the others report another rank's failure.
+#[test]
+fn zero1_missing_or_corrupt_shard_is_named() {
+    let seed = test_support::seed();
+    let first = tempfile::tempdir().unwrap();
+    let (_, ckpt) = zero1_checkpoint_of_two(seed, first.path());
+    let missing = tempfile::tempdir().unwrap();
+    let (gone, name) = damaged_copy(&ckpt, missing.path(), |f| std::fs::remove_file(f).unwrap());
+    let corrupt = tempfile::tempdir().unwrap();
+    let (bad, _) = damaged_copy(&ckpt, corrupt.path(), |f| {
+        let mut bytes = std::fs::read(f).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x40;
+        std::fs::write(f, bytes).unwrap();
+    });
+    for (path, what) in [(&gone, "missing"), (&bad, "sha256")] {
+        let mut t = trainer(seed, 6, false, None);
+        let err = t.resume_from(path).unwrap_err().to_string();
+        assert!(err.contains(&name) && err.contains(what), "{err}");
+    }
+
+    for (path, what) in [(&gone, "missing"), (&bad, "sha256")] {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = Spec {
+            zero1: true,
+            grad_accum: 2,
+            run: STEPS / 2,
+            resume: Some(path.clone()),
+            resume_fails: true,
+            ..Default::default()
+        };
+        common::join_ranks(spawn_ranks(3, seed, &spec, dir.path()), Instant::now());
+        let errors: Vec<String> = (0..3)
+            .map(|r| std::fs::read_to_string(dir.path().join(format!("error-{r}.txt"))).unwrap())
+            .collect();
+        let naming = errors
+            .iter()
+            .filter(|e| e.contains(&name) && e.contains(what));
+        assert!(naming.count() >= 1, "{errors:#?}");
+        for e in &errors {
+            assert!(
+                e.contains(&name) || e.contains("another rank failed"),
+                "{e}"
+            );
+        }
+    }
+}
+
+/// Two ZeRO-1 ranks checkpoint at step 2, take step 3 and save again; rank
+/// 1 is killed after writing its shard of that save, before rank 0 may
+/// publish. Rank 0's save fails, step 3 never appears as a checkpoint (its
+/// temp directory is not one), and resuming from the latest (step 2) in one
+/// process matches the uninterrupted run.
+#[test]
+fn zero1_rank_killed_during_save_publishes_nothing() {
+    let seed = test_support::seed();
+    let dir = tempfile::tempdir().unwrap();
+    let spec = Spec {
+        zero1: true,
+        grad_accum: 3,
+        run: STEPS / 2,
+        kill_in_save: true,
+        ..Default::default()
+    };
+    let mut children = spawn_ranks(2, seed, &spec, dir.path());
+    let killed = children.pop().unwrap().wait_with_output().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        killed.status.signal(),
+        Some(libc::SIGKILL),
+        "rank 1: {killed:?}"
+    );
+    common::join_ranks(children, Instant::now());
+    let err = std::fs::read_to_string(dir.path().join("save-error.txt")).unwrap();
+    assert!(
+        err.contains("write the ranks' shards: the group of ranks failed"),
+        "{err}"
+    );
+
+    let ckpt_dir = dir.path().join("ckpt");
+    let manager = checkpoint::CheckpointManager::new(&ckpt_dir, 3).unwrap();
+    let listed: Vec<u64> = manager
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
+    assert_eq!(
+        listed,
+        [STEPS / 2],
+        "only the complete checkpoint is listed"
+    );
+    assert!(!ckpt_dir.join(format!("step-{:06}", STEPS / 2 + 1)).exists());
+
+    let (mut losses, _) = common::rank_results(dir.path());
+    let mut t = trainer(seed, 6, false, None);
+    t.resume_from(&manager.latest().unwrap().unwrap()).unwrap();
+    losses.extend(finish(&mut t));
+    let (want_losses, want) = single(seed, 6);
+    assert_close(
+        "zero1 world 2 (rank killed in the next save), resumed in one process",
+        (&losses, &weights(&t)),
         (&want_losses, &want),
     );
 }
@@ -268,6 +472,7 @@ fn data_parallel_checkpoint_at_three_resumes_in_one_process() {
         grad_accum: 2,
         run: STEPS / 2,
         resume: None,
+        ..Default::default()
     };
     let (mut losses, _) = run_ranks(3, seed, &spec, first.path());
     let ckpt = latest(&first.path().join("ckpt"));
@@ -291,21 +496,10 @@ fn data_parallel_checkpoint_at_three_resumes_in_one_process() {
 #[test]
 fn zero1_group_of_one_is_bitwise_plain_data_parallel() {
     let seed = test_support::seed();
-    let group = || {
-        ProcessGroup::new(&GroupOptions {
-            master_addr: "127.0.0.1".into(),
-            master_port: free_port(),
-            rank: 0,
-            world_size: 1,
-            backend: Backend::Gloo,
-            timeout: Duration::from_secs(60),
-        })
-        .unwrap()
-    };
     let mut plain = trainer(seed, 2, false, None);
-    plain.set_data_parallel(group()).unwrap();
+    plain.set_data_parallel(group_of_one()).unwrap();
     let mut zero = trainer(seed, 2, true, None);
-    zero.set_data_parallel(group()).unwrap();
+    zero.set_data_parallel(group_of_one()).unwrap();
     assert_eq!(
         zero.optimizer().state_bytes(),
         plain.optimizer().state_bytes()
@@ -336,6 +530,90 @@ fn zero1_without_a_group_is_plain_training() {
     );
 }
 
+/// World size 1 through NCCL on the GPU with ZeRO-1 against the
+/// non-distributed trainer (both f32, blockwise backward), including a
+/// collective checkpoint half-way (its agreements run on the GPU through
+/// NCCL) from which the non-distributed trainer resumes. Bitwise is
+/// expected but for the norm (ZeRO-1 sums per-tensor sums of squares); the
+/// 1e-6 bounds are data_parallel.rs's NCCL test's.
+#[test]
+#[ignore = "needs CUDA"]
+fn nccl_zero1_group_of_one_matches_the_plain_trainer() {
+    use qwen3_model::{LoadOptions, Qwen3Model};
+    let seed = test_support::seed();
+    let device = test_support::cuda();
+    let dir = tempfile::tempdir().unwrap();
+    let make = |zero1: bool, ckpt: Option<PathBuf>| {
+        let cfg = common::tiny_config(VOCAB, true);
+        let opts = LoadOptions {
+            dtype: tch::Kind::Float,
+            ..LoadOptions::new(device)
+        };
+        let model = Qwen3Model::random(&cfg, &opts, seed).unwrap();
+        let train = TrainConfig {
+            activation_checkpointing: trainer::Checkpointing::On,
+            ..config(2, zero1, ckpt)
+        };
+        Trainer::new(
+            model,
+            train,
+            common::random_dataset(13, VOCAB as u32, seed),
+            0,
+        )
+        .unwrap()
+    };
+    let mut plain = make(false, None);
+    let mut zero = make(true, Some(dir.path().join("ckpt")));
+    let group = ProcessGroup::new(&GroupOptions {
+        master_addr: "127.0.0.1".into(),
+        master_port: free_port(),
+        rank: 0,
+        world_size: 1,
+        backend: Backend::Nccl,
+        timeout: Duration::from_secs(60),
+    })
+    .unwrap();
+    zero.set_data_parallel(group).unwrap();
+    assert!(zero.data_parallel().unwrap().is_zero1());
+    let compare = |what: &str, a: &Trainer, b: &Trainer| {
+        for ((name, x), (_, y)) in weights(a).iter().zip(&weights(b)) {
+            let diff = (x - y).abs().max().double_value(&[]);
+            println!("{what}: {name}: max |diff| {diff:e}");
+            assert!(diff <= 1e-6, "{what}: {name}: max |diff| {diff}");
+        }
+    };
+    let mut saved = None;
+    for step in 0..STEPS {
+        let (a, b) = (plain.step().unwrap().loss, zero.step().unwrap().loss);
+        assert!((a - b).abs() <= 1e-6 * a.abs(), "step {step}: {a} vs {b}");
+        if step + 1 == STEPS / 2 {
+            saved = zero.save_checkpoint().unwrap();
+        }
+    }
+    compare("ZeRO-1 over NCCL", &plain, &zero);
+    let mut resumed = make(false, None);
+    resumed
+        .resume_from(&saved.expect("a collective checkpoint"))
+        .unwrap();
+    while resumed.step_count() < resumed.total_steps() {
+        resumed.step().unwrap();
+    }
+    compare("resumed from the NCCL checkpoint", &plain, &resumed);
+}
+
+/// A Gloo group of this process alone.
+fn group_of_one() -> ProcessGroup {
+    ProcessGroup::new(&GroupOptions {
+        master_addr: "127.0.0.1".into(),
+        master_port: free_port(),
+        rank: 0,
+        world_size: 1,
+        backend: Backend::Gloo,
+        timeout: Duration::from_secs(60),
+    })
+    .unwrap()
+}
+
 fn latest(dir: &Path) -> PathBuf {
     checkpoint::CheckpointManager::new(dir, 3)
         .unwrap()
@@ -344,13 +622,16 @@ fn latest(dir: &Path) -> PathBuf {
         .expect("a checkpoint")
 }
 
+/// Name, dtype and shape of every tensor, sorted by name.
 fn tensor_names(ckpt: &Path) -> Vec<(String, String, Vec<usize>)> {
-    checkpoint::CheckpointManager::verify(ckpt)
+    let mut names: Vec<_> = checkpoint::CheckpointManager::verify(ckpt)
         .unwrap()
         .tensors
         .into_iter()
         .map(|t| (t.name, t.dtype, t.shape))
-        .collect()
+        .collect();
+    names.sort();
+    names
 }
 
 /// One rank of the tests above; does nothing unless started by them.
@@ -374,16 +655,80 @@ fn rank() {
     t.set_data_parallel(group).unwrap();
     assert_eq!(t.total_steps(), STEPS);
     if let Some(path) = &spec.resume {
-        t.resume_from(path).unwrap();
+        let resumed = t.resume_from(path);
+        if spec.resume_fails {
+            let err = resumed.expect_err("the resume must fail").to_string();
+            let rank = t.data_parallel().unwrap().rank();
+            trainer::write_atomic(&dir.join(format!("error-{rank}.txt")), err.as_bytes()).unwrap();
+            return;
+        }
+        resumed.unwrap();
     }
     let losses: Vec<String> = (0..spec.run)
         .map(|_| t.step().unwrap().loss.to_string())
         .collect();
-    // Every rank takes part (ZeRO-1 gathers the moments); rank 0 writes.
+    // Every rank takes part; under ZeRO-1 every rank writes and gets the path.
     let saved = t.save_checkpoint().unwrap();
-    assert_eq!(saved.is_some(), t.is_main_process());
+    assert_eq!(saved.is_some(), spec.zero1 || t.is_main_process());
     if t.is_main_process() {
         trainer::write_atomic(&dir.join("losses.txt"), losses.join("\n").as_bytes()).unwrap();
         Tensor::save_multi(&weights(&t), dir.join("weights.pt")).unwrap();
+    }
+    if spec.kill_in_save {
+        t.step().unwrap();
+        save_killing_rank_1(&t, &dir);
+    }
+}
+
+/// The trainer's group, except that rank 1 is killed (SIGKILL: no cleanup,
+/// sockets closed by the kernel) on its second agreement, i.e. once its
+/// shard files and part index are written and before rank 0 may publish.
+struct KillRank1<'a> {
+    dp: &'a trainer::DataParallel,
+    votes: std::cell::Cell<usize>,
+}
+
+impl checkpoint::RankGroup for KillRank1<'_> {
+    fn rank(&self) -> usize {
+        self.dp.rank()
+    }
+    fn world_size(&self) -> usize {
+        self.dp.world_size()
+    }
+    fn all_ok(&self, ok: bool) -> Result<bool, String> {
+        self.votes.set(self.votes.get() + 1);
+        if self.dp.rank() == 1 && self.votes.get() == 2 {
+            // SAFETY: kill(2) on this process's own id; nothing is borrowed.
+            unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+        }
+        self.dp.all_ok(ok)
+    }
+}
+
+/// A collective save into `dir/ckpt` of the trainer's weights, each rank
+/// a share (as `save_checkpoint` shares them), through [`KillRank1`].
+/// Rank 0 records the error it gets in `dir/save-error.txt`.
+fn save_killing_rank_1(t: &Trainer, dir: &Path) {
+    let dp = t.data_parallel().unwrap();
+    let group = KillRank1 {
+        dp,
+        votes: std::cell::Cell::new(0),
+    };
+    let mine: Vec<(String, Tensor)> = weights(t)
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| i % dp.world_size() == dp.rank())
+        .map(|(_, named)| named)
+        .collect();
+    let state = checkpoint::TrainingState {
+        step: t.step_count(),
+        ..Default::default()
+    };
+    let manager = checkpoint::CheckpointManager::new(&dir.join("ckpt"), 3).unwrap();
+    let err = manager
+        .save_collective(&group, &state, &mine)
+        .expect_err("rank 1 died: the save must fail");
+    if dp.rank() == 0 {
+        trainer::write_atomic(&dir.join("save-error.txt"), err.to_string().as_bytes()).unwrap();
     }
 }

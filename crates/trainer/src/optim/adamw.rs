@@ -363,20 +363,6 @@ impl AdamW {
         Some(out)
     }
 
-    /// Tensors named, shaped and typed as [`AdamW::state_tensors_of`]
-    /// returns them for `param` with moments of `state`, with unspecified
-    /// content: what a rank that does not hold the tensor receives its
-    /// state into.
-    pub fn state_buffers(
-        state: OptimStateKind,
-        name: &str,
-        param: &Tensor,
-    ) -> Vec<(String, Tensor)> {
-        let mut out = MomentStore::uninit(state, param).tensors(&format!("optim.{name}.m"));
-        out.extend(MomentStore::uninit(state, param).tensors(&format!("optim.{name}.v")));
-        out
-    }
-
     /// Restores the moments written by [`AdamW::state_tensors`] and the step count.
     pub fn restore(
         &mut self,

@@ -9,7 +9,7 @@ use std::str::FromStr;
 use nvfp4_kernels::cuda::MomentRef;
 use tch::{Kind, Tensor};
 
-use super::quant8::{QuantMap, QUANT_BLOCK};
+use super::quant8::QuantMap;
 use crate::error::{Error, Result};
 
 /// How the optimizer keeps its first and second moments between steps.
@@ -93,24 +93,6 @@ impl MomentStore {
                 Self::Int8 {
                     codes,
                     absmax,
-                    shape: param.size(),
-                }
-            }
-        }
-    }
-
-    /// A moment laid out as [`MomentStore::zeros`] lays it out, with
-    /// unspecified content: a buffer to receive a moment into.
-    pub fn uninit(kind: OptimStateKind, param: &Tensor) -> Self {
-        let dev = param.device();
-        match kind {
-            OptimStateKind::F32 => Self::Dense(Tensor::empty(param.size(), (Kind::Float, dev))),
-            OptimStateKind::BF16 => Self::Dense(Tensor::empty(param.size(), (Kind::BFloat16, dev))),
-            OptimStateKind::Int8Block => {
-                let blocks = param.numel().div_ceil(QUANT_BLOCK).max(1) as i64;
-                Self::Int8 {
-                    codes: Tensor::empty([blocks * QUANT_BLOCK as i64], (Kind::Uint8, dev)),
-                    absmax: Tensor::empty([blocks], (Kind::Float, dev)),
                     shape: param.size(),
                 }
             }
