@@ -110,6 +110,9 @@ struct Args {
     /// Schemes trained with QAD against the frozen base (empty: none).
     #[arg(long, default_value = "w4a16,w4a16+head,w4a4,w4a4+head,w4a4+head-keep1")]
     qad: String,
+    /// Teacher of the QAD arms.
+    #[arg(long, value_enum, default_value_t = QadTeacher::Control)]
+    qad_teacher: QadTeacher,
     #[arg(long, default_value_t = 1.0)]
     distill_alpha: f64,
 }
@@ -373,13 +376,9 @@ impl Ctx {
 
     /// The bf16 base: pretrained, evaluated and saved, or reloaded when done.
     fn base(&mut self) -> Result<HashMap<String, Tensor>> {
-        let path = self.args.out.join("base.safetensors");
         if self.journal.done.contains("base") {
-            println!("base: reloaded from {}", path.display());
-            let tensors = Tensor::read_safetensors(&path)
-                .with_context(|| format!("{} (from the run being resumed)", path.display()))?;
-            let device = self.opts.device;
-            return Ok(tensors.into_iter().map(|(n, t)| (n, t.to_device(device))).collect());
+            println!("base: reloaded from {BASE_FILE}");
+            return self.load_weights(BASE_FILE);
         }
         let started = Instant::now();
         let model = self.model_from(None, &QuantRecipe::DENSE)?;
@@ -392,10 +391,7 @@ impl Ctx {
         self.scale_stats(&base, "base")?;
         self.eval_ptq(&mut base, json!({"model": "base"}))?;
         let weights = snapshot(&base);
-        let named: Vec<(&str, &Tensor)> = weights.iter().map(|(n, t)| (n.as_str(), t)).collect();
-        let tmp = path.with_extension("safetensors.tmp");
-        Tensor::write_safetensors(&named, &tmp)?;
-        std::fs::rename(&tmp, &path)?;
+        self.save_weights(&weights, BASE_FILE)?;
         self.journal.finish("base", "base", started)?;
         Ok(weights)
     }
@@ -445,10 +441,14 @@ impl Ctx {
         let steps = self.arm_steps();
         let cfg = self.train_cfg(steps, self.args.arm_lr, (steps / 10).min(10), seed);
         let teacher = match kind {
-            "qad" => Some(Teacher::new(
-                self.model_from(Some(base), &QuantRecipe::DENSE)?,
-                self.args.distill_alpha,
-            )?),
+            "qad" => {
+                let weights = match self.args.qad_teacher {
+                    QadTeacher::Base => None,
+                    QadTeacher::Control => Some(self.load_weights(&control_file(seed))?),
+                };
+                let dense = self.model_from(Some(weights.as_ref().unwrap_or(base)), &QuantRecipe::DENSE)?;
+                Some(Teacher::new(dense, self.args.distill_alpha)?)
+            }
             _ => None,
         };
         let m = self.model_from(Some(base), &recipe)?;
@@ -458,9 +458,13 @@ impl Ctx {
             "control" => {
                 self.eval_ptq(&mut m, json!({"model": "control", "seed": seed}))?;
                 self.scale_stats(&m, &run)?;
+                self.save_weights(&snapshot(&m), &control_file(seed))?;
             }
             _ => {
-                let tag = json!({"model": kind, "scheme": recipe.label(), "seed": seed});
+                let mut tag = json!({"model": kind, "scheme": recipe.label(), "seed": seed});
+                if kind == "qad" {
+                    tag["teacher"] = format!("{:?}", self.args.qad_teacher).to_lowercase().into();
+                }
                 self.eval(&mut m, &tag, &recipe)?;
             }
         }
@@ -468,11 +472,49 @@ impl Ctx {
         Ok(true)
     }
 
+    /// Writes `weights` to `name` in --out (whole or not at all: temp file, rename).
+    fn save_weights(&self, weights: &HashMap<String, Tensor>, name: &str) -> Result<()> {
+        let path = self.args.out.join(name);
+        let named: Vec<(&str, &Tensor)> = weights.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        let tmp = path.with_extension("safetensors.tmp");
+        Tensor::write_safetensors(&named, &tmp)?;
+        std::fs::rename(&tmp, &path)?;
+        Ok(())
+    }
+
+    /// Weights saved by [`Ctx::save_weights`], on the run's device.
+    fn load_weights(&self, name: &str) -> Result<HashMap<String, Tensor>> {
+        let path = self.args.out.join(name);
+        let tensors = Tensor::read_safetensors(&path)
+            .with_context(|| format!("{} (saved earlier in this run)", path.display()))?;
+        let device = self.opts.device;
+        Ok(tensors.into_iter().map(|(n, t)| (n, t.to_device(device))).collect())
+    }
+
     fn arm_steps(&self) -> u64 {
         self.args.arm_steps.unwrap_or_else(|| {
             (self.arm_data.examples.len() / self.args.batch.max(1)).max(1) as u64
         })
     }
+}
+
+/// The base's weights in --out.
+const BASE_FILE: &str = "base.safetensors";
+
+/// The weights of the bf16 control of `seed` in --out (the teacher of QAD).
+fn control_file(seed: u64) -> String {
+    format!("control-s{seed}.safetensors")
+}
+
+/// The frozen bf16 teacher of the QAD arms.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum QadTeacher {
+    /// The bf16 control of the same seed: the bf16 model trained on the same
+    /// tokens, whose quantization gap QAD is to close.
+    Control,
+    /// The pretrained base (the student then learns nothing from the new text
+    /// with --distill-alpha 1).
+    Base,
 }
 
 fn snapshot(model: &Qwen3Model) -> HashMap<String, Tensor> {

@@ -7,11 +7,12 @@
 #   mkdir -p .gpu-bundle/data && cp ../shared/data/gutenberg/{train,val}.txt.gz .gpu-bundle/data/ \
 #     && cp ../shared/data/sotu/val.txt.gz .gpu-bundle/data/sotu.txt.gz
 # then run(command="bash scripts/bench/quality.sh 500", carry=[".gpu-bundle"]),
-# the argument being the seconds this call may spend. What has been done so
+# the first argument being the seconds this call may spend (the others go to
+# example-quality, e.g. --qad w4a16 --qat ""). What has been done so
 # far comes back in $OUT (results.jsonl, curves.jsonl, pretrain.png, quality.log).
 set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/gpu_env.sh"
-budget="${1:-500}"
+budget="${1:-500}"; shift || true
 data=.gpu-bundle/data
 run=/tmp/quality
 resume=()
@@ -19,7 +20,7 @@ resume=()
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 .gpu-bundle/bin/example-quality --train "$data/train.txt.gz" --val "$data/val.txt.gz" \
     --ood "$data/sotu.txt.gz" --tokenizer-dir crates/tokenizer-bridge/assets/qwen3 \
-    --out "$run" --budget-s "$budget" "${resume[@]}" 2>&1 | tee -a "$OUT/quality.log" |
+    --out "$run" --budget-s "$budget" "${resume[@]}" "$@" 2>&1 | tee -a "$OUT/quality.log" |
     grep -v '^{"eval\|^{"blocks\|^{"done'
 rc=${PIPESTATUS[0]}
 cp "$run"/results.jsonl "$run"/curves.jsonl "$run"/pretrain.png "$run"/config.json "$OUT"/ 2>/dev/null
