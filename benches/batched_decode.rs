@@ -14,7 +14,7 @@
 //!
 //! Env: FULL_SIZE_CONFIG (default: the bundled Qwen3-4B config.json),
 //! BATCHED_BATCHES (default 1,8,32,64), BATCHED_PROMPT (longest prompt,
-//! default 128, at least 32), BATCHED_NEW (new tokens per row, default 128),
+//! default 128, at least 32), BATCHED_NEW (new tokens per row, default 64),
 //! FULL_SIZE_PATH (compute path, default auto).
 use std::path::PathBuf;
 use std::time::Instant;
@@ -74,7 +74,7 @@ fn main() -> Result<()> {
         .map(|b| b.trim().parse().context("BATCHED_BATCHES"))
         .collect::<Result<_>>()?;
     let longest: usize = env_or("BATCHED_PROMPT", 128)?;
-    let new: usize = env_or("BATCHED_NEW", 128)?;
+    let new: usize = env_or("BATCHED_NEW", 64)?;
     if longest < 32 || new < 2 {
         bail!("BATCHED_PROMPT must be >= 32 and BATCHED_NEW >= 2 (got {longest}, {new})");
     }

@@ -114,7 +114,7 @@ def main():
     ap.add_argument("--config", required=True)
     ap.add_argument("--batches", default="1,8,32,64")
     ap.add_argument("--prompt", type=int, default=128, help="longest prompt (>= 32)")
-    ap.add_argument("--new", type=int, default=128)
+    ap.add_argument("--new", type=int, default=64)
     ap.add_argument("--modes", default="eager,static+compile")
     ap.add_argument("--device", default="cuda", help="cuda (the benchmark) or cpu (a smoke test)")
     ap.add_argument("--compile-dynamic", default="none", choices=["none", "true", "false"])
