@@ -15,7 +15,8 @@
 //! Env: FULL_SIZE_CONFIG (default: the bundled Qwen3-4B config.json),
 //! BATCHED_BATCHES (default 1,8,32,64), BATCHED_PROMPT (longest prompt,
 //! default 128, at least 32), BATCHED_NEW (new tokens per row, default 64),
-//! FULL_SIZE_PATH (compute path, default auto).
+//! FULL_SIZE_PATH (compute path, default auto), BATCHED_DEVICE=cpu (a smoke test of
+//! this program with a tiny FULL_SIZE_CONFIG, f32, on a machine without a GPU).
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -55,11 +56,12 @@ fn main() -> Result<()> {
     if std::env::args().any(|a| a == "--list") {
         return Ok(()); // `cargo bench -- --list` probes; nothing to list
     }
-    if !tch::Cuda::is_available() {
+    let cpu = std::env::var("BATCHED_DEVICE").is_ok_and(|d| d == "cpu");
+    if !cpu && !tch::Cuda::is_available() {
         println!("SKIPPED (no CUDA): batched_decode bench needs a GPU");
         return Ok(());
     }
-    let device = Device::Cuda(0);
+    let device = if cpu { Device::Cpu } else { Device::Cuda(0) };
     let cfg_path = std::env::var("FULL_SIZE_CONFIG")
         .map(PathBuf::from)
         .unwrap_or_else(|_| tokenizer_bridge::bundled_asset_dir().join("config.json"));
@@ -80,7 +82,7 @@ fn main() -> Result<()> {
     }
     let opts = LoadOptions {
         device,
-        dtype: Kind::BFloat16,
+        dtype: if cpu { Kind::Float } else { Kind::BFloat16 },
         compute_path: path,
         strict: true,
     };
@@ -89,7 +91,7 @@ fn main() -> Result<()> {
     let model = Qwen3Model::random(&cfg, &opts, 1)?;
     emit(
         json!({"metric": "random_model_s", "value": t.elapsed().as_secs_f64(),
-                "backend": model.backend().describe()}),
+                "backend": model.backend().describe(), "memory": probe.what()}),
     );
     let vocab = cfg.vocab_size;
 
@@ -119,7 +121,7 @@ fn main() -> Result<()> {
                     "prompt_min": g.rows.iter().map(|r| r.prompt_len).min(), "new": new,
                     "decode_s": decode_s, "ms_per_step": decode_s * 1e3 / g.decode_steps as f64,
                     "prefill_tok_s": g.prefill_tokens_per_s(),
-                    "gpu_gib_in_use": probe.bytes_in_use()? as f64 / 2f64.powi(30)}),
+                    "mem_in_use_gib": probe.bytes_in_use()? as f64 / 2f64.powi(30)}),
         );
     }
 
