@@ -8,9 +8,10 @@
 //! each row computes what [`generate`](crate::generate) computes for its
 //! prompt alone, up to the rounding of batched matmuls.
 //!
-//! Each row stops on its own (stop token or `max_new_tokens`); a finished row
-//! keeps its slot in the batch (its outputs are ignored) until every row has
-//! finished.
+//! Each row stops on its own (stop token or `max_new_tokens`) and leaves the
+//! batch: its cache rows are dropped (`KvCache::retain_rows`, one copy of the
+//! cache per step in which some row ends), so later steps compute only the
+//! rows still going. The batch ends when every row has.
 
 use std::time::{Duration, Instant};
 
@@ -36,6 +37,18 @@ pub struct RowGeneration {
     pub pad: usize,
     /// f32 `[prompt_len, vocab]` (this row's real positions only), when asked for.
     pub prompt_logits: Option<Tensor>,
+}
+
+impl RowGeneration {
+    /// Appends `token`; true when it ends this row (a stop id, or the last allowed token).
+    fn record(&mut self, token: u32, opts: &GenerateOptions) -> bool {
+        self.tokens.push(token);
+        if opts.stop_ids.contains(&token) {
+            (self.finish, self.stopped_on) = (FinishReason::StopToken, Some(token));
+            return true;
+        }
+        self.tokens.len() == opts.max_new_tokens
+    }
 }
 
 /// The result of one [`generate_batch`] call.
@@ -116,32 +129,35 @@ pub fn generate_batch(
     let start = Instant::now();
     let mut last = prefill(model, &mut cache, prompts, &pad, opts, &mut rows)?; // [B, vocab]
     let mut prefill_time = None;
-    let mut active: Vec<bool> = vec![opts.max_new_tokens > 0; prompts.len()];
+    // Batch position j holds row live[j]; a finished row leaves the batch and the cache.
+    let mut live: Vec<usize> = match opts.max_new_tokens {
+        0 => Vec::new(),
+        _ => (0..prompts.len()).collect(),
+    };
     let mut decode_steps = 0;
-    while active.iter().any(|&a| a) {
-        let picked = pick(&last, &active, &mut samplers, &history, &opts.sampling)?;
+    while !live.is_empty() {
+        let picked = pick(&last, &live, &mut samplers, &history, &opts.sampling)?;
         prefill_time.get_or_insert_with(|| start.elapsed());
-        for (r, &token) in picked.iter().enumerate() {
-            if !active[r] {
-                continue;
-            }
-            let row = &mut rows[r];
-            row.tokens.push(token);
+        let mut keep = Vec::with_capacity(live.len()); // positions of rows going on
+        for (j, (&r, &token)) in live.iter().zip(&picked).enumerate() {
             history[r].push(token);
-            if opts.stop_ids.contains(&token) {
-                (row.finish, row.stopped_on) = (FinishReason::StopToken, Some(token));
-                active[r] = false;
-            } else if row.tokens.len() == opts.max_new_tokens {
-                active[r] = false;
+            if !rows[r].record(token, opts) {
+                keep.push(j);
             }
         }
-        if !active.iter().any(|&a| a) {
+        if keep.len() < live.len() && !keep.is_empty() {
+            cache.retain_rows(&keep)?;
+        }
+        let tokens: Vec<u32> = keep.iter().map(|&j| picked[j]).collect();
+        live = keep.iter().map(|&j| live[j]).collect();
+        if live.is_empty() {
             break;
         }
-        // Finished rows are fed their last pick (a valid id); their logits are ignored.
-        let input = ids_tensor(model.device(), &picked, 1)?;
-        last = tch::no_grad(|| model.forward_last_left_padded(&input, &pad, Some(&mut cache)))?
-            .f_squeeze_dim(1)?; // [B, vocab]
+        let live_pad: Vec<usize> = live.iter().map(|&r| pad[r]).collect();
+        let input = ids_tensor(model.device(), &tokens, 1)?; // [B', 1]
+        last =
+            tch::no_grad(|| model.forward_last_left_padded(&input, &live_pad, Some(&mut cache)))?
+                .f_squeeze_dim(1)?; // [B', vocab]
         decode_steps += 1;
     }
     synchronize(model.device());
@@ -230,38 +246,38 @@ fn prefill(
     Ok(logits.f_select(1, longest as i64 - 1)?)
 }
 
-/// The next token of every row (finished rows get an unused pick). Greedy
-/// without a penalty is one arg max over the batch and one copy to the host;
-/// anything else runs each active row's own [`Sampler`].
+/// The next token of each batch position (position j holds row `live[j]`).
+/// Greedy without a penalty is one arg max over the batch and one copy to
+/// the host; anything else runs each row's own [`Sampler`].
 fn pick(
     logits: &Tensor,
-    active: &[bool],
+    live: &[usize],
     samplers: &mut [Sampler],
     history: &[Vec<u32>],
     params: &SamplingParams,
 ) -> Result<Vec<u32>> {
     if params.is_greedy() && params.repetition_penalty == 1.0 {
-        return greedy_batch(logits, active);
+        return greedy_batch(logits, live);
     }
-    let mut picked = vec![0u32; active.len()];
-    for (r, sampler) in samplers.iter_mut().enumerate().filter(|&(r, _)| active[r]) {
-        picked[r] = sampler.sample(&logits.f_get(r as i64)?, &history[r])?;
+    let mut picked = Vec::with_capacity(live.len());
+    for (j, &r) in live.iter().enumerate() {
+        picked.push(samplers[r].sample(&logits.f_get(j as i64)?, &history[r])?);
     }
     Ok(picked)
 }
 
 /// Arg max of each row of f32 `[B, vocab]` (ties to the lowest id, as
-/// [`Sampler`]), with the sampler's check that an active row's maximum is finite.
-fn greedy_batch(logits: &Tensor, active: &[bool]) -> Result<Vec<u32>> {
+/// [`Sampler`]), with the sampler's check that each maximum is finite.
+fn greedy_batch(logits: &Tensor, live: &[usize]) -> Result<Vec<u32>> {
     let best = logits.f_argmax(-1, true)?; // [B, 1]
     let value = logits.f_gather(-1, &best, false)?.f_to_kind(Kind::Double)?; // [B, 1]
     let both =
         Tensor::f_cat(&[best.f_to_kind(Kind::Double)?, value], 1)?.f_to_device(Device::Cpu)?;
     let both: Vec<f64> = Vec::try_from(both.f_view([-1])?)?;
-    let mut picked = Vec::with_capacity(active.len());
-    for (r, pair) in both.chunks_exact(2).enumerate() {
+    let mut picked = Vec::with_capacity(live.len());
+    for (pair, &r) in both.chunks_exact(2).zip(live) {
         let (id, max) = (pair[0], pair[1]);
-        if active[r] && !max.is_finite() {
+        if !max.is_finite() {
             return Err(Error::BadInput {
                 name: "logits",
                 reason: format!("row {r}: maximum logit is {max} (NaN, +inf, or every logit -inf)"),
