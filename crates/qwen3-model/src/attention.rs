@@ -21,6 +21,8 @@ pub(crate) enum AttnMask {
     /// A chunk on top of a non-empty cache: bool [T, S], true = visible;
     /// query i (absolute position P+i) sees keys 0..=P+i. The original had no
     /// mask here, letting a chunk's early tokens see its later ones.
+    /// Left-padded batches: bool [B, 1, T, S], one mask per row (see
+    /// [`AttnContext::left_padded`]).
     Explicit(Tensor),
 }
 
@@ -43,8 +45,8 @@ impl AttnMask {
 /// Per-forward context shared by every layer: RoPE angles and the mask.
 #[derive(Debug)]
 pub(crate) struct AttnContext {
-    pub(crate) cos: Tensor, // [T, D/2] f32
-    pub(crate) sin: Tensor, // [T, D/2] f32
+    pub(crate) cos: Tensor, // [T, D/2] f32, or [B, 1, T, D/2] per row
+    pub(crate) sin: Tensor, // [T, D/2] f32, or [B, 1, T, D/2] per row
     pub(crate) mask: AttnMask,
 }
 
@@ -63,6 +65,41 @@ impl AttnContext {
             cos,
             sin,
             mask: AttnMask::for_chunk(cached, t, device),
+        }
+    }
+
+    /// `t` new slots after `cached` ones (all in one cache, or none) for a
+    /// batch whose row b begins with `pad[b]` padding slots (left padding).
+    /// Row b's first real token is RoPE position 0, so slot s has position
+    /// `s - pad[b]`. A real query sees the real keys up to its own slot and
+    /// never a padding key; a padding query sees only itself, which keeps
+    /// its (unused) output finite: a query that sees nothing is NaN in SDPA,
+    /// and a NaN value times a zero weight would leak into the real rows.
+    /// Without padding this is [`AttnContext::new`], bit for bit.
+    pub(crate) fn left_padded(
+        rotary: &Rotary,
+        pad: &[usize],
+        cached: usize,
+        t: usize,
+        device: Device,
+    ) -> Self {
+        if pad.iter().all(|&p| p == 0) {
+            return Self::new(rotary, cached, cached, t, device);
+        }
+        let (b, p, t) = (pad.len() as i64, cached as i64, t as i64);
+        let pad: Vec<i64> = pad.iter().map(|&n| n as i64).collect();
+        let pad = Tensor::from_slice(&pad).to_device(device).view([b, 1, 1]); //   [B, 1, 1]
+        let slots = Tensor::arange_start(p, p + t, (Kind::Int64, device)); //       [T]
+        let positions = (slots.view([1, t]) - pad.view([b, 1])).clamp_min(0); //   [B, T]
+        let (cos, sin) = rotary.cos_sin_at(&positions);
+        let keys = Tensor::arange(p + t, (Kind::Int64, device)).view([1, 1, -1]); // [1, 1, S]
+        let query = slots.view([1, t, 1]); //                                        [1, T, 1]
+        let own = keys.eq_tensor(&query); //                                         [1, T, S]
+        let seen = keys.le_tensor(&query).logical_and(&keys.ge_tensor(&pad)); //     [B, T, S]
+        AttnContext {
+            cos,
+            sin,
+            mask: AttnMask::Explicit(seen.logical_or(&own).unsqueeze(1)), //        [B, 1, T, S]
         }
     }
 }
@@ -148,6 +185,44 @@ mod tests {
             true, true, true, true, true, //  query at position 4
         ];
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn left_padding_hides_padding_keys_and_shifts_positions() {
+        let r = Rotary::new(4, 1e4, Device::Cpu);
+        // Row 0: no padding; row 1: 2 padding slots. 1 cached slot, 3 new.
+        let ctx = AttnContext::left_padded(&r, &[0, 2], 1, 3, Device::Cpu);
+        let AttnMask::Explicit(m) = &ctx.mask else {
+            panic!("expected an explicit mask");
+        };
+        assert_eq!(m.size(), [2, 1, 3, 4]);
+        let got: Vec<bool> = Vec::try_from(m.view([-1])).unwrap();
+        let (t, f) = (true, false);
+        let want = [
+            t, t, f, f, t, t, t, f, t, t, t, t, // row 0: causal
+            f, t, f, f, f, f, t, f, f, f, t, t, // row 1: slot 1 is padding (sees itself)
+        ];
+        assert_eq!(got, want);
+        // Positions: row 0 slots 1..4 -> 1, 2, 3; row 1 -> 0 (clamped), 0, 1.
+        let (cos_shared, _) = r.cos_sin(0, 4);
+        let want_rows = [[1i64, 2, 3], [0, 0, 1]];
+        for (row, pos) in want_rows.iter().enumerate() {
+            for (j, &p) in pos.iter().enumerate() {
+                let d = (ctx.cos.get(row as i64).get(0).get(j as i64) - cos_shared.get(p))
+                    .abs()
+                    .max()
+                    .double_value(&[]);
+                assert_eq!(d, 0.0, "row {row} slot {j}");
+            }
+        }
+    }
+
+    #[test]
+    fn left_padding_of_zero_is_the_plain_context() {
+        let r = Rotary::new(4, 1e4, Device::Cpu);
+        let ctx = AttnContext::left_padded(&r, &[0, 0], 0, 3, Device::Cpu);
+        assert!(matches!(ctx.mask, AttnMask::Causal));
+        assert_eq!(ctx.cos.size(), [3, 2]);
     }
 
     #[test]

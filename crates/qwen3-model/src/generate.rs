@@ -131,7 +131,8 @@ impl Generation {
     }
 }
 
-fn rate(count: usize, time: Duration) -> f64 {
+/// `count` per second of `time` (0 for no time).
+pub(crate) fn rate(count: usize, time: Duration) -> f64 {
     if time.is_zero() {
         0.0
     } else {
@@ -327,7 +328,8 @@ fn forward_last(model: &Qwen3Model, cache: Option<&mut KvCache>, ids: &[u32]) ->
     Ok(forward_all(model, cache, ids)?.f_get(-1)?)
 }
 
-fn synchronize(device: Device) {
+/// Waits for the device's queued work (so wall times include it).
+pub(crate) fn synchronize(device: Device) {
     if let Device::Cuda(index) = device {
         tch::Cuda::synchronize(index as i64);
     }

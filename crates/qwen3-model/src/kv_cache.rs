@@ -136,6 +136,33 @@ impl KvCache {
         }
     }
 
+    /// Keeps the sequences at batch positions `rows` (strictly increasing,
+    /// each below `batch()`), in that order, and drops the others: every
+    /// buffer is copied once and the batch becomes `rows.len()`. Lengths and
+    /// capacity are unchanged. On error the cache is untouched.
+    pub fn retain_rows(&mut self, rows: &[usize]) -> Result<()> {
+        let increasing = rows.windows(2).all(|w| w[0] < w[1]);
+        if rows.is_empty() || !increasing || rows.last().is_some_and(|&r| r >= self.batch) {
+            return Err(Error::Cache {
+                reason: format!(
+                    "cannot keep rows {rows:?} of a batch of {}: want a non-empty, strictly \
+                     increasing list of row indices below it",
+                    self.batch
+                ),
+            });
+        }
+        let idx: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+        let idx = Tensor::f_from_slice(&idx)?.f_to_device(self.device)?;
+        let kept = self
+            .layers
+            .iter()
+            .map(|(k, v)| Ok((k.f_index_select(0, &idx)?, v.f_index_select(0, &idx)?)))
+            .collect::<Result<Vec<_>>>()?;
+        self.layers = kept;
+        self.batch = rows.len();
+        Ok(())
+    }
+
     /// Checks that a model with this layout can use the cache.
     pub(crate) fn check_fits(
         &self,
@@ -274,6 +301,38 @@ mod tests {
         assert_eq!(c.used_bytes(), c.memory_bytes() / 8 * 2);
         c.reset();
         assert!(c.is_empty());
+    }
+
+    #[test]
+    fn retained_rows_keep_their_values_in_order_and_bad_lists_are_refused() {
+        let mut c = KvCache::new(2, 3, 2, 4, 4, Kind::Float, Device::Cpu).unwrap();
+        c.reserve(2).unwrap();
+        let rows = |fill: [f64; 3]| {
+            let parts: Vec<Tensor> = fill
+                .iter()
+                .map(|&f| Tensor::full([1, 2, 2, 4], f, (Kind::Float, Device::Cpu)))
+                .collect();
+            Tensor::cat(&parts, 0)
+        };
+        for layer in 0..2 {
+            let _ = c.append(layer, &rows([1.0, 2.0, 3.0]), &rows([-1.0, -2.0, -3.0]));
+        }
+        c.commit(2);
+        for bad in [vec![], vec![2, 0], vec![1, 1], vec![3]] {
+            assert!(c.retain_rows(&bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(c.batch(), 3);
+        c.retain_rows(&[0, 2]).unwrap();
+        assert_eq!((c.batch(), c.len(), c.capacity()), (2, 2, 4));
+        let (k, v) = c.layer_buffers(1);
+        let first = |t: &Tensor, row: i64| {
+            t.get(row)
+                .narrow(1, 0, 2)
+                .mean(Kind::Float)
+                .double_value(&[])
+        };
+        assert_eq!((first(k, 0), first(k, 1)), (1.0, 3.0));
+        assert_eq!((first(v, 0), first(v, 1)), (-1.0, -3.0));
     }
 
     #[test]

@@ -14,6 +14,9 @@
 //! used through `ste()`. Logits match transformers within 1e-5 relative on
 //! CPU f32 (see `tests/parity.rs`).
 //!
+//! Generation: [`generate`] (one sequence, multi-turn through [`Conversation`])
+//! and [`generate_batch`] (prompts of different lengths, left-padded, one cache).
+//!
 //! Key types: [`Qwen3Config`], [`LoadOptions`], [`Qwen3Model`], [`KvCache`],
 //! [`LinearWeight`], [`WeightRef`], [`Error`].
 //!
@@ -42,6 +45,7 @@ mod config;
 mod error;
 mod fused_decode;
 mod generate;
+mod generate_batch;
 mod head;
 mod init;
 mod kv_cache;
@@ -65,6 +69,7 @@ pub use fused_decode::FusedDecoder;
 pub use generate::{
     generate, Conversation, FinishReason, GenerateOptions, Generation, PrefillMode,
 };
+pub use generate_batch::{generate_batch, BatchGeneration, RowGeneration};
 pub use init::{initializer_range, DEFAULT_INITIALIZER_RANGE};
 pub use kv_cache::{KvCache, DEFAULT_GROW_CHUNK};
 pub use linear::LinearWeight;

@@ -134,7 +134,7 @@ impl Qwen3Model {
     /// cache plus the chunk positions up to its own. Returns logits [B, T, vocab] f32.
     pub fn forward(&self, input_ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
         guard_libtorch("forward", || {
-            let x = self.hidden_states(input_ids, cache)?;
+            let x = self.hidden_states(input_ids, cache, None)?;
             self.head(&x)
         })
     }
@@ -144,19 +144,67 @@ impl Qwen3Model {
     /// the `[T, vocab]` head matmul and its f32 copy for the other positions.
     pub fn forward_last(&self, input_ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
         guard_libtorch("forward", || {
-            let x = self.hidden_states(input_ids, cache)?;
+            let x = self.hidden_states(input_ids, cache, None)?;
+            let t = x.size()[1];
+            self.head(&x.f_narrow(1, t - 1, 1)?)
+        })
+    }
+
+    /// [`Qwen3Model::forward`] of a left-padded batch: row b's first `pad[b]`
+    /// slots (counted from the cache's first slot, or from the input's without
+    /// a cache) are padding. Padding keys are never attended, and row b's
+    /// first real token is RoPE position 0, so each row's logits are those of
+    /// its real tokens run alone (up to rounding). A cache must be used with
+    /// the same `pad` in every call. The ids in padding slots are any valid ids.
+    /// Returns logits `[B, T, vocab]` f32 (padding rows' values are meaningless).
+    pub fn forward_left_padded(
+        &self,
+        input_ids: &Tensor,
+        pad: &[usize],
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        guard_libtorch("forward", || {
+            let x = self.hidden_states(input_ids, cache, Some(pad))?;
+            self.head(&x)
+        })
+    }
+
+    /// [`Qwen3Model::forward_left_padded`] that projects only the last
+    /// position (the one each row's next token follows): logits `[B, 1, vocab]` f32.
+    pub fn forward_last_left_padded(
+        &self,
+        input_ids: &Tensor,
+        pad: &[usize],
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        guard_libtorch("forward", || {
+            let x = self.hidden_states(input_ids, cache, Some(pad))?;
             let t = x.size()[1];
             self.head(&x.f_narrow(1, t - 1, 1)?)
         })
     }
 
     /// Embedding and every block (the final norm excluded): `[B, T, H]`.
-    fn hidden_states(&self, input_ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
+    /// `pad`: left padding per row (see [`Qwen3Model::forward_left_padded`]).
+    fn hidden_states(
+        &self,
+        input_ids: &Tensor,
+        cache: Option<&mut KvCache>,
+        pad: Option<&[usize]>,
+    ) -> Result<Tensor> {
         let (b, t) = self.check_ids(input_ids)?;
+        let past = cache.as_deref().map_or(0, KvCache::len);
+        if let Some(pad) = pad {
+            check_pad(pad, b, past + t)?;
+        }
+        let context = |past: usize| match pad {
+            Some(pad) => AttnContext::left_padded(&self.rotary, pad, past, t, self.device),
+            None => AttnContext::new(&self.rotary, past, past, t, self.device),
+        };
         let mut x = self.embed(&input_ids.to_device(self.device)); // [B, T, H]
         match cache {
             None => {
-                let ctx = AttnContext::new(&self.rotary, 0, 0, t, self.device);
+                let ctx = context(0);
                 for layer in &self.layers {
                     x = layer.forward(&x, &ctx, None)?;
                 }
@@ -172,8 +220,7 @@ impl Qwen3Model {
                     self.device,
                 )?;
                 cache.reserve(t)?;
-                let past = cache.len();
-                let ctx = AttnContext::new(&self.rotary, past, past, t, self.device);
+                let ctx = context(past);
                 for (i, layer) in self.layers.iter().enumerate() {
                     x = layer.forward(&x, &ctx, Some((&mut *cache, i)))?;
                 }
@@ -271,4 +318,25 @@ impl Qwen3Model {
         };
         Ok(logits.to_kind(Kind::Float))
     }
+}
+
+/// One padding count per row, each row keeping at least one real slot of the
+/// `slots` the forward will have seen (cached ones included).
+fn check_pad(pad: &[usize], batch: usize, slots: usize) -> Result<()> {
+    let bad = |reason: String| Error::BadInput {
+        name: "pad",
+        reason,
+    };
+    if pad.len() != batch {
+        return Err(bad(format!(
+            "{} padding counts for a batch of {batch} rows",
+            pad.len()
+        )));
+    }
+    if let Some((row, &p)) = pad.iter().enumerate().find(|(_, &p)| p >= slots) {
+        return Err(bad(format!(
+            "row {row} has {p} padding slots of {slots}: no real token left"
+        )));
+    }
+    Ok(())
 }

@@ -35,7 +35,17 @@ impl Rotary {
         (freqs.cos(), freqs.sin())
     }
 
-    /// Rotates x: [B, heads, T, head_dim] (f32) by the angles of its positions.
+    /// Cosines and sines of per-row positions: `positions` i64 `[B, T]` ->
+    /// each `[B, 1, T, head_dim/2]` f32 (broadcast over heads by [`Rotary::apply`]).
+    /// The same ops as [`Rotary::cos_sin`], so equal positions give equal bits.
+    pub(crate) fn cos_sin_at(&self, positions: &Tensor) -> (Tensor, Tensor) {
+        let pos = positions.to_kind(Kind::Float).unsqueeze(-1); // [B, T, 1]
+        let freqs = (pos * self.inv_freq.view([1, 1, -1])).unsqueeze(1); // [B, 1, T, hd/2]
+        (freqs.cos(), freqs.sin())
+    }
+
+    /// Rotates x: [B, heads, T, head_dim] (f32) by the angles of its positions
+    /// (`cos`/`sin` [T, head_dim/2], or [B, 1, T, head_dim/2] per row).
     /// First half `x1*cos - x2*sin`, second half `x2*cos + x1*sin`.
     pub(crate) fn apply(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
         let half = x.size()[3] / 2;
@@ -96,6 +106,22 @@ mod tests {
         let (c_tail, s_tail) = r.cos_sin(7, 5);
         assert_eq!(max_abs(&(c_all.narrow(0, 7, 5) - c_tail)), 0.0);
         assert_eq!(max_abs(&(s_all.narrow(0, 7, 5) - s_tail)), 0.0);
+    }
+
+    #[test]
+    fn per_row_positions_give_the_angles_of_the_shared_table() {
+        // Left padding: row 1 starts two slots later, so its positions lag by 2.
+        let r = Rotary::new(16, 1e6, Device::Cpu);
+        let pos = Tensor::from_slice(&[3i64, 4, 5, 1, 2, 3]).view([2, 3]);
+        let (c, s) = r.cos_sin_at(&pos);
+        assert_eq!(c.size(), [2, 1, 3, 8]);
+        let (c_all, s_all) = r.cos_sin(0, 6);
+        for (row, start) in [(0i64, 3i64), (1, 1)] {
+            let want_c = c_all.narrow(0, start, 3);
+            let want_s = s_all.narrow(0, start, 3);
+            assert_eq!(max_abs(&(c.get(row).get(0) - want_c)), 0.0, "row {row}");
+            assert_eq!(max_abs(&(s.get(row).get(0) - want_s)), 0.0, "row {row}");
+        }
     }
 
     #[test]
