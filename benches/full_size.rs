@@ -223,7 +223,11 @@ const H100_H200_BF16_PEAK_FLOPS: f64 = 989.4e12;
 /// plus 6 L q_dim T for causal attention's two matmuls, the count
 /// scripts/bench/train_baselines.py uses for the baselines.
 fn train_flops_per_token(cfg: &qwen3_model::Qwen3Config, seq: usize) -> f64 {
-    let (h, i, l) = (cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers);
+    let (h, i, l) = (
+        cfg.hidden_size,
+        cfg.intermediate_size,
+        cfg.num_hidden_layers,
+    );
     let q = cfg.num_attention_heads * cfg.head_dim;
     let kv = cfg.num_key_value_heads * cfg.head_dim;
     let block = h * q + 2 * h * kv + q * h + 3 * h * i + 2 * h + 2 * cfg.head_dim;

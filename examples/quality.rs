@@ -102,13 +102,22 @@ struct Args {
     #[arg(long, default_value_t = 262144)]
     eval_tokens: usize,
     /// Schemes evaluated as post-training quantization of the base and the controls.
-    #[arg(long, default_value = "w4a16,w4a16+head,w4a4,w4a4+head,w4a16-1l,w4a4+head-1l,w4a4+head-keep1")]
+    #[arg(
+        long,
+        default_value = "w4a16,w4a16+head,w4a4,w4a4+head,w4a16-1l,w4a4+head-1l,w4a4+head-keep1"
+    )]
     ptq: String,
     /// Schemes trained with STE QAT (empty: none).
-    #[arg(long, default_value = "w4a16,w4a16+head,w4a4,w4a4+head,w4a4+head-1l,w4a4+head-keep1")]
+    #[arg(
+        long,
+        default_value = "w4a16,w4a16+head,w4a4,w4a4+head,w4a4+head-1l,w4a4+head-keep1"
+    )]
     qat: String,
     /// Schemes trained with QAD against the frozen base (empty: none).
-    #[arg(long, default_value = "w4a16,w4a16+head,w4a4,w4a4+head,w4a4+head-keep1")]
+    #[arg(
+        long,
+        default_value = "w4a16,w4a16+head,w4a4,w4a4+head,w4a4+head-keep1"
+    )]
     qad: String,
     /// Teacher of the QAD arms.
     #[arg(long, value_enum, default_value_t = QadTeacher::Control)]
@@ -182,7 +191,11 @@ impl Journal {
         // Curves of units cut off by a previous call are dropped; their unit reruns.
         let kept: String = lines(&curves_path)
             .iter()
-            .filter(|v| v["run"].as_str().is_some_and(|r| done.contains(unit_of_run(r))))
+            .filter(|v| {
+                v["run"]
+                    .as_str()
+                    .is_some_and(|r| done.contains(unit_of_run(r)))
+            })
             .map(|v| format!("{v}\n"))
             .collect();
         std::fs::write(&curves_path, kept)?;
@@ -323,7 +336,8 @@ impl Ctx {
         ] {
             for head in [false, true] {
                 let s = model.scale_stats(mode, head)?;
-                self.journal.emit(json!({"scale_stats": label, "model": name, "head": head,
+                self.journal
+                    .emit(json!({"scale_stats": label, "model": name, "head": head,
                     "blocks": s.blocks, "subnormal": s.subnormal, "zero": s.zero,
                     "subnormal_share": s.subnormal_share(), "zero_share": s.zero_share()}))?;
             }
@@ -360,15 +374,22 @@ impl Ctx {
             if let Some(every) = val_every.filter(|&e| m.step % e == 0 || last) {
                 let v = evaluate_loss(t.model(), &self.val_probe, 32, &mut |_, _| {})?;
                 line["val_loss"] = v.mean_loss.into();
-                println!("{run} step {} val loss {:.4} (every {every})", m.step, v.mean_loss);
+                println!(
+                    "{run} step {} val loss {:.4} (every {every})",
+                    m.step, v.mean_loss
+                );
             }
             self.journal.curve(line)?;
             if m.step % 100 == 0 || m.step == 1 {
-                println!("{run} step {} loss {:.4} ({:.0} tok/s)", m.step, m.loss, m.tokens_per_s);
+                println!(
+                    "{run} step {} loss {:.4} ({:.0} tok/s)",
+                    m.step, m.loss, m.tokens_per_s
+                );
             }
         }
         let secs = start.elapsed().as_secs_f64();
-        self.journal.emit(json!({"train": run, "tokens": tokens, "seconds": secs,
+        self.journal
+            .emit(json!({"train": run, "tokens": tokens, "seconds": secs,
             "tokens_per_s": tokens as f64 / secs, "final_loss": t.history().last().map(|m| m.loss),
             "mem_bytes": t.history().last().map(|m| m.mem_bytes)}))?;
         Ok(t.into_model())
@@ -446,7 +467,8 @@ impl Ctx {
                     QadTeacher::Base => None,
                     QadTeacher::Control => Some(self.load_weights(&control_file(seed))?),
                 };
-                let dense = self.model_from(Some(weights.as_ref().unwrap_or(base)), &QuantRecipe::DENSE)?;
+                let dense =
+                    self.model_from(Some(weights.as_ref().unwrap_or(base)), &QuantRecipe::DENSE)?;
                 Some(Teacher::new(dense, self.args.distill_alpha)?)
             }
             _ => None,
@@ -488,7 +510,10 @@ impl Ctx {
         let tensors = Tensor::read_safetensors(&path)
             .with_context(|| format!("{} (saved earlier in this run)", path.display()))?;
         let device = self.opts.device;
-        Ok(tensors.into_iter().map(|(n, t)| (n, t.to_device(device))).collect())
+        Ok(tensors
+            .into_iter()
+            .map(|(n, t)| (n, t.to_device(device)))
+            .collect())
     }
 
     fn arm_steps(&self) -> u64 {
@@ -590,13 +615,15 @@ fn run(args: Args) -> Result<()> {
         let all: usize = m.named_parameters().iter().map(|(_, t)| t.numel()).sum();
         all - ctx.cfg.vocab_size * ctx.cfg.hidden_size
     };
-    ctx.journal.emit(json!({"config": ctx.cfg.to_json_string(), "body_params": body,
+    ctx.journal.emit(
+        json!({"config": ctx.cfg.to_json_string(), "body_params": body,
         "pretrain_tokens": split, "arm_tokens": train_ids.len() - split,
         "val_tokens": val_ids.len(), "ood_tokens": ood_ids.len(), "seq_len": l,
         "batch": ctx.args.batch, "pretrain_steps": ctx.args.pretrain_steps,
         "arm_steps": ctx.arm_steps(), "pretrain_lr": ctx.args.pretrain_lr,
         "arm_lr": ctx.args.arm_lr, "weight_decay": ctx.args.weight_decay,
-        "resumed": ctx.args.resume, "tokenized_s": start.elapsed().as_secs_f64()}))?;
+        "resumed": ctx.args.resume, "tokenized_s": start.elapsed().as_secs_f64()}),
+    )?;
 
     let base = ctx.base()?;
     let mut arms: Vec<(&'static str, QuantRecipe)> = vec![("control", QuantRecipe::DENSE)];
@@ -605,11 +632,13 @@ fn run(args: Args) -> Result<()> {
     for &seed in &seeds {
         for &(kind, recipe) in &arms {
             if !ctx.arm(&base, kind, recipe, seed)? {
-                ctx.journal.emit(json!({"stopped": "budget", "wall_s": start.elapsed().as_secs_f64()}))?;
+                ctx.journal
+                    .emit(json!({"stopped": "budget", "wall_s": start.elapsed().as_secs_f64()}))?;
                 return Ok(());
             }
         }
     }
-    ctx.journal.emit(json!({"complete": true, "wall_s": start.elapsed().as_secs_f64()}))?;
+    ctx.journal
+        .emit(json!({"complete": true, "wall_s": start.elapsed().as_secs_f64()}))?;
     Ok(())
 }

@@ -27,7 +27,7 @@ use anyhow::{bail, Context, Result};
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
 use nvfp4_kernels::ComputePath;
-use qwen3_model::QuantRecipe;
+use qwen3_model::{QuantRecipe, Qwen3Config};
 use qwen3_nvfp4::{
     convert_model, device_arg, dtype_arg, init_tracing, parse_arg, pick_device, run_main,
     JobPrinter, ModelFormat,
@@ -38,6 +38,7 @@ use trainer::{
     resolve_model_dir, run_default_observed, run_job_observed, timestamped_run_dir, BadLinePolicy,
     Checkpointing, DataSource, DefaultRunOptions, EvalReport, JobSpec, MasterDtype,
     NonFinitePolicy, OptimStateKind, ResumeFrom, ScheduleKind, TeacherSpec, TrainConfig,
+    WeightsSource,
 };
 
 /// The library's defaults, shown by `--help` (one place: `TrainConfig::default`).
@@ -62,6 +63,12 @@ struct Args {
     /// tokenized once, packed into windows of --seq-len, every token a target.
     #[arg(long)]
     text: bool,
+    /// Pretraining from scratch: --model-dir names a `config.json` (or a
+    /// directory holding one) and the model starts from Hugging Face's random
+    /// initialisation (normal(0, initializer_range), norms at 1; drawn from
+    /// --seed). With --text and --recipe bf16 it is the dense baseline.
+    #[arg(long)]
+    init_random: bool,
     /// Quantization-aware distillation: the loss is KL to a frozen dense
     /// teacher (the --model-dir weights, dequantized; or --teacher).
     #[arg(long)]
@@ -316,11 +323,17 @@ fn model_run(args: &Args, dir: &Path) -> Result<Option<EvalReport>> {
         true => DataSource::Text(data),
         false => DataSource::File(data),
     };
+    if args.init_random && args.distill && args.teacher.is_none() {
+        bail!("--distill with --init-random needs --teacher DIR (a random model is no teacher)");
+    }
     let teacher = args.distill.then(|| TeacherSpec {
         path: args.teacher.clone().unwrap_or_else(|| dir.to_path_buf()),
         alpha: args.distill_alpha,
     });
-    let (config, weights) = resolve_model_dir(dir)?;
+    let (config, weights) = match args.init_random {
+        true => random_init(dir, args.seed)?,
+        false => resolve_model_dir(dir)?,
+    };
     let model_dir = if dir.is_dir() {
         dir.to_path_buf()
     } else {
@@ -421,6 +434,24 @@ fn model_run(args: &Args, dir: &Path) -> Result<Option<EvalReport>> {
     Ok(job.eval)
 }
 
+/// `--init-random`: the config of `path` (a `config.json` or a directory
+/// holding one) and no weights.
+fn random_init(path: &Path, seed: u64) -> Result<(Qwen3Config, WeightsSource)> {
+    let config = match path.is_dir() {
+        true => path.join("config.json"),
+        false => path.to_path_buf(),
+    };
+    if !config.is_file() {
+        bail!(
+            "--model-dir {} with --init-random: no config.json there",
+            path.display()
+        );
+    }
+    let cfg = Qwen3Config::from_file(&config)
+        .with_context(|| format!("--model-dir {}", config.display()))?;
+    Ok((cfg, WeightsSource::Init { config, seed }))
+}
+
 /// TrainConfig from the flags (whose defaults are the library's).
 fn train_config(args: &Args, run_dir: &Path) -> Result<TrainConfig> {
     let mut c = TrainConfig {
@@ -475,7 +506,7 @@ fn export_trained(
     let Some(out) = &args.export else {
         return Ok(());
     };
-    let weights = trainer::WeightsSource::Dat(trained_dat.to_path_buf());
+    let weights = WeightsSource::Dat(trained_dat.to_path_buf());
     let r = convert_model(cfg, &weights, files_dir, args.format, out, device)
         .with_context(|| format!("--export {}", out.display()))?;
     println!(

@@ -63,6 +63,19 @@ def main(path: str) -> None:
             fmt = lambda v: "-" if not v else " / ".join(f"{100 * x:.0f}%" for x in v)
             print(f"| {e} | {gap:+.4f} | {ratio:.1f} | {'yes' if ratio >= 5 else 'no'} | {fmt(qat)} | {fmt(qad)} |")
     print()
+    # QAD whose teacher is the base (the default of runs that do not say):
+    # it can at best reach the base, so its recovery is measured against PTQ(base).
+    base = {r["eval"]: r for r in evals if r.get("model") == "base"}
+    qad_base = [r for r in evals if r.get("model") == "qad" and r.get("teacher", "base") == "base"]
+    if qad_base and "bf16" in base:
+        print("QAD with the base as teacher, against the base: (PTQ(base) - arm) / (PTQ(base) - base)\n")
+        print("| scheme | seed | held-out loss | PTQ(base) | base | recovered |")
+        print("|---|---|---|---|---|---|")
+        for r in qad_base:
+            ptq, b = base[r["eval"]]["val_loss"], base["bf16"]["val_loss"]
+            g = (ptq - r["val_loss"]) / (ptq - b)
+            print(f"| {r['eval']} | {r['seed']} | {r['val_loss']:.4f} | {ptq:.4f} | {b:.4f} | {100 * g:.0f}% |")
+        print()
     for r in rows:
         if "scale_stats" in r:
             print(f"- scale stats {r['model']} {r['scale_stats']} head={r['head']}: "

@@ -61,6 +61,9 @@ pub fn convert_model(
             Qwen3Model::load_dat(&dat, cfg, &opts)
         }
         WeightsSource::HfDir(d) => Qwen3Model::load_hf_dir(d, cfg, &opts),
+        WeightsSource::Init { .. } => {
+            anyhow::bail!("a freshly initialised model has nothing to convert: train it first")
+        }
     }
     .context("loading the model")?;
     let load_s = start.elapsed().as_secs_f64();

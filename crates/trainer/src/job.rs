@@ -29,6 +29,15 @@ pub enum WeightsSource {
     Dat(PathBuf),
     /// A Hugging Face directory of bf16/f16/f32 safetensors (quantized on load).
     HfDir(PathBuf),
+    /// No weights: pretraining from scratch. Hugging Face's initialisation
+    /// of the job's config (normal(0, `initializer_range` of this
+    /// `config.json`), norms at 1), dense, drawn from `seed`.
+    Init {
+        /// The `config.json` the job's config was read from.
+        config: PathBuf,
+        /// Seed of the draw.
+        seed: u64,
+    },
 }
 
 /// Which checkpoint to resume from.
@@ -159,6 +168,11 @@ impl JobSpec {
                 Ok((model, Some(dat)))
             }
             WeightsSource::HfDir(d) => Ok((Qwen3Model::load_hf_dir(d, &self.config, &opts)?, None)),
+            WeightsSource::Init { config, seed } => {
+                let std = qwen3_model::initializer_range(config)?;
+                let model = Qwen3Model::init_dense(&self.config, &opts, *seed, std)?;
+                Ok((model, None))
+            }
         }
     }
 
@@ -541,6 +555,7 @@ impl JobSpec {
         let source = match &self.weights {
             WeightsSource::Dat(p) => parent_of(p).to_path_buf(),
             WeightsSource::HfDir(d) => d.clone(),
+            WeightsSource::Init { config, .. } => parent_of(config).to_path_buf(),
         };
         let mut copied_tokenizer = false;
         for name in TOKENIZER_FILES {
