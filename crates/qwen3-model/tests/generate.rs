@@ -3,32 +3,17 @@
 //! work, seeds reproduce, and multi-turn on a persistent cache equals
 //! recomputing the whole conversation.
 
+mod common;
+
+use common::{generation_cfg as tiny_config, GEN_VOCAB as VOCAB};
 use nvfp4_kernels::ComputePath;
 use qwen3_model::{
     generate, Conversation, FinishReason, GenerateOptions, Generation, LoadOptions, PrefillMode,
-    Qwen3Config, Qwen3Model, SamplingParams,
+    Qwen3Model, SamplingParams,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tch::{Device, Kind, Tensor};
-
-const VOCAB: usize = 384;
-
-fn tiny_config() -> Qwen3Config {
-    Qwen3Config {
-        vocab_size: VOCAB,
-        hidden_size: 64,
-        intermediate_size: 128,
-        num_hidden_layers: 2,
-        num_attention_heads: 4,
-        num_key_value_heads: 2,
-        head_dim: 16,
-        max_position_embeddings: 512,
-        tie_word_embeddings: false,
-        eos_token_ids: vec![],
-        ..Qwen3Config::qwen3_4b()
-    }
-}
 
 /// A random model and a random prompt; the seed is printed for reproduction.
 fn setup(device: Device) -> (Qwen3Model, Vec<u32>, StdRng) {

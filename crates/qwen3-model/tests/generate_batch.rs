@@ -3,34 +3,20 @@
 //! prompt alone (greedy ids equal, logits within 1e-4), padding is never
 //! attended, rows stop on their own, and bad batches are errors.
 
+mod common;
+
+use common::{generation_cfg as tiny_config, GEN_VOCAB as VOCAB};
 use nvfp4_kernels::ComputePath;
 use qwen3_model::{
-    generate, generate_batch, FinishReason, GenerateOptions, LoadOptions, Qwen3Config, Qwen3Model,
+    generate, generate_batch, FinishReason, GenerateOptions, LoadOptions, Qwen3Model,
     SamplingParams,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tch::{Device, Kind, Tensor};
 
-const VOCAB: usize = 384;
 /// f32 logits of a padded row vs the same prompt alone (measured ~1e-6).
 const LOGITS_TOL: f64 = 1e-4;
-
-fn tiny_config() -> Qwen3Config {
-    Qwen3Config {
-        vocab_size: VOCAB,
-        hidden_size: 64,
-        intermediate_size: 128,
-        num_hidden_layers: 2,
-        num_attention_heads: 4,
-        num_key_value_heads: 2,
-        head_dim: 16,
-        max_position_embeddings: 512,
-        tie_word_embeddings: false,
-        eos_token_ids: vec![],
-        ..Qwen3Config::qwen3_4b()
-    }
-}
 
 /// A random model and 4 random prompts of distinct lengths (1 included, so
 /// one row is almost all padding); the seed is printed for reproduction.

@@ -14,7 +14,6 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -68,14 +67,6 @@ fn weights(t: &Trainer) -> Vec<(String, Tensor)> {
         .collect()
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Runs `world` ranks of `rank`; returns rank 0's losses and weights.
 fn run_ranks(
     world: usize,
@@ -83,7 +74,7 @@ fn run_ranks(
     checkpointing: bool,
     dir: &Path,
 ) -> (Vec<f64>, Vec<(String, Tensor)>) {
-    let port = free_port();
+    let port = common::free_port();
     let exe = std::env::current_exe().unwrap();
     let start = Instant::now();
     let children: Vec<_> = (0..world)
@@ -156,15 +147,7 @@ fn group_of_one_is_bitwise_the_plain_trainer() {
     let seed = test_support::seed();
     let mut plain = trainer(seed, 2, true, None);
     let mut dp = trainer(seed, 2, true, None);
-    let group = ProcessGroup::new(&GroupOptions {
-        master_addr: "127.0.0.1".into(),
-        master_port: free_port(),
-        rank: 0,
-        world_size: 1,
-        backend: Backend::Gloo,
-        timeout: Duration::from_secs(60),
-    })
-    .unwrap();
+    let group = common::group_of_one(Backend::Gloo);
     dp.set_data_parallel(group).unwrap();
     for step in 0..STEPS {
         let (a, b) = (plain.step().unwrap().loss, dp.step().unwrap().loss);
@@ -201,15 +184,7 @@ fn nccl_group_of_one_matches_the_plain_trainer() {
     };
     let mut plain = make();
     let mut dp = make();
-    let group = ProcessGroup::new(&GroupOptions {
-        master_addr: "127.0.0.1".into(),
-        master_port: free_port(),
-        rank: 0,
-        world_size: 1,
-        backend: Backend::Nccl,
-        timeout: Duration::from_secs(60),
-    })
-    .unwrap();
+    let group = common::group_of_one(Backend::Nccl);
     dp.set_data_parallel(group).unwrap();
     for step in 0..STEPS {
         let (a, b) = (plain.step().unwrap().loss, dp.step().unwrap().loss);

@@ -26,7 +26,6 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -89,14 +88,6 @@ fn weights(t: &Trainer) -> Vec<(String, Tensor)> {
         .collect()
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// What one launch of ranks does.
 #[derive(Clone, Debug, Default)]
 struct Spec {
@@ -155,7 +146,7 @@ fn run_ranks(
 }
 
 fn spawn_ranks(world: usize, seed: u64, spec: &Spec, dir: &Path) -> Vec<Child> {
-    let port = free_port();
+    let port = common::free_port();
     let exe = std::env::current_exe().unwrap();
     (0..world)
         .map(|rank| {
@@ -564,15 +555,7 @@ fn nccl_zero1_group_of_one_matches_the_plain_trainer() {
     };
     let mut plain = make(false, None);
     let mut zero = make(true, Some(dir.path().join("ckpt")));
-    let group = ProcessGroup::new(&GroupOptions {
-        master_addr: "127.0.0.1".into(),
-        master_port: free_port(),
-        rank: 0,
-        world_size: 1,
-        backend: Backend::Nccl,
-        timeout: Duration::from_secs(60),
-    })
-    .unwrap();
+    let group = common::group_of_one(Backend::Nccl);
     zero.set_data_parallel(group).unwrap();
     assert!(zero.data_parallel().unwrap().is_zero1());
     let compare = |what: &str, a: &Trainer, b: &Trainer| {
@@ -603,15 +586,7 @@ fn nccl_zero1_group_of_one_matches_the_plain_trainer() {
 
 /// A Gloo group of this process alone.
 fn group_of_one() -> ProcessGroup {
-    ProcessGroup::new(&GroupOptions {
-        master_addr: "127.0.0.1".into(),
-        master_port: free_port(),
-        rank: 0,
-        world_size: 1,
-        backend: Backend::Gloo,
-        timeout: Duration::from_secs(60),
-    })
-    .unwrap()
+    common::group_of_one(Backend::Gloo)
 }
 
 fn latest(dir: &Path) -> PathBuf {

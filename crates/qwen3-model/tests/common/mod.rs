@@ -94,6 +94,27 @@ pub fn row(ids: &[i64]) -> Tensor {
     Tensor::from_slice(ids).view([1, ids.len() as i64])
 }
 
+/// Vocabulary of [`generation_cfg`].
+pub const GEN_VOCAB: usize = 384;
+
+/// The small untied config of the generation tests (single and batched):
+/// 2 layers, GQA 2, no stop ids of its own.
+pub fn generation_cfg() -> Qwen3Config {
+    Qwen3Config {
+        vocab_size: GEN_VOCAB,
+        hidden_size: 64,
+        intermediate_size: 128,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        num_key_value_heads: 2,
+        head_dim: 16,
+        max_position_embeddings: 512,
+        tie_word_embeddings: false,
+        eos_token_ids: vec![],
+        ..Qwen3Config::qwen3_4b()
+    }
+}
+
 /// A small config: 2 layers, GQA 2, head_dim != hidden/heads.
 pub fn tiny_cfg(tied: bool) -> Qwen3Config {
     Qwen3Config {

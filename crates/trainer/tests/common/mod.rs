@@ -94,3 +94,25 @@ pub fn rank_results(dir: &std::path::Path) -> (Vec<f64>, Vec<(String, tch::Tenso
     let weights = tch::Tensor::load_multi(dir.join("weights.pt")).unwrap();
     (losses, weights)
 }
+
+/// A local port free at the time of asking (rendezvous of the test groups).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A process group of this process alone on `backend` (Gloo on the CPU, NCCL on CUDA).
+pub fn group_of_one(backend: distributed::Backend) -> distributed::ProcessGroup {
+    distributed::ProcessGroup::new(&distributed::GroupOptions {
+        master_addr: "127.0.0.1".into(),
+        master_port: free_port(),
+        rank: 0,
+        world_size: 1,
+        backend,
+        timeout: std::time::Duration::from_secs(60),
+    })
+    .unwrap()
+}
