@@ -5,26 +5,19 @@
 
 mod common;
 
-use common::{generation_cfg as tiny_config, GEN_VOCAB as VOCAB};
-use nvfp4_kernels::ComputePath;
+use common::GEN_VOCAB as VOCAB;
 use qwen3_model::{
-    generate, Conversation, FinishReason, GenerateOptions, Generation, LoadOptions, PrefillMode,
-    Qwen3Model, SamplingParams,
+    generate, Conversation, FinishReason, GenerateOptions, Generation, PrefillMode, Qwen3Model,
+    SamplingParams,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
 /// A random model and a random prompt; the seed is printed for reproduction.
 fn setup(device: Device) -> (Qwen3Model, Vec<u32>, StdRng) {
     let mut rng = StdRng::seed_from_u64(test_support::seed());
-    let opts = LoadOptions {
-        device,
-        dtype: Kind::Float,
-        compute_path: ComputePath::Auto,
-        strict: true,
-    };
-    let model = Qwen3Model::random(&tiny_config(), &opts, rng.gen()).unwrap();
+    let model = common::generation_model(device, rng.gen());
     let prompt = (0..rng.gen_range(5..20))
         .map(|_| rng.gen_range(0..VOCAB as u32))
         .collect();

@@ -6,14 +6,13 @@
 mod common;
 
 use common::{generation_cfg as tiny_config, GEN_VOCAB as VOCAB};
-use nvfp4_kernels::ComputePath;
 use qwen3_model::{
     generate, generate_batch, FinishReason, GenerateOptions, LoadOptions, Qwen3Model,
     SamplingParams,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
 /// f32 logits of a padded row vs the same prompt alone (measured ~1e-6).
 const LOGITS_TOL: f64 = 1e-4;
@@ -22,13 +21,7 @@ const LOGITS_TOL: f64 = 1e-4;
 /// one row is almost all padding); the seed is printed for reproduction.
 fn setup(device: Device) -> (Qwen3Model, Vec<Vec<u32>>, StdRng) {
     let mut rng = StdRng::seed_from_u64(test_support::seed());
-    let opts = LoadOptions {
-        device,
-        dtype: Kind::Float,
-        compute_path: ComputePath::Auto,
-        strict: true,
-    };
-    let model = Qwen3Model::random(&tiny_config(), &opts, rng.gen()).unwrap();
+    let model = common::generation_model(device, rng.gen());
     let lens = [
         rng.gen_range(9..14),
         1,

@@ -115,6 +115,17 @@ pub fn generation_cfg() -> Qwen3Config {
     }
 }
 
+/// A random f32 model of [`generation_cfg`] on `device`.
+pub fn generation_model(device: Device, seed: u64) -> Qwen3Model {
+    let opts = LoadOptions {
+        device,
+        dtype: Kind::Float,
+        compute_path: nvfp4_kernels::ComputePath::Auto,
+        strict: true,
+    };
+    Qwen3Model::random(&generation_cfg(), &opts, seed).unwrap()
+}
+
 /// A small config: 2 layers, GQA 2, head_dim != hidden/heads.
 pub fn tiny_cfg(tied: bool) -> Qwen3Config {
     Qwen3Config {
