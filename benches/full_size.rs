@@ -142,7 +142,8 @@ fn main() -> Result<()> {
 }
 
 /// `spec` = "master,moments,batch[,seq[,checkpointing]]", e.g. "f32,f32,1",
-/// "bf16,int8,4,2048" or "bf16,bf16,4,2048,off" (checkpointing on | off | auto, default on).
+/// "bf16,int8,4,2048" or "bf16,bf16,4,2048,every-2" (checkpointing on | off |
+/// every-K | auto, default on).
 fn train(model: Qwen3Model, spec: &str, probe: &MemoryProbe, base_mem: u64) -> Result<()> {
     let parts: Vec<&str> = spec.split(',').collect();
     let [master, moments, batch, rest @ ..] = parts.as_slice() else {
@@ -210,7 +211,7 @@ fn train(model: Qwen3Model, spec: &str, probe: &MemoryProbe, base_mem: u64) -> R
                 "step_s": step_s, "tok_s": tok_s, "first_step_s": first.step_s,
                 "loss": first.loss, "peak_reserved_gib": peak as f64 / 2f64.powi(30),
                 "mfu": tok_s * flops_per_token / H100_H200_BF16_PEAK_FLOPS,
-                "activation_checkpointing": t.recomputes_blocks()}),
+                "recompute_every": t.recompute_every()}),
     );
     Ok(())
 }

@@ -176,7 +176,8 @@ struct Args {
     #[arg(long)]
     train_last_layers: Option<usize>,
     /// Recompute blocks in the backward pass to save activation memory:
-    /// on | off | auto (on only when the run would not fit without it). A bare flag means on.
+    /// on | off | every-K (every K-th block) | auto (the fastest of off,
+    /// every-4, every-2 and on that fits the free memory). A bare flag means on.
     #[arg(long, default_value_t = defaults().activation_checkpointing,
           value_parser = parse_arg::<Checkpointing>, num_args = 0..=1, default_missing_value = "on")]
     activation_checkpointing: Checkpointing,

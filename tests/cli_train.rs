@@ -409,3 +409,32 @@ fn init_random_pretrains_from_a_config_alone() {
     assert!(!out.status.success());
     assert!(text(&out).1.contains("--teacher"), "{}", text(&out).1);
 }
+
+/// `--activation-checkpointing every-K` recomputes one block in K (the run
+/// says so) and trains; K = 0 or a word that is no policy is refused, naming
+/// the flag and the accepted spellings.
+#[test]
+fn checkpointing_every_kth_block_is_a_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model_dir(&dir.path().join("base"), &tiny_config(|_| {}));
+    let data = pairs_jsonl(dir.path());
+    let out = run(train_cmd(&model, &data)
+        .args(["--activation-checkpointing", "every-2"])
+        .arg("--run-dir")
+        .arg(dir.path().join("run")));
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("activation checkpointing 1 block in 2 (every-2)"),
+        "{stdout}"
+    );
+    for bad in ["every-0", "sometimes"] {
+        let out = run(train_cmd(&model, &data).args(["--activation-checkpointing", bad]));
+        assert!(!out.status.success());
+        let (_, stderr) = text(&out);
+        assert!(
+            stderr.contains("activation-checkpointing") && stderr.contains("every-K"),
+            "{stderr}"
+        );
+    }
+}

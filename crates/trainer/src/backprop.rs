@@ -36,8 +36,16 @@ pub struct BackpropPlan {
     /// First block with trainable weights; blocks below it (and the
     /// embedding lookup) run without a graph.
     pub first_trained_layer: usize,
-    /// Recompute blocks in the backward pass.
-    pub checkpointing: bool,
+    /// Recompute every k-th block in the backward pass (blocks 0, k, 2k,
+    /// ...; 1: all, 0: none).
+    pub recompute_every: usize,
+}
+
+impl BackpropPlan {
+    /// Whether block `layer` is recomputed in the backward pass.
+    pub fn recomputes(&self, layer: usize) -> bool {
+        self.recompute_every > 0 && layer.is_multiple_of(self.recompute_every)
+    }
 }
 
 /// Sum of cross-entropies over the target positions of `hidden` [B, T, H]
@@ -149,7 +157,7 @@ pub(crate) fn forward_backward_with(
     top: &mut TopLoss<'_>,
 ) -> Result<()> {
     let x0 = embed_and_frozen(model, input_ids, plan)?;
-    if plan.checkpointing {
+    if plan.recompute_every > 0 {
         return blockwise(model, x0, plan, top, &mut |_| Ok(()));
     }
     let mut h = x0;
@@ -203,9 +211,9 @@ fn embed_and_frozen(model: &Qwen3Model, input_ids: &Tensor, plan: BackpropPlan) 
 }
 
 /// Forward of the trained blocks, each from a detached input, then backward
-/// from the top one block at a time. With `plan.checkpointing` the forward
-/// keeps only each block's input and recomputes the block in the backward;
-/// without it, each block's graph is kept from the forward.
+/// from the top one block at a time. A block `plan` recomputes keeps only its
+/// input in the forward and is run again with a graph in the backward; the
+/// others keep their graph from the forward.
 fn blockwise(
     model: &Qwen3Model,
     x0: Tensor,
@@ -219,7 +227,7 @@ fn blockwise(
     let mut saved: Vec<(Tensor, Option<Tensor>)> = Vec::with_capacity(model.num_layers() - first);
     let mut h = x0.detach();
     for l in first..model.num_layers() {
-        if plan.checkpointing {
+        if plan.recomputes(l) {
             let next = tch::no_grad(|| model.block_forward(l, &h, 0))?;
             saved.push((h, None));
             h = next;

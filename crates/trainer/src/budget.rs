@@ -54,34 +54,45 @@ impl ParamCounts {
     }
 }
 
-/// Whether a run of `train` recomputes blocks: as asked, or for
-/// [`Checkpointing::Auto`] only when the estimate without recomputation does
-/// not fit the memory free on `device` now (unknown: recompute only if asked).
+/// Policies [`Checkpointing::Auto`] chooses from, fastest first.
+const AUTO_POLICIES: [Checkpointing; 4] = [
+    Checkpointing::Off,
+    Checkpointing::Every(4),
+    Checkpointing::Every(2),
+    Checkpointing::On,
+];
+
+/// Which blocks a run of `train` recomputes, as "every k-th block" (0:
+/// none, 1: all): as asked, or for [`Checkpointing::Auto`] the fastest
+/// policy whose estimate fits the memory free on `device` now (every block
+/// when none fits; none when the free memory is unknown).
 pub fn resolve_checkpointing(
     cfg: &Qwen3Config,
     train: &TrainConfig,
     dtype: Kind,
     device: Device,
-) -> bool {
-    match train.activation_checkpointing {
-        Checkpointing::On => true,
-        Checkpointing::Off => false,
-        Checkpointing::Auto => {
-            let without = TrainConfig {
-                activation_checkpointing: Checkpointing::Off,
-                ..train.clone()
-            };
-            let need = training_estimate(cfg, &without, dtype).total();
-            let recompute = memory_available(device).is_some_and(|free| need > free as f64);
-            tracing::info!(
-                "activation checkpointing auto: {} (estimate without it {}, free {})",
-                if recompute { "on" } else { "off" },
-                human_bytes(need as u64),
-                memory_available(device).map_or("unknown".into(), human_bytes)
-            );
-            recompute
-        }
+) -> usize {
+    if let Some(k) = train.activation_checkpointing.recompute_every() {
+        return k;
     }
+    let free = memory_available(device);
+    let need = |policy: Checkpointing| {
+        let t = TrainConfig {
+            activation_checkpointing: policy,
+            ..train.clone()
+        };
+        training_estimate(cfg, &t, dtype).total()
+    };
+    let chosen = AUTO_POLICIES
+        .into_iter()
+        .find(|&p| free.is_none_or(|free| need(p) <= free as f64))
+        .unwrap_or(Checkpointing::On);
+    tracing::info!(
+        "activation checkpointing auto: {chosen} (estimate {}, free {})",
+        human_bytes(need(chosen) as u64),
+        free.map_or("unknown".into(), human_bytes)
+    );
+    chosen.recompute_every().unwrap_or(1)
 }
 
 /// An estimate, by part, in bytes.
@@ -195,10 +206,12 @@ pub fn training_estimate_per_rank(
     // norms (a few times hidden), q/k/v/attention output, the MLP's three
     // intermediate tensors; with checkpointing only each block's input.
     let per_token_layer = 6.0 * h + 2.0 * cfg.q_dim() as f64 + 3.0 * cfg.intermediate_size as f64;
-    // `Auto` can always fall back to checkpointing: the lowest estimate.
-    let kept_layers = match train.activation_checkpointing {
-        Checkpointing::Off => trained_layers,
-        Checkpointing::On | Checkpointing::Auto => 1.0,
+    // Blocks that keep their activations, plus the one being recomputed;
+    // `Auto` can always fall back to recomputing all: the lowest estimate.
+    let kept_layers = match train.activation_checkpointing.recompute_every() {
+        Some(0) => trained_layers,
+        Some(k) => trained_layers - (trained_layers / k as f64).ceil() + 1.0,
+        None => 1.0,
     };
     let activations = tokens
         * act
@@ -293,6 +306,37 @@ mod tests {
     }
 
     #[test]
+    fn each_auto_policy_needs_less_memory_than_the_one_before() {
+        let cfg = Qwen3Config::qwen3_4b();
+        let need = |p| {
+            let t = TrainConfig {
+                activation_checkpointing: p,
+                batch_size: 4,
+                seq_len: 2048,
+                ..TrainConfig::default()
+            };
+            training_estimate(&cfg, &t, Kind::BFloat16).total()
+        };
+        let needs: Vec<f64> = AUTO_POLICIES.into_iter().map(need).collect();
+        assert!(
+            needs.windows(2).all(|w| w[0] > w[1]),
+            "off, every-4, every-2, on must need less and less: {needs:?}"
+        );
+        assert_eq!(
+            "every-2".parse::<Checkpointing>().unwrap(),
+            Checkpointing::Every(2)
+        );
+        assert_eq!(
+            "every-1".parse::<Checkpointing>().unwrap(),
+            Checkpointing::On
+        );
+        assert_eq!(Checkpointing::Every(3).to_string(), "every-3");
+        for bad in ["every-0", "every-", "every-x", "sometimes"] {
+            assert!(bad.parse::<Checkpointing>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn auto_checkpointing_recomputes_only_when_the_run_would_not_fit() {
         let small = Qwen3Config {
             num_hidden_layers: 2,
@@ -307,17 +351,19 @@ mod tests {
         };
         let resolve =
             |cfg: &Qwen3Config, c| resolve_checkpointing(cfg, &t(c), Kind::Float, Device::Cpu);
-        assert!(resolve(&small, Checkpointing::On));
-        assert!(!resolve(&small, Checkpointing::Off));
-        assert!(!resolve(&small, Checkpointing::Auto), "a tiny run fits");
+        assert_eq!(resolve(&small, Checkpointing::On), 1);
+        assert_eq!(resolve(&small, Checkpointing::Off), 0);
+        assert_eq!(resolve(&small, Checkpointing::Every(3)), 3);
+        assert_eq!(resolve(&small, Checkpointing::Auto), 0, "a tiny run fits");
         // Activations of 100k layers without recomputation exceed any host.
         let deep = Qwen3Config {
             num_hidden_layers: 100_000,
             ..small
         };
-        assert!(resolve(&deep, Checkpointing::Auto));
-        assert!(
-            !resolve(&deep, Checkpointing::Off),
+        assert_eq!(resolve(&deep, Checkpointing::Auto), 1);
+        assert_eq!(
+            resolve(&deep, Checkpointing::Off),
+            0,
             "an explicit choice stands"
         );
     }

@@ -57,8 +57,8 @@ impl FromStr for MasterDtype {
     }
 }
 
-/// Activation checkpointing: recompute each block in the backward pass
-/// instead of keeping its activations.
+/// Activation checkpointing: recompute blocks in the backward pass instead
+/// of keeping their activations.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Checkpointing {
@@ -66,34 +66,56 @@ pub enum Checkpointing {
     Off,
     /// Recompute every block (one block's activations at a time).
     On,
-    /// Off when the run's memory estimate without it fits the memory free
-    /// on the device when training starts, else on; the choice is logged.
+    /// Recompute every k-th block (blocks 0, k, 2k, ...), keep the others'
+    /// activations: between `Off` and `On` in memory and in time.
+    Every(usize),
+    /// The fastest of off, every 4th, every 2nd block and on whose memory
+    /// estimate fits the memory free on the device when training starts;
+    /// the choice is logged.
     #[default]
     Auto,
 }
 
+impl Checkpointing {
+    /// The resolved policy as "recompute every k-th block" (0: none).
+    pub fn recompute_every(self) -> Option<usize> {
+        match self {
+            Self::Off => Some(0),
+            Self::On => Some(1),
+            Self::Every(k) => Some(k),
+            Self::Auto => None,
+        }
+    }
+}
+
 impl std::fmt::Display for Checkpointing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Off => "off",
-            Self::On => "on",
-            Self::Auto => "auto",
-        })
+        match self {
+            Self::Off => f.write_str("off"),
+            Self::On => f.write_str("on"),
+            Self::Every(k) => write!(f, "every-{k}"),
+            Self::Auto => f.write_str("auto"),
+        }
     }
 }
 
 impl FromStr for Checkpointing {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
+        let bad = || Error::ParseOption {
+            name: "activation-checkpointing",
+            expected: "on, off, auto, every-K (K >= 1: every K-th block)",
+            got: s.into(),
+        };
         match s {
             "off" | "false" => Ok(Self::Off),
             "on" | "true" => Ok(Self::On),
             "auto" => Ok(Self::Auto),
-            _ => Err(Error::ParseOption {
-                name: "activation-checkpointing",
-                expected: "on, off, auto",
-                got: s.into(),
-            }),
+            _ => match s.strip_prefix("every-").map(str::parse::<usize>) {
+                Some(Ok(1)) => Ok(Self::On),
+                Some(Ok(k)) if k > 1 => Ok(Self::Every(k)),
+                _ => Err(bad()),
+            },
         }
     }
 }

@@ -216,8 +216,9 @@ pub enum JobEvent<'a> {
         steps: u64,
         /// Where it runs.
         device: Device,
-        /// Activation checkpointing, as resolved.
-        recompute: bool,
+        /// Activation checkpointing, as resolved: every k-th block is
+        /// recomputed (1: all, 0: none).
+        recompute_every: usize,
     },
     /// Resumed from a checkpoint.
     Resumed {
@@ -265,7 +266,7 @@ impl std::fmt::Display for JobEvent<'_> {
                 state_bytes,
                 steps,
                 device,
-                recompute,
+                recompute_every,
             } => write!(
                 f,
                 "training {tensors} tensors ({:.2} M parameters, master {}, optimizer state {} = {}), {steps} steps, device {device:?}, activation checkpointing {} ({})",
@@ -273,7 +274,11 @@ impl std::fmt::Display for JobEvent<'_> {
                 config.master_dtype,
                 config.adamw.state,
                 human_bytes(*state_bytes),
-                if *recompute { "on" } else { "off" },
+                match recompute_every {
+                    0 => "off".to_string(),
+                    1 => "on".to_string(),
+                    k => format!("1 block in {k}"),
+                },
                 config.activation_checkpointing
             ),
             JobEvent::Resumed { from, step } => {
@@ -402,7 +407,7 @@ pub(crate) fn run_job_locked(
         state_bytes: trainer.optimizer().state_bytes() as u64,
         steps: trainer.total_steps(),
         device: trainer.model().device(),
-        recompute: trainer.recomputes_blocks(),
+        recompute_every: trainer.recompute_every(),
     });
     if let Some(from) = resume(&mut trainer, spec.resume.as_ref(), &mut emit)? {
         if trainer.step_count() >= trainer.total_steps() {

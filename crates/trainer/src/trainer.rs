@@ -108,7 +108,7 @@ impl Trainer {
             ));
         }
         // Decided before the master weights exist, from the memory free now.
-        let checkpointing = crate::budget::resolve_checkpointing(
+        let recompute_every = crate::budget::resolve_checkpointing(
             model.config(),
             &cfg,
             model.dtype(),
@@ -135,7 +135,7 @@ impl Trainer {
             .build(cfg.warmup, total_steps, cfg.min_lr_ratio)?;
         let plan = BackpropPlan {
             first_trained_layer: layers - cfg.train_last_layers.unwrap_or(layers),
-            checkpointing,
+            recompute_every,
         };
         let ckpt = match &cfg.checkpoint_dir {
             Some(dir) => Some(CheckpointManager::new(dir, cfg.keep_last)?),
@@ -196,7 +196,13 @@ impl Trainer {
 
     /// Whether the backward recomputes blocks (activation checkpointing as resolved).
     pub fn recomputes_blocks(&self) -> bool {
-        self.plan.checkpointing
+        self.plan.recompute_every > 0
+    }
+
+    /// Activation checkpointing as resolved: every k-th block is recomputed
+    /// (1: all, 0: none).
+    pub fn recompute_every(&self) -> usize {
+        self.plan.recompute_every
     }
 
     /// Optimizer steps done (resumes included).

@@ -116,7 +116,7 @@ fn ste_gradient_equals_the_dense_gradient_at_the_dequantized_weights() {
         let denom = batch.target_tokens as f64;
         let plan = BackpropPlan {
             first_trained_layer: 0,
-            checkpointing: false,
+            recompute_every: 0,
         };
         let ce = forward_backward(&model, &batch.input_ids, &batch.labels, denom, plan).unwrap();
 
@@ -202,35 +202,38 @@ fn activation_checkpointing_gives_the_full_graph_gradients() {
             &model,
             BackpropPlan {
                 first_trained_layer: first,
-                checkpointing: false,
+                recompute_every: 0,
             },
             &batch,
         );
-        let ckpt = grads_of(
-            &model,
-            BackpropPlan {
-                first_trained_layer: first,
-                checkpointing: true,
-            },
-            &batch,
-        );
-        assert_eq!(plain.len(), ckpt.len());
-        let mut worst = 0f64;
-        for ((n, a), (_, b)) in plain.iter().zip(&ckpt) {
-            assert!(
-                b.abs().max().double_value(&[]) > 0.0 || a.abs().max().double_value(&[]) == 0.0,
-                "{n}: no gradient"
+        // Every block, and every 2nd (blocks 0, 2, ...: one recomputed, one kept).
+        for every in [1, 2] {
+            let ckpt = grads_of(
+                &model,
+                BackpropPlan {
+                    first_trained_layer: first,
+                    recompute_every: every,
+                },
+                &batch,
             );
-            worst = worst.max(max_rel_diff(b, a));
+            assert_eq!(plain.len(), ckpt.len());
+            let mut worst = 0f64;
+            for ((n, a), (_, b)) in plain.iter().zip(&ckpt) {
+                assert!(
+                    b.abs().max().double_value(&[]) > 0.0 || a.abs().max().double_value(&[]) == 0.0,
+                    "{n}: no gradient"
+                );
+                worst = worst.max(max_rel_diff(b, a));
+            }
+            println!(
+                "tied={tied} first_trained_layer={first} recompute every {every}: {} tensors, max relative difference {worst:.3e}",
+                plain.len()
+            );
+            assert!(
+                worst < 1e-5,
+                "checkpointed gradients must equal the full-graph ones (tolerance 1e-5)"
+            );
         }
-        println!(
-            "tied={tied} first_trained_layer={first}: {} tensors, max relative difference {worst:.3e}",
-            plain.len()
-        );
-        assert!(
-            worst < 1e-5,
-            "checkpointed gradients must equal the full-graph ones (tolerance 1e-5)"
-        );
     }
 }
 

@@ -67,7 +67,7 @@ fn a_batch_without_targets_has_zero_loss_and_gradient() {
     assert_eq!(b.target_tokens, 0);
     let plan = trainer::BackpropPlan {
         first_trained_layer: 0,
-        checkpointing: false,
+        recompute_every: 0,
     };
     let ce = trainer::forward_backward(&model, &b.input_ids, &b.labels, 1.0, plan).unwrap();
     assert_eq!(ce, 0.0);

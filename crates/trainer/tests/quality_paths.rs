@@ -144,24 +144,24 @@ fn one_qad_step_is_chunk_invariant_and_moves_the_student_towards_the_teacher() {
     let b = make_batch(&refs, 0, Device::Cpu);
     let plan = BackpropPlan {
         first_trained_layer: 0,
-        checkpointing: false,
+        recompute_every: 0,
     };
-    let run = |chunk: usize, checkpointing: bool| {
+    let run = |chunk: usize, recompute_every: usize| {
         for (_, mut p) in student.named_parameters() {
             p.zero_grad();
         }
         let mut t = Teacher::new(teacher_model(), 0.7).unwrap();
         t.chunk = chunk;
         let plan = BackpropPlan {
-            checkpointing,
+            recompute_every,
             ..plan
         };
         let s =
             distill_forward_backward(&student, &t, &b.input_ids, &b.labels, 10.0, plan).unwrap();
         (s, grads(&student))
     };
-    let (whole, g_whole) = run(4096, false);
-    let (chunked, g_chunked) = run(7, true);
+    let (whole, g_whole) = run(4096, 0);
+    let (chunked, g_chunked) = run(7, 1);
     // The student is the teacher quantized: the KL is small but not zero.
     assert!(whole.kl > 0.0 && whole.kl < whole.ce, "{whole:?}");
     assert!((whole.kl - chunked.kl).abs() < 1e-4 * whole.kl);
