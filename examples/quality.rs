@@ -198,7 +198,7 @@ impl Journal {
             })
             .map(|v| format!("{v}\n"))
             .collect();
-        std::fs::write(&curves_path, kept)?;
+        trainer::write_atomic(&curves_path, kept.as_bytes())?;
         let append = |p: &Path| {
             std::fs::OpenOptions::new()
                 .create(true)
@@ -595,7 +595,10 @@ fn run(args: Args) -> Result<()> {
     let ood_ids = ids(&args.ood)?;
     let split = train_ids.len() - (train_ids.len() as f64 * args.arm_split) as usize;
     let cfg = model_config(&args, &tok)?;
-    std::fs::write(args.out.join("config.json"), cfg.to_json_string())?;
+    trainer::write_atomic(
+        &args.out.join("config.json"),
+        cfg.to_json_string().as_bytes(),
+    )?;
     let l = args.seq_len;
     let probe = &val_ids[..val_ids.len().min(args.val_probe_tokens + 1)];
     let mut ctx = Ctx {
