@@ -17,13 +17,12 @@
 //! default 128, at least 32), BATCHED_NEW (new tokens per row, default 64),
 //! FULL_SIZE_PATH (compute path, default auto), BATCHED_DEVICE=cpu (a smoke test of
 //! this program with a tiny FULL_SIZE_CONFIG, f32, on a machine without a GPU).
-use std::path::PathBuf;
+mod common;
+
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use qwen3_model::{
-    generate, generate_batch, ComputePath, GenerateOptions, LoadOptions, Qwen3Config, Qwen3Model,
-};
+use qwen3_model::{generate, generate_batch, GenerateOptions, LoadOptions, Qwen3Model};
 use qwen3_nvfp4::MemoryProbe;
 use serde_json::json;
 use tch::{Device, Kind};
@@ -62,14 +61,7 @@ fn main() -> Result<()> {
         return Ok(());
     }
     let device = if cpu { Device::Cpu } else { Device::Cuda(0) };
-    let cfg_path = std::env::var("FULL_SIZE_CONFIG")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| tokenizer_bridge::bundled_asset_dir().join("config.json"));
-    let cfg = Qwen3Config::from_file(&cfg_path)
-        .with_context(|| format!("config {}", cfg_path.display()))?;
-    let path: ComputePath = std::env::var("FULL_SIZE_PATH")
-        .unwrap_or("auto".into())
-        .parse()?;
+    let (cfg, path) = common::full_size_model()?;
     let batches: Vec<usize> = std::env::var("BATCHED_BATCHES")
         .unwrap_or("1,8,32,64".into())
         .split(',')

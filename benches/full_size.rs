@@ -11,12 +11,14 @@
 //! Env: FULL_SIZE_CONFIG (default: the bundled Qwen3-4B config.json),
 //! FULL_SIZE_DIR (where the .dat goes; default a temp dir), FULL_SIZE_SKIP
 //! (comma list of load,decode,prefill,nvfp4_head,train), FULL_SIZE_PATH (compute path, default auto).
+mod common;
+
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use dat_format::DatFile;
-use qwen3_model::{generate, ComputePath, GenerateOptions, LoadOptions, Qwen3Config, Qwen3Model};
+use qwen3_model::{generate, GenerateOptions, LoadOptions, Qwen3Model};
 use qwen3_nvfp4::MemoryProbe;
 use serde_json::json;
 use tch::{Device, Kind};
@@ -49,14 +51,7 @@ fn main() -> Result<()> {
         return Ok(());
     }
     let device = Device::Cuda(0);
-    let cfg_path = std::env::var("FULL_SIZE_CONFIG")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| tokenizer_bridge::bundled_asset_dir().join("config.json"));
-    let cfg = Qwen3Config::from_file(&cfg_path)
-        .with_context(|| format!("config {}", cfg_path.display()))?;
-    let path: ComputePath = std::env::var("FULL_SIZE_PATH")
-        .unwrap_or("auto".into())
-        .parse()?;
+    let (cfg, path) = common::full_size_model()?;
     let dir = match std::env::var("FULL_SIZE_DIR") {
         Ok(d) => PathBuf::from(d),
         Err(_) => std::env::temp_dir().join("qwen3-full-size"),
