@@ -16,11 +16,14 @@ pub fn global_grad_norm(params: &[Tensor]) -> f64 {
     if norms.is_empty() {
         return 0.0;
     }
+    // The square root in Rust (IEEE, correctly rounded), as ZeRO-1's sharded
+    // norm takes it: libtorch's vectorized sqrt may differ by one ulp, which
+    // made a ZeRO-1 group of one differ from the plain trainer for some seeds.
     Tensor::stack(&norms, 0)
         .square()
         .sum(Kind::Double)
-        .sqrt()
         .double_value(&[])
+        .sqrt()
 }
 
 /// What clipping multiplies the gradients by: `max_norm / (norm + 1e-6)`
