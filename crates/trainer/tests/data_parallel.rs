@@ -10,9 +10,9 @@
 //! process but in another order (per rank, then across ranks), so f32 results
 //! differ by rounding: losses within 2e-6 relative, weights within 2e-6
 //! absolute after the steps below (measured: weights 1.3e-7). AdamW's eps is
-//! 1e-4 here, as in `zero.rs` (whose doc has the numbers): with PyTorch's 1e-8
-//! a rounding-level gradient residue is amplified by lr / eps and about one
-//! seed in 40 ended 2e-5 apart (seed 7516428224190262735 at world 3 did).
+//! 1e-4 (`common::dp_config`): with PyTorch's 1e-8 a rounding-level gradient
+//! residue is amplified by lr / eps and about one seed in 40 ended 2e-5 apart
+//! (seed 7516428224190262735 at world 3 did).
 //! Where the order is fixed (one process in a group, blockwise backward on
 //! both sides) the results are bitwise equal.
 
@@ -26,54 +26,28 @@ use distributed::{Backend, GroupOptions, LaunchEnv, ProcessGroup};
 use tch::Tensor;
 use trainer::{TrainConfig, Trainer};
 
-const STEPS: u64 = 4;
+use common::{weights, DP_STEPS as STEPS};
 const DIR_VAR: &str = "DP_TEST_DIR";
 const SEED_VAR: &str = "DP_TEST_SEED";
 const CKPT_VAR: &str = "DP_TEST_CHECKPOINTING";
-const VOCAB: usize = 96;
 
 fn config(grad_accum: usize, checkpointing: bool, metrics: Option<PathBuf>) -> TrainConfig {
     TrainConfig {
-        steps: Some(STEPS),
-        batch_size: 2,
-        grad_accum,
-        lr: 3e-3,
-        warmup: 1,
-        seed: 5,
-        // Small enough that clipping by the global norm takes effect.
-        clip: Some(0.05),
-        adamw: trainer::AdamWConfig {
-            // Large enough that AdamW does not amplify rounding (see above).
-            eps: 1e-4,
-            ..Default::default()
-        },
         activation_checkpointing: match checkpointing {
             true => trainer::Checkpointing::On,
             false => trainer::Checkpointing::Off,
         },
         metrics,
-        progress: false,
-        ..Default::default()
+        ..common::dp_config(grad_accum)
     }
 }
 
 fn trainer(seed: u64, grad_accum: usize, checkpointing: bool, metrics: Option<PathBuf>) -> Trainer {
-    let cfg = common::tiny_config(VOCAB, true);
-    Trainer::new(
-        common::tiny_model(&cfg, seed),
+    common::dp_trainer(
+        seed,
         config(grad_accum, checkpointing, metrics),
-        common::random_dataset(13, VOCAB as u32, seed),
-        0,
+        tch::Device::Cpu,
     )
-    .unwrap()
-}
-
-fn weights(t: &Trainer) -> Vec<(String, Tensor)> {
-    t.model()
-        .named_parameters()
-        .into_iter()
-        .map(|(n, p)| (n, p.detach().copy()))
-        .collect()
 }
 
 /// Runs `world` ranks of `rank`; returns rank 0's losses and weights.
@@ -173,24 +147,9 @@ fn group_of_one_is_bitwise_the_plain_trainer() {
 #[test]
 #[ignore = "needs CUDA"]
 fn nccl_group_of_one_matches_the_plain_trainer() {
-    use qwen3_model::{LoadOptions, Qwen3Model};
     let seed = test_support::seed();
     let device = test_support::cuda();
-    let make = || {
-        let cfg = common::tiny_config(VOCAB, true);
-        let opts = LoadOptions {
-            dtype: tch::Kind::Float,
-            ..LoadOptions::new(device)
-        };
-        let model = Qwen3Model::random(&cfg, &opts, seed).unwrap();
-        Trainer::new(
-            model,
-            config(2, true, None),
-            common::random_dataset(13, VOCAB as u32, seed),
-            0,
-        )
-        .unwrap()
-    };
+    let make = || common::dp_trainer(seed, config(2, true, None), device);
     let mut plain = make();
     let mut dp = make();
     let group = common::group_of_one(Backend::Nccl);

@@ -34,35 +34,21 @@ use distributed::{Backend, GroupOptions, LaunchEnv, ProcessGroup};
 use tch::Tensor;
 use trainer::{TrainConfig, Trainer};
 
-const STEPS: u64 = 4;
+use common::{weights, DP_STEPS as STEPS};
 const DIR_VAR: &str = "ZERO_TEST_DIR";
 const SPEC_VAR: &str = "ZERO_TEST_SPEC";
-const VOCAB: usize = 96;
 const LOSS_TOL: f64 = 2e-6;
 const WEIGHT_TOL: f64 = 2e-6;
 
 fn config(grad_accum: usize, zero1: bool, checkpoint_dir: Option<PathBuf>) -> TrainConfig {
-    TrainConfig {
-        steps: Some(STEPS),
-        batch_size: 2,
-        grad_accum,
-        lr: 3e-3,
-        warmup: 1,
-        seed: 5,
-        // Small enough that clipping by the global norm takes effect.
-        clip: Some(0.05),
-        // Decay too, so that the decay flags of the shards matter.
-        adamw: trainer::AdamWConfig {
-            weight_decay: 0.1,
-            // Large enough that AdamW does not amplify rounding (see above).
-            eps: 1e-4,
-            ..Default::default()
-        },
+    let mut cfg = TrainConfig {
         zero1,
         checkpoint_dir,
-        progress: false,
-        ..Default::default()
-    }
+        ..common::dp_config(grad_accum)
+    };
+    // Decay too, so that the decay flags of the shards matter.
+    cfg.adamw.weight_decay = 0.1;
+    cfg
 }
 
 fn trainer(seed: u64, grad_accum: usize, zero1: bool, ckpt: Option<PathBuf>) -> Trainer {
@@ -70,22 +56,7 @@ fn trainer(seed: u64, grad_accum: usize, zero1: bool, ckpt: Option<PathBuf>) -> 
     // CPU reductions split by thread count, and the tests of this binary
     // run side by side, so the count would otherwise vary from run to run.
     tch::set_num_threads(1);
-    let cfg = common::tiny_config(VOCAB, true);
-    Trainer::new(
-        common::tiny_model(&cfg, seed),
-        config(grad_accum, zero1, ckpt),
-        common::random_dataset(13, VOCAB as u32, seed),
-        0,
-    )
-    .unwrap()
-}
-
-fn weights(t: &Trainer) -> Vec<(String, Tensor)> {
-    t.model()
-        .named_parameters()
-        .into_iter()
-        .map(|(n, p)| (n, p.detach().copy()))
-        .collect()
+    common::dp_trainer(seed, config(grad_accum, zero1, ckpt), tch::Device::Cpu)
 }
 
 /// What one launch of ranks does.
@@ -530,28 +501,15 @@ fn zero1_without_a_group_is_plain_training() {
 #[test]
 #[ignore = "needs CUDA"]
 fn nccl_zero1_group_of_one_matches_the_plain_trainer() {
-    use qwen3_model::{LoadOptions, Qwen3Model};
     let seed = test_support::seed();
     let device = test_support::cuda();
     let dir = tempfile::tempdir().unwrap();
     let make = |zero1: bool, ckpt: Option<PathBuf>| {
-        let cfg = common::tiny_config(VOCAB, true);
-        let opts = LoadOptions {
-            dtype: tch::Kind::Float,
-            ..LoadOptions::new(device)
-        };
-        let model = Qwen3Model::random(&cfg, &opts, seed).unwrap();
         let train = TrainConfig {
             activation_checkpointing: trainer::Checkpointing::On,
             ..config(2, zero1, ckpt)
         };
-        Trainer::new(
-            model,
-            train,
-            common::random_dataset(13, VOCAB as u32, seed),
-            0,
-        )
-        .unwrap()
+        common::dp_trainer(seed, train, device)
     };
     let mut plain = make(false, None);
     let mut zero = make(true, Some(dir.path().join("ckpt")));

@@ -23,9 +23,18 @@ pub fn tiny_config(vocab: usize, tied: bool) -> Qwen3Config {
 /// libtorch's *global* generator, which tests running in parallel threads
 /// share: the lock makes two calls with one seed give the same weights.
 pub fn tiny_model(cfg: &Qwen3Config, seed: u64) -> Qwen3Model {
+    tiny_model_on(cfg, seed, Device::Cpu)
+}
+
+/// [`tiny_model`] on `device`, in f32 there too.
+pub fn tiny_model_on(cfg: &Qwen3Config, seed: u64, device: Device) -> Qwen3Model {
     static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = RNG.lock().unwrap_or_else(|e| e.into_inner());
-    Qwen3Model::random(cfg, &LoadOptions::new(Device::Cpu), seed).unwrap()
+    let opts = LoadOptions {
+        dtype: tch::Kind::Float,
+        ..LoadOptions::new(device)
+    };
+    Qwen3Model::random(cfg, &opts, seed).unwrap()
 }
 
 /// `n` examples of 6..=12 random tokens each; the last 2..=4 are targets.
@@ -115,4 +124,55 @@ pub fn group_of_one(backend: distributed::Backend) -> distributed::ProcessGroup 
         timeout: std::time::Duration::from_secs(60),
     })
     .unwrap()
+}
+
+/// Optimizer steps of the data-parallel tests (`data_parallel.rs`, `zero.rs`).
+pub const DP_STEPS: u64 = 4;
+/// Vocabulary of the data-parallel tests' model.
+pub const DP_VOCAB: usize = 96;
+
+/// The training knobs the data-parallel tests share: `DP_STEPS` clipped steps
+/// of `grad_accum` micro-batches of 2 examples. AdamW's eps is 1e-4, not
+/// PyTorch's 1e-8: with 1e-8 a rounding-level gradient residue is amplified
+/// by lr / eps past the tests' 2e-6 tolerance for about one seed in 40 (the
+/// numbers are in `zero.rs`'s doc).
+pub fn dp_config(grad_accum: usize) -> trainer::TrainConfig {
+    trainer::TrainConfig {
+        steps: Some(DP_STEPS),
+        batch_size: 2,
+        grad_accum,
+        lr: 3e-3,
+        warmup: 1,
+        seed: 5,
+        // Small enough that clipping by the global norm takes effect.
+        clip: Some(0.05),
+        adamw: trainer::AdamWConfig {
+            eps: 1e-4,
+            ..Default::default()
+        },
+        progress: false,
+        ..Default::default()
+    }
+}
+
+/// A trainer of the data-parallel tests on `device`: the tiny tied model and
+/// 13 random examples drawn from `seed`, trained with `cfg`.
+pub fn dp_trainer(seed: u64, cfg: trainer::TrainConfig, device: Device) -> trainer::Trainer {
+    let model_cfg = tiny_config(DP_VOCAB, true);
+    trainer::Trainer::new(
+        tiny_model_on(&model_cfg, seed, device),
+        cfg,
+        random_dataset(13, DP_VOCAB as u32, seed),
+        0,
+    )
+    .unwrap()
+}
+
+/// Copies of a trainer's weights, by name.
+pub fn weights(t: &trainer::Trainer) -> Vec<(String, tch::Tensor)> {
+    t.model()
+        .named_parameters()
+        .into_iter()
+        .map(|(n, p)| (n, p.detach().copy()))
+        .collect()
 }
