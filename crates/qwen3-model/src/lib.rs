@@ -46,6 +46,7 @@ mod error;
 mod fused_decode;
 mod generate;
 mod generate_batch;
+mod grad_accumulate;
 mod head;
 mod init;
 mod kv_cache;
@@ -60,6 +61,8 @@ mod rope;
 mod sampling;
 mod scale_stats;
 mod train;
+mod train_block;
+mod train_head;
 mod weights;
 
 pub use alloc::guard_libtorch;
@@ -79,6 +82,7 @@ pub use precision::{Precision, QuantRecipe};
 pub use sampling::{Sampler, SamplingParams};
 pub use scale_stats::ScaleStats;
 pub use train::WeightRef;
+pub use train_block::BlockTape;
 pub use weights::convert::{convert_hf_dir_to_dat, ConvertReport};
 pub use weights::export_dat::export_dat;
 pub use weights::export_dir::{

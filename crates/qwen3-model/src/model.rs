@@ -282,24 +282,24 @@ impl Qwen3Model {
                 name: "layer",
                 reason: format!("{layer} >= number of layers {}", self.layers.len()),
             })?;
+        let (_, t, _) = self.check_hidden(hidden)?;
+        let ctx = AttnContext::new(&self.rotary, positions_offset, 0, t as usize, self.device);
+        block.forward(&hidden.to_kind(self.dtype), &ctx, None)
+    }
+
+    /// [B, T, H] in the model's hidden size, or an error naming the shape.
+    pub(crate) fn check_hidden(&self, hidden: &Tensor) -> Result<(i64, i64, i64)> {
         let size = hidden.size();
-        if size.len() != 3 || size[2] != self.cfg.hidden_size as i64 {
-            return Err(Error::BadInput {
+        match size.as_slice() {
+            &[b, t, h] if h == self.cfg.hidden_size as i64 => Ok((b, t, h)),
+            _ => Err(Error::BadInput {
                 name: "hidden",
                 reason: format!(
                     "shape {size:?}, expected [batch, seq, {}]",
                     self.cfg.hidden_size
                 ),
-            });
+            }),
         }
-        let ctx = AttnContext::new(
-            &self.rotary,
-            positions_offset,
-            0,
-            size[1] as usize,
-            self.device,
-        );
-        block.forward(&hidden.to_kind(self.dtype), &ctx, None)
     }
 
     /// Final RMSNorm and lm_head (or the tied embedding): hidden [B, T, H] -> logits [B, T, V] f32.

@@ -64,6 +64,24 @@ impl Precision {
     }
 }
 
+impl Precision {
+    /// [`Precision::weight`] written into `out` (a contiguous [out, in]
+    /// tensor of the compute kind, e.g. rows of a stacked q/k/v weight),
+    /// without autograd: on CUDA with kernels the rounding kernel writes it
+    /// directly, saving the copy.
+    pub(crate) fn weight_into(&self, w: &Tensor, out: &Tensor, kernels: bool) -> Result<()> {
+        match self.weights {
+            Some(mode) if kernels && w.device().is_cuda() => {
+                Ok(nvfp4_kernels::cuda::fake_quantize_into(&w.detach(), mode, out)?)
+            }
+            _ => {
+                let rounded = tch::no_grad(|| self.weight(w, out.kind(), kernels))?;
+                Ok(out.shallow_clone().f_copy_(&rounded)?)
+            }
+        }
+    }
+}
+
 /// `ste(x)` over blocks of 16 along the last dimension, in `kind`.
 fn round(x: &Tensor, mode: ScaleMode, kind: Kind, kernels: bool) -> Result<Tensor> {
     if kernels && x.device().is_cuda() {

@@ -18,6 +18,14 @@
 //! exactly `g`), and read the input's gradient as the next `g`. Peak memory
 //! is one block's graph plus one hidden state per block.
 //!
+//! Written-out blocks ([`BackpropPlan::written_out`], the default whenever
+//! every trained block allows it): each block's forward keeps a
+//! `qwen3_model::BlockTape` instead of an autograd graph and its backward is
+//! `Qwen3Model::block_backward_tape` (fused kernels, less memory), and the
+//! loss at the top is `Qwen3Model::head_loss_backward` (no f32 logits).
+//! Autograd stays the reference path (`NVFP4_AUTOGRAD_BLOCKS=1`); the tests
+//! compare the two.
+//!
 //! With `--train-last-layers`, the frozen blocks below (and the embedding
 //! lookup) run without a graph: a tied embedding then learns through its
 //! use as the head only, since its input path would need a backward pass
@@ -25,7 +33,7 @@
 
 use tch::{Kind, Reduction, Tensor};
 
-use qwen3_model::Qwen3Model;
+use qwen3_model::{BlockTape, Qwen3Model};
 
 use crate::batch::IGNORE_INDEX;
 use crate::error::Result;
@@ -39,9 +47,21 @@ pub struct BackpropPlan {
     /// Recompute every k-th block in the backward pass (blocks 0, k, 2k,
     /// ...; 1: all, 0: none).
     pub recompute_every: usize,
+    /// Train the blocks through their written-out forward and backward
+    /// (`Qwen3Model::block_forward_tape`) instead of autograd: less memory
+    /// and fused kernels; see [`BackpropPlan::written_out_for`].
+    pub written_out: bool,
 }
 
 impl BackpropPlan {
+    /// Whether every trained block of `model` (from `first_trained_layer`)
+    /// can train written out; `NVFP4_AUTOGRAD_BLOCKS=1` forces autograd (the
+    /// reference path, for comparisons).
+    pub fn written_out_for(model: &Qwen3Model, first_trained_layer: usize) -> bool {
+        let forced_off = std::env::var("NVFP4_AUTOGRAD_BLOCKS").is_ok_and(|v| v == "1");
+        !forced_off && (first_trained_layer..model.num_layers()).all(|l| model.manual_backward_ok(l))
+    }
+
     /// Whether block `layer` is recomputed in the backward pass.
     pub fn recomputes(&self, layer: usize) -> bool {
         self.recompute_every > 0 && layer.is_multiple_of(self.recompute_every)
@@ -86,7 +106,7 @@ pub fn forward_backward(
 ) -> Result<f64> {
     let mut ce_sum = 0.0;
     forward_backward_with(model, input_ids, plan, &mut |top: &Tensor| {
-        ce_sum = ce_backward(model, top, labels, denom)?;
+        ce_sum = ce_backward(model, top, labels, denom, plan)?;
         Ok(())
     })?;
     Ok(ce_sum)
@@ -100,10 +120,41 @@ pub(crate) type TopLoss<'a> = dyn FnMut(&Tensor) -> Result<()> + 'a;
 /// Target positions whose logits exist at once in the training loss.
 pub const CE_CHUNK: usize = 2048;
 
-/// The masked CE of `top` (a leaf), backpropagated with weight `1 / denom`;
-/// returns the CE sum.
-fn ce_backward(model: &Qwen3Model, top: &Tensor, labels: &Tensor, denom: f64) -> Result<f64> {
+/// The masked CE of `top` (a leaf), backpropagated with weight `1 / denom`,
+/// written out when `plan` says so and the head trains; returns the CE sum.
+fn ce_backward(
+    model: &Qwen3Model,
+    top: &Tensor,
+    labels: &Tensor,
+    denom: f64,
+    plan: BackpropPlan,
+) -> Result<f64> {
+    if plan.written_out && model.head_loss_ok() {
+        return written_out_ce_backward(model, top, labels, denom, CE_CHUNK);
+    }
     masked_ce_backward(model, top, labels, denom, CE_CHUNK)
+}
+
+/// [`masked_ce_backward`] through `Qwen3Model::head_loss_backward`: no f32
+/// logits, no graph; the gradient of the target rows is scattered back into
+/// the leaf's `.grad` (through `<top, g>`, which is how tch can set it).
+fn written_out_ce_backward(
+    model: &Qwen3Model,
+    top: &Tensor,
+    labels: &Tensor,
+    denom: f64,
+    chunk: usize,
+) -> Result<f64> {
+    let h = top.size()[2];
+    let flat_labels = labels.reshape([-1]);
+    let rows = flat_labels.ne(IGNORE_INDEX).nonzero().squeeze_dim(1); // [N]
+    let flat = top.detach().reshape([-1, h]);
+    let picked = flat.index_select(0, &rows);
+    let targets = flat_labels.index_select(0, &rows);
+    let (sum, dpicked) = model.head_loss_backward(&picked, &targets, 1.0 / denom, chunk)?;
+    let g = flat.zeros_like().index_add(0, &rows, &dpicked.to_kind(flat.kind()));
+    (top * g.view_as(top)).sum(Kind::Float).f_backward()?;
+    Ok(sum)
 }
 
 /// [`masked_ce_sum`] of `top` (a leaf [B, T, H] that requires grad),
@@ -157,7 +208,7 @@ pub(crate) fn forward_backward_with(
     top: &mut TopLoss<'_>,
 ) -> Result<()> {
     let x0 = embed_and_frozen(model, input_ids, plan)?;
-    if plan.recompute_every > 0 {
+    if plan.recompute_every > 0 || plan.written_out {
         return blockwise(model, x0, plan, top, &mut |_| Ok(()));
     }
     let mut h = x0;
@@ -189,7 +240,7 @@ pub(crate) fn forward_backward_blockwise(
     let x0 = embed_and_frozen(model, input_ids, plan)?;
     let mut ce_sum = 0.0;
     let mut top = |top: &Tensor| -> Result<()> {
-        ce_sum = ce_backward(model, top, labels, denom)?;
+        ce_sum = ce_backward(model, top, labels, denom, plan)?;
         Ok(())
     };
     blockwise(model, x0, plan, &mut top, block_done)?;
@@ -210,10 +261,20 @@ fn embed_and_frozen(model: &Qwen3Model, input_ids: &Tensor, plan: BackpropPlan) 
     })
 }
 
+/// What a trained block keeps between its forward and its backward.
+enum Kept {
+    /// Only its input: recomputed in the backward (activation checkpointing).
+    Input(Tensor),
+    /// Its autograd graph, from a detached input that requires grad.
+    Graph { x: Tensor, out: Tensor },
+    /// The written-out block's tape (`Qwen3Model::block_forward_tape`).
+    Tape(BlockTape),
+}
+
 /// Forward of the trained blocks, each from a detached input, then backward
 /// from the top one block at a time. A block `plan` recomputes keeps only its
-/// input in the forward and is run again with a graph in the backward; the
-/// others keep their graph from the forward.
+/// input in the forward and is run again in the backward; the others keep
+/// their tape (written-out blocks) or their graph from the forward.
 fn blockwise(
     model: &Qwen3Model,
     x0: Tensor,
@@ -222,38 +283,37 @@ fn blockwise(
     block_done: &mut dyn FnMut(usize) -> Result<()>,
 ) -> Result<()> {
     let first = plan.first_trained_layer;
-    // 1. Forward, keeping each trained block's input (and its output with a
-    //    graph when not recomputing).
-    let mut saved: Vec<(Tensor, Option<Tensor>)> = Vec::with_capacity(model.num_layers() - first);
+    // 1. Forward, keeping what each trained block's backward needs.
+    let mut kept: Vec<Kept> = Vec::with_capacity(model.num_layers() - first);
     let mut h = x0.detach();
     for l in first..model.num_layers() {
-        if plan.recomputes(l) {
+        let (next, k) = if plan.recomputes(l) {
             let next = tch::no_grad(|| model.block_forward(l, &h, 0))?;
-            saved.push((h, None));
-            h = next;
+            (next, Kept::Input(h))
         } else {
-            let x = h.detach().set_requires_grad(true);
-            let out = model.block_forward(l, &x, 0)?;
-            h = out.detach();
-            saved.push((x, Some(out)));
-        }
+            block_with_backward(model, plan, l, h)?
+        };
+        kept.push(k);
+        h = next;
     }
     // 2. Head and loss with a graph from the last hidden state.
     let leaf = h.detach().set_requires_grad(true);
     top(&leaf)?;
     let mut g = leaf.grad();
-    // 3. Blocks in reverse: (recompute with a graph and) backpropagate g.
-    for (l, (input, out)) in (first..model.num_layers()).zip(saved).rev() {
-        let (x, out) = match out {
-            Some(out) => (input, out),
-            None => {
-                let x = input.detach().set_requires_grad(true);
-                let out = model.block_forward(l, &x, 0)?;
-                (x, out)
-            }
+    // 3. Blocks in reverse: (recompute and) backpropagate g.
+    for (l, k) in (first..model.num_layers()).zip(kept).rev() {
+        let k = match k {
+            Kept::Input(x) => block_with_backward(model, plan, l, x)?.1,
+            k => k,
         };
-        (out * &g).sum(Kind::Float).f_backward()?;
-        g = x.grad();
+        g = match k {
+            Kept::Tape(tape) => model.block_backward_tape(tape, &g)?,
+            Kept::Graph { x, out } => {
+                (out * &g).sum(Kind::Float).f_backward()?;
+                x.grad()
+            }
+            Kept::Input(_) => unreachable!("recomputed above"),
+        };
         block_done(l)?;
     }
     // 4. The embedding lookup, when it trains.
@@ -261,4 +321,21 @@ fn blockwise(
         (x0 * &g).sum(Kind::Float).f_backward()?;
     }
     Ok(())
+}
+
+/// Block `l`'s forward from input `x` (detached), keeping what its backward
+/// needs: the written-out block's tape when `plan` says so, else a graph.
+fn block_with_backward(
+    model: &Qwen3Model,
+    plan: BackpropPlan,
+    l: usize,
+    x: Tensor,
+) -> Result<(Tensor, Kept)> {
+    if plan.written_out {
+        let (out, tape) = model.block_forward_tape(l, &x.detach())?;
+        return Ok((out, Kept::Tape(tape)));
+    }
+    let x = x.detach().set_requires_grad(true);
+    let out = model.block_forward(l, &x, 0)?;
+    Ok((out.detach(), Kept::Graph { x, out }))
 }

@@ -9,6 +9,7 @@
 use qwen3_model::Qwen3Config;
 use tch::{Device, Kind};
 
+use crate::backprop::CE_CHUNK;
 use crate::config::{Checkpointing, TrainConfig};
 use crate::error::{Error, Result};
 use crate::metrics::{human_bytes, memory_available};
@@ -202,10 +203,12 @@ pub fn training_estimate_per_rank(
     let tokens = (train.batch_size as f64) * train.seq_len as f64;
     let act = kind_bytes(dtype);
     let h = cfg.hidden_size as f64;
-    // Kept per token and block for the backward pass: the residual stream and
-    // norms (a few times hidden), q/k/v/attention output, the MLP's three
-    // intermediate tensors; with checkpointing only each block's input.
-    let per_token_layer = 6.0 * h + 2.0 * cfg.q_dim() as f64 + 3.0 * cfg.intermediate_size as f64;
+    // Kept per token and block for the backward pass of a written-out block
+    // (`qwen3_model::BlockTape`): its input and the residual after attention,
+    // q/k/v and the attention output, gate and up; with checkpointing only
+    // each block's input.
+    let (q, kv) = (cfg.q_dim() as f64, cfg.kv_dim() as f64);
+    let per_token_layer = 2.0 * h + 2.0 * q + 2.0 * kv + 2.0 * cfg.intermediate_size as f64;
     // Blocks that keep their activations, plus the one being recomputed;
     // `Auto` can always fall back to recomputing all: the lowest estimate.
     let kept_layers = match train.activation_checkpointing.recompute_every() {
@@ -216,8 +219,8 @@ pub fn training_estimate_per_rank(
     let activations = tokens
         * act
         * (per_token_layer * kept_layers + h * layers)
-        // Logits in f32, their softmax and gradient.
-        + tokens * cfg.vocab_size as f64 * 4.0 * 3.0;
+        // One chunk of logits in f32, their softmax and gradient.
+        + tokens.min(CE_CHUNK as f64) * cfg.vocab_size as f64 * 4.0 * 3.0;
     MemoryEstimate {
         what: "training",
         parts: vec![

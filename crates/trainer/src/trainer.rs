@@ -133,9 +133,11 @@ impl Trainer {
         let schedule = cfg
             .schedule
             .build(cfg.warmup, total_steps, cfg.min_lr_ratio)?;
+        let first_trained_layer = layers - cfg.train_last_layers.unwrap_or(layers);
         let plan = BackpropPlan {
-            first_trained_layer: layers - cfg.train_last_layers.unwrap_or(layers),
+            first_trained_layer,
             recompute_every,
+            written_out: BackpropPlan::written_out_for(&model, first_trained_layer),
         };
         let ckpt = match &cfg.checkpoint_dir {
             Some(dir) => Some(CheckpointManager::new(dir, cfg.keep_last)?),

@@ -104,7 +104,8 @@ fn max_rel_diff(a: &Tensor, b: &Tensor) -> f64 {
 
 #[test]
 fn ste_gradient_equals_the_dense_gradient_at_the_dequantized_weights() {
-    for tied in [true, false] {
+    // Through autograd and through the written-out blocks alike.
+    for (tied, written_out) in [(true, false), (false, false), (true, true), (false, true)] {
         let seed = test_support::seed();
         let cfg = common::tiny_config(256, tied);
         let model = common::tiny_model(&cfg, seed)
@@ -117,6 +118,7 @@ fn ste_gradient_equals_the_dense_gradient_at_the_dequantized_weights() {
         let plan = BackpropPlan {
             first_trained_layer: 0,
             recompute_every: 0,
+            written_out,
         };
         let ce = forward_backward(&model, &batch.input_ids, &batch.labels, denom, plan).unwrap();
 
@@ -138,7 +140,7 @@ fn ste_gradient_equals_the_dense_gradient_at_the_dequantized_weights() {
             .collect();
         let ref_ce = reference_ce(&leaves, &cfg, &batch.input_ids, &batch.labels);
         println!(
-            "tied={tied}: loss {:.6} vs f64 reference {:.6}",
+            "tied={tied} written_out={written_out}: loss {:.6} vs f64 reference {:.6}",
             ce / denom,
             ref_ce.double_value(&[]) / denom
         );
@@ -152,7 +154,7 @@ fn ste_gradient_equals_the_dense_gradient_at_the_dequantized_weights() {
             }
         }
         println!(
-            "tied={tied}: max relative gradient difference {:.3e} ({})",
+            "tied={tied} written_out={written_out}: max relative gradient difference {:.3e} ({})",
             worst.0, worst.1
         );
         assert!(
@@ -203,16 +205,21 @@ fn activation_checkpointing_gives_the_full_graph_gradients() {
             BackpropPlan {
                 first_trained_layer: first,
                 recompute_every: 0,
+                written_out: false,
             },
             &batch,
         );
-        // Every block, and every 2nd (blocks 0, 2, ...: one recomputed, one kept).
-        for every in [1, 2] {
+        // Every block, and every 2nd (blocks 0, 2, ...: one recomputed, one
+        // kept); through autograd and through the written-out blocks (which
+        // also run without recomputation).
+        let variants = [(1, false), (2, false), (0, true), (1, true), (2, true)];
+        for (every, written_out) in variants {
             let ckpt = grads_of(
                 &model,
                 BackpropPlan {
                     first_trained_layer: first,
                     recompute_every: every,
+                    written_out,
                 },
                 &batch,
             );
@@ -226,12 +233,12 @@ fn activation_checkpointing_gives_the_full_graph_gradients() {
                 worst = worst.max(max_rel_diff(b, a));
             }
             println!(
-                "tied={tied} first_trained_layer={first} recompute every {every}: {} tensors, max relative difference {worst:.3e}",
+                "tied={tied} first_trained_layer={first} recompute every {every} written_out={written_out}: {} tensors, max relative difference {worst:.3e}",
                 plain.len()
             );
             assert!(
                 worst < 1e-5,
-                "checkpointed gradients must equal the full-graph ones (tolerance 1e-5)"
+                "checkpointed and written-out gradients must equal the full-graph ones (tolerance 1e-5)"
             );
         }
     }

@@ -68,6 +68,7 @@ fn a_batch_without_targets_has_zero_loss_and_gradient() {
     let plan = trainer::BackpropPlan {
         first_trained_layer: 0,
         recompute_every: 0,
+        written_out: false,
     };
     let ce = trainer::forward_backward(&model, &b.input_ids, &b.labels, 1.0, plan).unwrap();
     assert_eq!(ce, 0.0);

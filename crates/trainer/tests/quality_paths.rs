@@ -145,8 +145,9 @@ fn one_qad_step_is_chunk_invariant_and_moves_the_student_towards_the_teacher() {
     let plan = BackpropPlan {
         first_trained_layer: 0,
         recompute_every: 0,
+        written_out: false,
     };
-    let run = |chunk: usize, recompute_every: usize| {
+    let run = |chunk: usize, recompute_every: usize, written_out: bool| {
         for (_, mut p) in student.named_parameters() {
             p.zero_grad();
         }
@@ -154,14 +155,16 @@ fn one_qad_step_is_chunk_invariant_and_moves_the_student_towards_the_teacher() {
         t.chunk = chunk;
         let plan = BackpropPlan {
             recompute_every,
+            written_out,
             ..plan
         };
         let s =
             distill_forward_backward(&student, &t, &b.input_ids, &b.labels, 10.0, plan).unwrap();
         (s, grads(&student))
     };
-    let (whole, g_whole) = run(4096, 0);
-    let (chunked, g_chunked) = run(7, 1);
+    let (whole, g_whole) = run(4096, 0, false);
+    // Chunked, recomputed, and through the written-out blocks.
+    let (chunked, g_chunked) = run(7, 1, true);
     // The student is the teacher quantized: the KL is small but not zero.
     assert!(whole.kl > 0.0 && whole.kl < whole.ce, "{whole:?}");
     assert!((whole.kl - chunked.kl).abs() < 1e-4 * whole.kl);

@@ -1,0 +1,396 @@
+//! The training forward and backward of one decoder block, written out by
+//! hand instead of recorded by autograd.
+//!
+//! Why: autograd keeps every intermediate its ops need (the f32 norm and RoPE
+//! chains, each STE-rounded weight, the SiLU output), about 52k values per
+//! token and block, and runs each elementwise op as its own pass. Written out,
+//! the forward keeps only what the backward cannot cheaply recompute, 35k
+//! values per token and block ([`BlockTape`]), the elementwise work runs as
+//! fused kernels (`nvfp4_kernels::train_ops`: RMSNorm, q/k-norm + RoPE,
+//! SwiGLU, forward and backward), q/k/v and gate/up are one GEMM each, and
+//! weight gradients are accumulated by the GEMM that computes them
+//! (`addmm_` into `.grad`). The rounded (STE) weights are recomputed in the
+//! backward rather than kept: one fake-quantization pass costs far less than
+//! holding a second copy of every weight.
+//!
+//! Only attention keeps a small autograd graph (q, k, v -> SDPA), so its
+//! backward is libtorch's flash-attention backward.
+//!
+//! Gradients equal the autograd block's (`block_forward` + backward) up to
+//! rounding: the roundings of the forward are the same ones, and the
+//! straight-through estimator passes gradients through the weight and
+//! activation rounding as the identity, as `Precision` does under autograd.
+//! Tests: `tests/train_block.rs`.
+
+use tch::{Kind, Tensor};
+
+use nvfp4_kernels::train_ops;
+
+use crate::block::DecoderLayer;
+use crate::error::{Error, Result};
+use crate::grad_accumulate::{add_norm_grad, add_weight_grad};
+use crate::linear::{Linear, LinearWeight};
+use crate::model::Qwen3Model;
+use crate::norm::RmsNorm;
+
+/// What one block's forward keeps for its backward ([`Qwen3Model::block_forward_tape`]).
+#[derive(Debug)]
+pub struct BlockTape {
+    layer: usize,
+    batch: i64,
+    seq: i64,
+    x: Tensor,       // [N, H] block input
+    rstd1: Tensor,   // [N] f32, input_layernorm
+    q: Tensor,       // [B, Hq, T, D] after q-norm and RoPE, a leaf of the attention graph
+    k: Tensor,       // [B, Hkv, T, D], a leaf
+    v: Tensor,       // [B, Hkv, T, D], a leaf
+    y: Tensor,       // [B, Hq, T, D] attention output, with its graph
+    x_mid: Tensor,   // [N, H] after the attention residual
+    rstd2: Tensor,   // [N] f32, post_attention_layernorm
+    gate_up: Tensor, // [N, 2I] gate and up projections
+}
+
+/// The weights of a fused group (q/k/v, gate/up) as the GEMM sees them
+/// (`ste(W)` or W), stacked along the output dimension, in `kind`: each
+/// rounded straight into its rows.
+fn rounded_stack(lins: &[&Linear], kind: Kind, kernels: bool) -> Result<Tensor> {
+    let w = master(lins[0]);
+    if let [lin] = lins {
+        if lin.precision.weights.is_none() && w.kind() == kind {
+            return Ok(w.detach()); // a dense weight alone is used as stored
+        }
+    }
+    let rows: Vec<i64> = lins.iter().map(|l| l.weight.shape()[0] as i64).collect();
+    let cols = lins[0].weight.shape()[1] as i64;
+    let out = Tensor::f_empty([rows.iter().sum::<i64>(), cols], (kind, w.device()))?;
+    let mut start = 0;
+    for (lin, r) in lins.iter().zip(rows) {
+        lin.precision
+            .weight_into(master(lin), &out.narrow(0, start, r), kernels)?;
+        start += r;
+    }
+    Ok(out)
+}
+
+pub(crate) fn master(lin: &Linear) -> &Tensor {
+    match &lin.weight {
+        LinearWeight::Master(w) => w,
+        // `manual_backward_ok` admits only master weights.
+        LinearWeight::Packed(_) => unreachable!("checked by manual_backward_ok"),
+    }
+}
+
+impl DecoderLayer {
+    fn linears(&self) -> [&Linear; 7] {
+        let (a, m) = (&self.self_attn, &self.mlp);
+        [
+            &a.q_proj,
+            &a.k_proj,
+            &a.v_proj,
+            &a.o_proj,
+            &m.gate_proj,
+            &m.up_proj,
+            &m.down_proj,
+        ]
+    }
+
+    fn norms(&self) -> [&RmsNorm; 4] {
+        let a = &self.self_attn;
+        [
+            &self.input_layernorm,
+            &a.q_norm,
+            &a.k_norm,
+            &self.post_attention_layernorm,
+        ]
+    }
+}
+
+impl Qwen3Model {
+    /// Whether block `layer` can train through [`Qwen3Model::block_forward_tape`]:
+    /// every projection and norm is trainable, and q/k/v (and gate/up) round
+    /// their shared input alike, so each group can be one GEMM.
+    pub fn manual_backward_ok(&self, layer: usize) -> bool {
+        let Some(block) = self.layers.get(layer) else {
+            return false;
+        };
+        let [q, k, v, _, g, u, _] = block.linears();
+        block.linears().iter().all(|l| l.is_trainable())
+            && block.norms().iter().all(|n| n.weight.requires_grad())
+            && q.precision.activations == k.precision.activations
+            && q.precision.activations == v.precision.activations
+            && g.precision.activations == u.precision.activations
+    }
+
+    fn trained_block(&self, layer: usize) -> Result<&DecoderLayer> {
+        if !self.manual_backward_ok(layer) {
+            return Err(Error::InvalidArgument {
+                name: "layer",
+                reason: format!(
+                    "block {layer} cannot train through the written-out backward \
+                     (it does not exist, or not every projection and norm is trainable)"
+                ),
+            });
+        }
+        Ok(&self.layers[layer])
+    }
+
+    /// The training forward of block `layer` on `hidden` [B, T, H] (positions
+    /// 0..T, causal): the same output as [`Qwen3Model::block_forward`], and a
+    /// tape for [`Qwen3Model::block_backward_tape`]. Records no autograd graph
+    /// except attention's own.
+    pub fn block_forward_tape(&self, layer: usize, hidden: &Tensor) -> Result<(Tensor, BlockTape)> {
+        let block = self.trained_block(layer)?;
+        let (b, t, h) = self.check_hidden(hidden)?;
+        let n = b * t;
+        let kernels = self.backend.uses_kernels();
+        let x = hidden.to_kind(self.dtype).reshape([n, h]).contiguous();
+        let a = &block.self_attn;
+        let (hq, hkv, d) = (a.num_heads as i64, a.num_kv_heads as i64, a.head_dim as i64);
+        let (cos, sin) = self.rotary.cos_sin(0, t as usize);
+
+        // 1. Norm, q/k/v in one GEMM, q/k-norm + RoPE.
+        let (q, k, v, rstd1) = tch::no_grad(|| -> Result<_> {
+            let ln = &block.input_layernorm;
+            let (n1, rstd1) = train_ops::rmsnorm_forward(&x, &ln.weight, ln.eps(), kernels)?;
+            let qkv = self.qkv_projection(block, &n1, kernels)?; // [N, (Hq + 2 Hkv) D]
+            let (q_pre, k_pre, v) = split_qkv(&qkv, hq, hkv, d);
+            let q = self.qk_rope(&a.q_norm, &q_pre, &cos, &sin, kernels)?;
+            let k = self.qk_rope(&a.k_norm, &k_pre, &cos, &sin, kernels)?;
+            Ok((q, k, v.contiguous(), rstd1))
+        })?;
+        let heads = |x: Tensor, heads: i64| {
+            x.view([b, t, heads, d])
+                .transpose(1, 2)
+                .detach()
+                .set_requires_grad(true)
+        };
+        let (q, k, v) = (heads(q, hq), heads(k, hkv), heads(v, hkv));
+
+        // 2. Attention, the one recorded graph.
+        let scale = 1.0 / (d as f64).sqrt();
+        let y = tch::with_grad(|| {
+            Tensor::f_scaled_dot_product_attention::<Tensor>(
+                &q, &k, &v, None, 0.0, true, scale, true,
+            )
+        })?; // [B, Hq, T, D]
+
+        // 3. o-projection, residual, norm, gate/up in one GEMM, SwiGLU, down, residual.
+        let (out, x_mid, rstd2, gate_up) = tch::no_grad(|| -> Result<_> {
+            let y2 = merge_heads(&y.detach(), n); // [N, Hq D]
+            let x_mid = &x + linear_no_grad(&a.o_proj, &y2, self.dtype, kernels)?;
+            let ln = &block.post_attention_layernorm;
+            let (n2, rstd2) = train_ops::rmsnorm_forward(&x_mid, &ln.weight, ln.eps(), kernels)?;
+            let gate_up = self.gate_up_projection(block, &n2, kernels)?; // [N, 2I]
+            let (gate, up) = split_halves(&gate_up);
+            let hmid = train_ops::swiglu_forward(&gate, &up, kernels)?;
+            let out = &x_mid + linear_no_grad(&block.mlp.down_proj, &hmid, self.dtype, kernels)?;
+            Ok((out, x_mid, rstd2, gate_up))
+        })?;
+        let tape = BlockTape {
+            layer,
+            batch: b,
+            seq: t,
+            x,
+            rstd1,
+            q,
+            k,
+            v,
+            y,
+            x_mid,
+            rstd2,
+            gate_up,
+        };
+        Ok((out.view([b, t, h]), tape))
+    }
+
+    /// The backward of the block `tape` came from: adds the gradients of
+    /// `<out, g>` to every parameter's `.grad` (`g` [B, T, H], the gradient
+    /// of the block's output) and returns the gradient of its input.
+    pub fn block_backward_tape(&self, tape: BlockTape, g: &Tensor) -> Result<Tensor> {
+        let block = self.trained_block(tape.layer)?;
+        let (b, t) = (tape.batch, tape.seq);
+        let n = b * t;
+        let kernels = self.backend.uses_kernels();
+        let cd = self.dtype;
+        let a = &block.self_attn;
+        let m = &block.mlp;
+        let h = tape.x.size()[1];
+        let g = g.to_kind(cd).reshape([n, h]);
+
+        // 1. MLP: down, SwiGLU, gate/up, post-attention norm (+ the residual).
+        let (dx_mid, dy) = tch::no_grad(|| -> Result<_> {
+            let (gate, up) = split_halves(&tape.gate_up);
+            let hmid = train_ops::swiglu_forward(&gate, &up, kernels)?;
+            let dh = backward_linear(&m.down_proj, &g, &hmid, cd, kernels)?;
+            drop(hmid);
+            let dgate_up = Tensor::f_empty_like(&tape.gate_up)?;
+            train_ops::swiglu_backward(&dh, &gate, &up, &dgate_up, kernels)?;
+            drop(dh);
+            let ln = &block.post_attention_layernorm;
+            let (n2, _) = train_ops::rmsnorm_forward(&tape.x_mid, &ln.weight, ln.eps(), kernels)?;
+            let dn2 = backward_group(&[&m.gate_proj, &m.up_proj], &dgate_up, &n2, cd, kernels)?;
+            let (dx_mid, dw) = train_ops::rmsnorm_backward(
+                &dn2,
+                &tape.x_mid,
+                &ln.weight,
+                &tape.rstd2,
+                Some(&g),
+                kernels,
+            )?;
+            add_norm_grad(&ln.weight, &dw)?;
+            // 2. o-projection.
+            let y2 = merge_heads(&tape.y.detach(), n);
+            let dy = backward_linear(&a.o_proj, &dx_mid, &y2, cd, kernels)?;
+            Ok((dx_mid, dy))
+        })?;
+
+        // 3. Attention through its graph: the leaves' gradients.
+        let hq = a.num_heads as i64;
+        let d = a.head_dim as i64;
+        let dy = dy.view([b, t, hq, d]).transpose(1, 2);
+        tch::with_grad(|| (&tape.y * dy).sum(Kind::Float).f_backward())?;
+        let flat = |x: &Tensor| x.grad().transpose(1, 2).reshape([n, -1, d]);
+        let (dq, dk, dv) = (flat(&tape.q), flat(&tape.k), flat(&tape.v));
+
+        // 4. q/k-norm + RoPE, q/k/v, input norm (+ the residual).
+        tch::no_grad(|| -> Result<_> {
+            let ln = &block.input_layernorm;
+            let (n1, _) = train_ops::rmsnorm_forward(&tape.x, &ln.weight, ln.eps(), kernels)?;
+            let hkv = a.num_kv_heads as i64;
+            let qk_pre = self.qk_projection(block, &n1, kernels)?; // recomputed
+            let (q_pre, k_pre) = (
+                qk_pre.narrow(1, 0, hq * d).view([n, hq, d]),
+                qk_pre.narrow(1, hq * d, hkv * d).view([n, hkv, d]),
+            );
+            let dqkv = Tensor::f_empty([n, (hq + 2 * hkv) * d], (cd, tape.x.device()))?;
+            let (dq_pre, dk_pre, mut dv_pre) = split_qkv(&dqkv, hq, hkv, d);
+            let (cos, sin) = self.rotary.cos_sin(0, t as usize);
+            for (norm, dout, pre, into) in [
+                (&a.q_norm, &dq, &q_pre, &dq_pre),
+                (&a.k_norm, &dk, &k_pre, &dk_pre),
+            ] {
+                let dw = train_ops::qk_norm_rope_backward(
+                    dout,
+                    pre,
+                    &norm.weight,
+                    &cos,
+                    &sin,
+                    norm.eps(),
+                    into,
+                    kernels,
+                )?;
+                add_norm_grad(&norm.weight, &dw)?;
+            }
+            dv_pre.f_copy_(&dv)?;
+            let dn1 = backward_group(&[&a.q_proj, &a.k_proj, &a.v_proj], &dqkv, &n1, cd, kernels)?;
+            let (dx, dw) = train_ops::rmsnorm_backward(
+                &dn1,
+                &tape.x,
+                &ln.weight,
+                &tape.rstd1,
+                Some(&dx_mid),
+                kernels,
+            )?;
+            add_norm_grad(&ln.weight, &dw)?;
+            Ok(dx.view([b, t, h]))
+        })
+    }
+
+    /// `[q | k | v] = input(n1) @ [Wq; Wk; Wv]^T`, one GEMM.
+    fn qkv_projection(&self, block: &DecoderLayer, n1: &Tensor, kernels: bool) -> Result<Tensor> {
+        let a = &block.self_attn;
+        group_forward(&[&a.q_proj, &a.k_proj, &a.v_proj], n1, self.dtype, kernels)
+    }
+
+    /// `[q | k]` only (the backward recomputes them rather than keep them).
+    fn qk_projection(&self, block: &DecoderLayer, n1: &Tensor, kernels: bool) -> Result<Tensor> {
+        let a = &block.self_attn;
+        group_forward(&[&a.q_proj, &a.k_proj], n1, self.dtype, kernels)
+    }
+
+    /// `[gate | up] = input(n2) @ [Wg; Wu]^T`, one GEMM.
+    fn gate_up_projection(&self, block: &DecoderLayer, n2: &Tensor, kernels: bool) -> Result<Tensor> {
+        let m = &block.mlp;
+        group_forward(&[&m.gate_proj, &m.up_proj], n2, self.dtype, kernels)
+    }
+
+    /// q/k RMSNorm over each head then RoPE at positions 0..T: [N, heads, D].
+    fn qk_rope(
+        &self,
+        norm: &RmsNorm,
+        pre: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        kernels: bool,
+    ) -> Result<Tensor> {
+        Ok(train_ops::qk_norm_rope_forward(
+            pre,
+            &norm.weight,
+            cos,
+            sin,
+            norm.eps(),
+            kernels,
+        )?)
+    }
+}
+
+/// Projections sharing one input, as one GEMM: [N, sum of out].
+fn group_forward(lins: &[&Linear], x: &Tensor, kind: Kind, kernels: bool) -> Result<Tensor> {
+    let x = lins[0].precision.input(x, kernels)?;
+    let w = rounded_stack(lins, kind, kernels)?;
+    Ok(x.f_mm(&w.tr())?)
+}
+
+/// One projection without a graph: `input(x) @ rounded(W)^T`.
+fn linear_no_grad(lin: &Linear, x: &Tensor, kind: Kind, kernels: bool) -> Result<Tensor> {
+    group_forward(&[lin], x, kind, kernels)
+}
+
+/// Backward of `y = input(x) @ W^T` given dy [N, out]: adds dy^T input(x) to
+/// W's gradient, returns dx = dy @ rounded(W) (straight through the rounding).
+fn backward_linear(lin: &Linear, dy: &Tensor, x: &Tensor, kind: Kind, kernels: bool) -> Result<Tensor> {
+    backward_group(&[lin], dy, x, kind, kernels)
+}
+
+/// [`backward_linear`] of a group sharing the input `x`: `dy` holds the
+/// group's output gradients side by side, in the group's order.
+fn backward_group(
+    lins: &[&Linear],
+    dy: &Tensor,
+    x: &Tensor,
+    kind: Kind,
+    kernels: bool,
+) -> Result<Tensor> {
+    let xin = lins[0].precision.input(x, kernels)?;
+    let mut col = 0;
+    for lin in lins {
+        let out = lin.weight.shape()[0] as i64;
+        add_weight_grad(master(lin), &dy.narrow(1, col, out), &xin)?;
+        col += out;
+    }
+    drop(xin);
+    let w = rounded_stack(lins, kind, kernels)?;
+    Ok(dy.f_mm(&w)?)
+}
+
+/// Column views `[q | k | v]` of a [N, (Hq + 2 Hkv) D] buffer as [N, heads, D].
+fn split_qkv(qkv: &Tensor, hq: i64, hkv: i64, d: i64) -> (Tensor, Tensor, Tensor) {
+    let n = qkv.size()[0];
+    (
+        qkv.narrow(1, 0, hq * d).view([n, hq, d]),
+        qkv.narrow(1, hq * d, hkv * d).view([n, hkv, d]),
+        qkv.narrow(1, (hq + hkv) * d, hkv * d).view([n, hkv, d]),
+    )
+}
+
+/// The two column halves of [N, 2I].
+fn split_halves(x: &Tensor) -> (Tensor, Tensor) {
+    let half = x.size()[1] / 2;
+    (x.narrow(1, 0, half), x.narrow(1, half, half))
+}
+
+/// [B, Hq, T, D] -> [N, Hq D] (a view when SDPA's output is stored
+/// [B, T, Hq, D], as the flash kernel stores it; a copy otherwise).
+fn merge_heads(y: &Tensor, n: i64) -> Tensor {
+    y.transpose(1, 2).contiguous().view([n, -1])
+}
