@@ -129,6 +129,19 @@ pub enum Error {
         value: f32,
     },
 
+    /// A class index (cross-entropy target) outside `0..classes`.
+    #[error("{name}: target {value} at row {row} is outside 0..{classes}")]
+    TargetOutOfRange {
+        /// Tensor (or caller) name.
+        name: String,
+        /// The first row holding a bad target.
+        row: usize,
+        /// Its target.
+        value: i64,
+        /// Number of classes (the logits' columns).
+        classes: usize,
+    },
+
     /// A compute-path name that is not one of the accepted spellings.
     #[error("unknown compute path {got:?}; expected one of \"kernel-only\", \"auto\", \"dequant-matmul\"")]
     UnknownComputePath {

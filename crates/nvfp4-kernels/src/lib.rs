@@ -21,6 +21,8 @@
 //!   activations), the small fused ops of a batch-1 decode step, CUDA-graph
 //!   recording of our launches ([`cuda::capture_graph`]), and a fused AdamW
 //!   update ([`cuda::adamw_update`]); [`diagnose`] reports what runs here.
+//! * [`loss::cross_entropy_fused`]: the trainer's cross-entropy forward and
+//!   backward in one call (a fused kernel over bf16 logits on CUDA).
 //!
 //! ```
 //! use nvfp4_kernels::{dequantize_ref, quant_error_bound, quantize_ref, ScaleMode};
@@ -40,6 +42,7 @@ mod env;
 mod error;
 mod format;
 mod host;
+pub mod loss;
 mod policy;
 mod reference;
 mod swizzle;

@@ -33,6 +33,8 @@ pub enum KernelModule {
     Decode,
     /// `kernels/adamw.cu`: the fused AdamW update (f32 / bf16 / 8-bit state).
     Adamw,
+    /// `kernels/loss.cu`: fused cross-entropy forward + backward over bf16 logits.
+    Loss,
     /// `kernels/timing.cu`: the spin kernel of [`crate::cuda::time_gpu`]
     /// (benchmarks only; not part of [`KernelModule::ALL`]).
     Timing,
@@ -40,12 +42,13 @@ pub enum KernelModule {
 
 impl KernelModule {
     /// Every module the compute paths need, in the order diagnose reports them.
-    pub const ALL: [KernelModule; 5] = [
+    pub const ALL: [KernelModule; 6] = [
         KernelModule::Quantize,
         KernelModule::Dequantize,
         KernelModule::Gemv,
         KernelModule::Decode,
         KernelModule::Adamw,
+        KernelModule::Loss,
     ];
 
     /// Short name (also the cache-file prefix).
@@ -56,6 +59,7 @@ impl KernelModule {
             KernelModule::Gemv => "gemv",
             KernelModule::Decode => "decode",
             KernelModule::Adamw => "adamw",
+            KernelModule::Loss => "loss",
             KernelModule::Timing => "timing",
         }
     }
@@ -67,6 +71,7 @@ impl KernelModule {
             KernelModule::Gemv => include_str!("../../kernels/gemv.cu"),
             KernelModule::Decode => include_str!("../../kernels/decode.cu"),
             KernelModule::Adamw => include_str!("../../kernels/adamw.cu"),
+            KernelModule::Loss => include_str!("../../kernels/loss.cu"),
             KernelModule::Timing => include_str!("../../kernels/timing.cu"),
         }
     }

@@ -3,6 +3,7 @@
 //! fused W4A16 kernel for decode-sized inputs (one weight, or a group sharing
 //! the activations), the decode-step ops (`decode.rs`), the fused AdamW update
 //! (`adamw.rs`), and CUDA graphs of our launches (`graph.rs`).
+//! `loss.rs`: fused cross-entropy fwd + bwd (`kernels/loss.cu`), for [`crate::loss`].
 //!
 //! The CUDA C++ sources (`kernels/*.cu`) are embedded in the binary and
 //! compiled at run time by NVRTC for the GPU present (`sm_90a` on Hopper),
@@ -33,6 +34,7 @@ mod compile;
 mod decode;
 mod dequant;
 mod graph;
+mod loss;
 mod matmul;
 mod quant;
 mod runtime;
@@ -57,6 +59,7 @@ pub use runtime::MIN_COMPUTE_CAPABILITY;
 pub use timing::time_gpu;
 
 pub(crate) use compile::{nvrtc_version, supported_archs};
+pub(crate) use loss::cross_entropy_rows;
 pub(crate) use runtime::{libraries_present, runtime};
 
 use tch::Device;
