@@ -112,3 +112,58 @@ __device__ __forceinline__ u32 e2m1_code_by_thresholds(float x, const E2m1Thresh
 
 // Smallest block step for which the thresholds above are exact.
 #define E2M1_THRESHOLD_MIN_STEP 0x1p-100f
+
+// ---------------------------------------------------------------------------
+// bf16 activations (decode.cu, train.cu): values travel as u16 bits, math is f32.
+
+#define FULL_MASK 0xffffffffu
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
+    return v;
+}
+
+// EPL consecutive bf16 -> f32 with one vector load (p aligned to 2*EPL bytes).
+template <int EPL>
+__device__ __forceinline__ void load_bf16(const u16* p, float (&out)[EPL]) {
+    if constexpr (EPL == 8) {
+        const uint4 r = *reinterpret_cast<const uint4*>(p);
+        const u32 w[4] = {r.x, r.y, r.z, r.w};
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            out[2 * i] = bf16_to_f32(w[i] & 0xFFFFu);
+            out[2 * i + 1] = bf16_to_f32(w[i] >> 16);
+        }
+    } else if constexpr (EPL == 4) {
+        const uint2 r = *reinterpret_cast<const uint2*>(p);
+        out[0] = bf16_to_f32(r.x & 0xFFFFu);
+        out[1] = bf16_to_f32(r.x >> 16);
+        out[2] = bf16_to_f32(r.y & 0xFFFFu);
+        out[3] = bf16_to_f32(r.y >> 16);
+    } else {
+#pragma unroll
+        for (int e = 0; e < EPL; ++e) out[e] = bf16_to_f32(p[e]);
+    }
+}
+
+// f32 -> EPL consecutive bf16 (RNE), one vector store for EPL == 8.
+template <int EPL>
+__device__ __forceinline__ void store_bf16(u16* p, const float (&v)[EPL]) {
+    if constexpr (EPL == 8) {
+        u32 w[4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) w[i] = f32_to_bf16(v[2 * i]) | (f32_to_bf16(v[2 * i + 1]) << 16);
+        const uint4 r = {w[0], w[1], w[2], w[3]};
+        *reinterpret_cast<uint4*>(p) = r;
+    } else {
+#pragma unroll
+        for (int e = 0; e < EPL; ++e) p[e] = (u16)f32_to_bf16(v[e]);
+    }
+}
+
+// bf16(silu(g)) as f32: torch's CUDA silu (x / (1 + exp(-x)) in f32), rounded
+// once, as `gate.silu()` in bf16 returns it.
+__device__ __forceinline__ float silu_bf16(float g) {
+    return bf16_to_f32(f32_to_bf16(g / (1.0f + expf(-g))));
+}

@@ -8,37 +8,7 @@
 // from device memory: meta[0] = token id, meta[1] = its position (= cache
 // length before it).
 
-#define FULL_MASK 0xffffffffu
 #define NEG_INF (-__int_as_float(0x7f800000))
-
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
-    return v;
-}
-
-// EPL consecutive bf16 -> f32 with one vector load (p aligned to 2*EPL bytes).
-template <int EPL>
-__device__ __forceinline__ void load_bf16(const u16* p, float (&out)[EPL]) {
-    if constexpr (EPL == 8) {
-        const uint4 r = *reinterpret_cast<const uint4*>(p);
-        const u32 w[4] = {r.x, r.y, r.z, r.w};
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            out[2 * i] = bf16_to_f32(w[i] & 0xFFFFu);
-            out[2 * i + 1] = bf16_to_f32(w[i] >> 16);
-        }
-    } else if constexpr (EPL == 4) {
-        const uint2 r = *reinterpret_cast<const uint2*>(p);
-        out[0] = bf16_to_f32(r.x & 0xFFFFu);
-        out[1] = bf16_to_f32(r.x >> 16);
-        out[2] = bf16_to_f32(r.y & 0xFFFFu);
-        out[3] = bf16_to_f32(r.y >> 16);
-    } else {
-#pragma unroll
-        for (int e = 0; e < EPL; ++e) out[e] = bf16_to_f32(p[e]);
-    }
-}
 
 // ---------------------------------------------------------------------------
 // Embedding row of meta[0] (the host checks the id before writing meta).
@@ -279,8 +249,6 @@ extern "C" __global__ void dec_attn_combine(const float* part_o, const float* pa
 // out = bf16(bf16(silu(gate)) * up), the MLP's `gate.silu() * up` in bf16.
 extern "C" __global__ void dec_silu_mul(const u16* gate, const u16* up, u16* out, int n) {
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
-        const float g = bf16_to_f32(gate[i]);
-        const float s = bf16_to_f32(f32_to_bf16(g / (1.0f + expf(-g))));
-        out[i] = (u16)f32_to_bf16(s * bf16_to_f32(up[i]));
+        out[i] = (u16)f32_to_bf16(silu_bf16(bf16_to_f32(gate[i])) * bf16_to_f32(up[i]));
     }
 }

@@ -55,6 +55,18 @@ pub enum Error {
         value: String,
     },
 
+    /// A shape or layout that the operation does not support (the reason says
+    /// what would be).
+    #[error("{name}: {what} {reason}")]
+    Unsupported {
+        /// Tensor (or caller) name.
+        name: String,
+        /// Which tensor.
+        what: &'static str,
+        /// What is wrong and what is supported, in words.
+        reason: String,
+    },
+
     /// A tensor a kernel indexes as flat memory is not contiguous.
     #[error("{name}: {what} must be contiguous, has strides {strides:?}")]
     NotContiguous {

@@ -21,6 +21,9 @@
 //!   activations), the small fused ops of a batch-1 decode step, CUDA-graph
 //!   recording of our launches ([`cuda::capture_graph`]), and a fused AdamW
 //!   update ([`cuda::adamw_update`]); [`diagnose`] reports what runs here.
+//! * [`train_ops`]: the fused forward / backward ops of a decoder block's
+//!   training step (RMSNorm, SwiGLU, q/k norm + RoPE), each with its tch-op
+//!   reference.
 //! * [`loss::cross_entropy_fused`]: the trainer's cross-entropy forward and
 //!   backward in one call (a fused kernel over bf16 logits on CUDA).
 //!
@@ -48,6 +51,7 @@ mod reference;
 mod swizzle;
 mod tensor;
 mod torch_ops;
+pub mod train_ops;
 
 pub use diagnose::diagnose;
 pub use env::env_switch;

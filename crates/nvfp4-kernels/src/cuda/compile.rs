@@ -33,6 +33,10 @@ pub enum KernelModule {
     Decode,
     /// `kernels/adamw.cu`: the fused AdamW update (f32 / bf16 / 8-bit state).
     Adamw,
+    /// `kernels/train.cu`: the fused forward / backward ops of a decoder
+    /// block's training step (RMSNorm, SwiGLU, q/k norm + RoPE; see
+    /// [`crate::train_ops`]).
+    Train,
     /// `kernels/loss.cu`: fused cross-entropy forward + backward over bf16 logits.
     Loss,
     /// `kernels/timing.cu`: the spin kernel of [`crate::cuda::time_gpu`]
@@ -42,12 +46,13 @@ pub enum KernelModule {
 
 impl KernelModule {
     /// Every module the compute paths need, in the order diagnose reports them.
-    pub const ALL: [KernelModule; 6] = [
+    pub const ALL: [KernelModule; 7] = [
         KernelModule::Quantize,
         KernelModule::Dequantize,
         KernelModule::Gemv,
         KernelModule::Decode,
         KernelModule::Adamw,
+        KernelModule::Train,
         KernelModule::Loss,
     ];
 
@@ -59,6 +64,7 @@ impl KernelModule {
             KernelModule::Gemv => "gemv",
             KernelModule::Decode => "decode",
             KernelModule::Adamw => "adamw",
+            KernelModule::Train => "train",
             KernelModule::Loss => "loss",
             KernelModule::Timing => "timing",
         }
@@ -71,6 +77,7 @@ impl KernelModule {
             KernelModule::Gemv => include_str!("../../kernels/gemv.cu"),
             KernelModule::Decode => include_str!("../../kernels/decode.cu"),
             KernelModule::Adamw => include_str!("../../kernels/adamw.cu"),
+            KernelModule::Train => include_str!("../../kernels/train.cu"),
             KernelModule::Loss => include_str!("../../kernels/loss.cu"),
             KernelModule::Timing => include_str!("../../kernels/timing.cu"),
         }

@@ -2,7 +2,20 @@
 //! quantize, dequantize, the fused STE weight pass, `y = x @ W^T` with a
 //! fused W4A16 kernel for decode-sized inputs (one weight, or a group sharing
 //! the activations), the decode-step ops (`decode.rs`), the fused AdamW update
-//! (`adamw.rs`), and CUDA graphs of our launches (`graph.rs`).
+//! (`adamw.rs`), the training-step ops (`train.rs`), and CUDA graphs of our
+//! launches (`graph.rs`).
+//!
+//! The training-step kernels (`kernels/train.cu`, reached through
+//! [`crate::train_ops`], which holds their tch-op references) cover the
+//! small ops of one decoder block's forward and backward in bf16:
+//! `tr_rmsnorm_fwd` (y and the per-row rstd), `tr_rmsnorm_bwd` (dx with the
+//! residual gradient added, per-CTA partial dw), `tr_swiglu_fwd` /
+//! `tr_swiglu_bwd` (SiLU(gate) * up and its gradients, on row-strided
+//! views), `tr_qk_norm_rope_fwd` / `tr_qk_norm_rope_bwd` (per-head RMSNorm +
+//! RoPE of q or k read in place from the qkv buffer, and its backward written
+//! into the qkv gradient) and `tr_colsum`, which adds the partial weight
+//! gradients in a fixed order (no float atomics: the results are
+//! deterministic).
 //! `loss.rs`: fused cross-entropy fwd + bwd (`kernels/loss.cu`), for [`crate::loss`].
 //!
 //! The CUDA C++ sources (`kernels/*.cu`) are embedded in the binary and
@@ -29,7 +42,7 @@
 //! ```
 
 mod adamw;
-mod checks;
+pub(crate) mod checks;
 mod compile;
 mod decode;
 mod dequant;
@@ -39,6 +52,7 @@ mod matmul;
 mod quant;
 mod runtime;
 mod timing;
+pub(crate) mod train;
 
 pub use adamw::{adamw_int8_blocks, adamw_update, AdamwStep, MomentRef, ADAMW_INT8_BLOCK};
 pub use compile::{cache_dir, KernelModule, Target};
