@@ -151,6 +151,8 @@ fn train(model: Qwen3Model, spec: &str, probe: &MemoryProbe, base_mem: u64) -> R
         None => trainer::Checkpointing::On,
     };
     let flops_per_token = train_flops_per_token(model.config(), seq);
+    emit(json!({"metric": "sdpa_backend", "batch": batch, "seq": seq,
+                "backend": sdpa_backend(model.config(), batch, seq, model.device())}));
     let mut cfg = trainer::TrainConfig {
         batch_size: batch,
         seq_len: seq,
@@ -209,6 +211,25 @@ fn train(model: Qwen3Model, spec: &str, probe: &MemoryProbe, base_mem: u64) -> R
                 "recompute_every": t.recompute_every()}),
     );
     Ok(())
+}
+
+/// The backend libtorch's SDPA picks for the training attention (causal
+/// GQA, bf16, [batch, heads, seq, head_dim]): the name of `SDPBackend`.
+fn sdpa_backend(cfg: &qwen3_model::Qwen3Config, batch: usize, seq: usize, device: Device) -> &'static str {
+    let (b, t, d) = (batch as i64, seq as i64, cfg.head_dim as i64);
+    let opts = (Kind::BFloat16, device);
+    let q = tch::Tensor::randn([b, cfg.num_attention_heads as i64, t, d], opts);
+    let kv = tch::Tensor::randn([b, cfg.num_key_value_heads as i64, t, d], opts);
+    let scale = 1.0 / (d as f64).sqrt();
+    let choice = tch::Tensor::internal_fused_sdp_choice::<tch::Tensor>(&q, &kv, &kv, None, 0.0, true, scale, true);
+    match choice {
+        0 => "math",
+        1 => "flash_attention",
+        2 => "efficient_attention",
+        3 => "cudnn_attention",
+        4 => "overrideable",
+        _ => "error",
+    }
 }
 
 /// Dense bf16 tensor-core peak of an H100/H200 SXM (the MFU denominator,

@@ -11,6 +11,9 @@
 #       --implementation cp --platform manylinux2014_x86_64 -d .whl liger-kernel==0.8.5
 # then run(command="bash scripts/bench/train_speed.sh", carry=[".gpu-bundle", ".whl"]).
 # Results: $OUT/train_speed.jsonl (every row), $OUT/train_speed.log.
+# Env: TRAIN_SPECS (our rows, master,moments,batch,seq,checkpointing),
+# AUTOGRAD_SPECS (rows through the autograd blocks), BASELINE_ROWS (a subset
+# of train_baselines.py's rows, or "none"), ROW_LIMIT / BASELINE_LIMIT (s).
 set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/gpu_env.sh"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -37,6 +40,6 @@ for spec in ${AUTOGRAD_SPECS:-}; do
     ours "qwen3-nvfp4 autograd blocks" "$spec" NVFP4_AUTOGRAD_BLOCKS=1
 done
 echo "== baselines: transformers eager and + Liger" | tee -a "$log"
-PYTHONUNBUFFERED=1 python3 scripts/bench/train_baselines.py --config "$cfg" \
-    --timeout "${BASELINE_LIMIT:-100}" 2>>"$log" | tee -a "$json"
+[ "${BASELINE_ROWS:-}" = none ] || PYTHONUNBUFFERED=1 python3 scripts/bench/train_baselines.py --config "$cfg" \
+    ${BASELINE_ROWS:+--rows "$BASELINE_ROWS"} --timeout "${BASELINE_LIMIT:-100}" 2>>"$log" | tee -a "$json"
 cat "$json"

@@ -67,7 +67,8 @@ pub use matmul::{
     GEMV_GROUP_MAX, GEMV_MAX_ROWS,
 };
 pub use quant::{
-    fake_quantize, fake_quantize_packed, quantize, quantize_named, quantize_trusted, ste,
+    fake_quantize, fake_quantize_into, fake_quantize_packed, quantize, quantize_named,
+    quantize_trusted, ste,
 };
 pub use runtime::MIN_COMPUTE_CAPABILITY;
 pub use timing::time_gpu;
