@@ -43,6 +43,8 @@ fn sync(device: Device) {
 }
 
 fn main() -> Result<()> {
+    // As examples/train does: what a user of the tool gets.
+    trainer::prefer_expandable_segments();
     if std::env::args().any(|a| a == "--list") {
         return Ok(()); // `cargo bench -- --list` probes; nothing to list
     }
@@ -106,6 +108,9 @@ fn main() -> Result<()> {
                 "total_gib": (weights_mem + cache_bytes as u64) as f64 / 2f64.powi(30)}),
     );
 
+    if let Ok(tokens) = std::env::var("FULL_SIZE_GEMM_FLOOR") {
+        return gemm_floor(model.config(), tokens.parse()?, device);
+    }
     if let Ok(spec) = std::env::var("FULL_SIZE_TRAIN") {
         // One training configuration per process, so the caching allocator's
         // reserved memory (what `bytes_in_use` sees) is this configuration's peak.
@@ -201,6 +206,19 @@ fn train(model: Qwen3Model, spec: &str, probe: &MemoryProbe, base_mem: u64) -> R
     }
     times.sort_by(f64::total_cmp);
     let step_s = times[1];
+    // One more step, only timed by phase (NVFP4_STEP_PHASES=1 synchronises
+    // at each phase boundary, so it is not one of the timed steps above).
+    if std::env::var("NVFP4_STEP_PHASES").is_ok_and(|v| v == "1") {
+        t.step()?;
+        let phases: serde_json::Map<String, serde_json::Value> = trainer::take_step_phases()
+            .into_iter()
+            .map(|(name, s)| (name.to_string(), json!(s)))
+            .collect();
+        emit(
+            json!({"metric": "train_phases", "master": master, "moments": moments,
+                    "batch": batch, "seq": seq, "phases_s": phases}),
+        );
+    }
     let peak = probe.bytes_in_use()? - base_mem;
     let tok_s = (batch * seq) as f64 / step_s;
     emit(
@@ -213,15 +231,90 @@ fn train(model: Qwen3Model, spec: &str, probe: &MemoryProbe, base_mem: u64) -> R
     Ok(())
 }
 
+/// The floor a training step cannot go below on this card: the time cuBLAS
+/// takes for the step's GEMMs alone at `tokens` tokens (every block's
+/// projections forward, input gradient and weight gradient, with q/k/v and
+/// gate/up fused as the trainer runs them, and the head in chunks of 2048
+/// rows), plus SDPA's attention forward and backward at seq 2048. What the
+/// step spends beyond it is elementwise work, the optimizer, and overhead.
+fn gemm_floor(cfg: &qwen3_model::Qwen3Config, tokens: i64, device: Device) -> Result<()> {
+    let opts = (Kind::BFloat16, device);
+    let (h, i) = (cfg.hidden_size as i64, cfg.intermediate_size as i64);
+    let (q, kv) = (
+        (cfg.num_attention_heads * cfg.head_dim) as i64,
+        (cfg.num_key_value_heads * cfg.head_dim) as i64,
+    );
+    let time = |f: &dyn Fn()| {
+        f();
+        sync(device);
+        let t = Instant::now();
+        for _ in 0..5 {
+            f();
+        }
+        sync(device);
+        t.elapsed().as_secs_f64() / 5.0
+    };
+    // One projection [m, k] -> [m, n]: forward, input gradient, weight gradient.
+    let proj = |m: i64, k: i64, n: i64| {
+        let (x, w, dy) = (
+            tch::Tensor::randn([m, k], opts),
+            tch::Tensor::randn([n, k], opts),
+            tch::Tensor::randn([m, n], opts),
+        );
+        time(&|| {
+            let _ = x.mm(&w.tr());
+            let _ = dy.mm(&w);
+            let _ = dy.tr().mm(&x);
+        })
+    };
+    let block = proj(tokens, h, q + 2 * kv)
+        + proj(tokens, q, h)
+        + proj(tokens, h, 2 * i)
+        + proj(tokens, i, h);
+    let head = proj(2048, h, cfg.vocab_size as i64) * tokens as f64 / 2048.0;
+    let (b, t) = (tokens / 2048, 2048);
+    let qt = tch::Tensor::randn(
+        [b, cfg.num_attention_heads as i64, t, cfg.head_dim as i64],
+        opts,
+    )
+    .set_requires_grad(true);
+    let kt = tch::Tensor::randn(
+        [b, cfg.num_key_value_heads as i64, t, cfg.head_dim as i64],
+        opts,
+    )
+    .set_requires_grad(true);
+    let scale = 1.0 / (cfg.head_dim as f64).sqrt();
+    let attention = time(&|| {
+        let y = tch::Tensor::scaled_dot_product_attention::<tch::Tensor>(
+            &qt, &kt, &kt, None, 0.0, true, scale, true,
+        );
+        y.sum(Kind::Float).backward();
+    });
+    let layers = cfg.num_hidden_layers as f64;
+    emit(
+        json!({"metric": "gemm_floor", "tokens": tokens, "blocks_gemm_s": block * layers,
+                "head_gemm_s": head, "attention_s": attention * layers,
+                "total_s": (block + attention) * layers + head}),
+    );
+    Ok(())
+}
+
 /// The backend libtorch's SDPA picks for the training attention (causal
 /// GQA, bf16, [batch, heads, seq, head_dim]): the name of `SDPBackend`.
-fn sdpa_backend(cfg: &qwen3_model::Qwen3Config, batch: usize, seq: usize, device: Device) -> &'static str {
+fn sdpa_backend(
+    cfg: &qwen3_model::Qwen3Config,
+    batch: usize,
+    seq: usize,
+    device: Device,
+) -> &'static str {
     let (b, t, d) = (batch as i64, seq as i64, cfg.head_dim as i64);
     let opts = (Kind::BFloat16, device);
     let q = tch::Tensor::randn([b, cfg.num_attention_heads as i64, t, d], opts);
     let kv = tch::Tensor::randn([b, cfg.num_key_value_heads as i64, t, d], opts);
     let scale = 1.0 / (d as f64).sqrt();
-    let choice = tch::Tensor::internal_fused_sdp_choice::<tch::Tensor>(&q, &kv, &kv, None, 0.0, true, scale, true);
+    let choice = tch::Tensor::internal_fused_sdp_choice::<tch::Tensor>(
+        &q, &kv, &kv, None, 0.0, true, scale, true,
+    );
     match choice {
         0 => "math",
         1 => "flash_attention",

@@ -565,6 +565,7 @@ fn model_config(args: &Args, tok: &Qwen3Tokenizer) -> Result<Qwen3Config> {
 }
 
 fn main() -> std::process::ExitCode {
+    trainer::prefer_expandable_segments();
     init_tracing("warn");
     let args = Args::parse();
     run_main(|| run(args))

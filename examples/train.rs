@@ -229,6 +229,7 @@ fn clip_arg(s: &str) -> Result<f64, String> {
 const DEFAULT_RUN_FLAGS: [&str; 5] = ["run_dir", "steps", "no_progress", "threads", "device"];
 
 fn main() -> ExitCode {
+    trainer::prefer_expandable_segments();
     init_tracing("warn");
     let matches = Args::command().get_matches();
     run_main(|| {

@@ -118,7 +118,10 @@ extern "C" __global__ void tr_colsum(const float* part, float* out, int rows, in
 //   forward:  h = bf16(bf16(silu(g)) * u)                       (torch: gate.silu() * up)
 //   backward: dup = bf16(dh * bf16(silu(g)));  ds = bf16(dh * u);
 //             dgate = bf16((ds * sig(g)) * (1 + g * (1 - sig(g))))   (torch's silu_backward)
-// with dgate and dup written to columns [0, cols) and [cols, 2 cols) of out's rows.
+// with dgate and dup written to columns [0, cols) and [cols, 2 cols) of out's rows;
+// when h is not null the backward also writes the forward's h (a backward that
+// recomputes h, e.g. for the down projection's weight gradient, reads gate and
+// up once instead of twice).
 
 // f(row, c) for every group of V columns [c, c + V) of every row, grid-stride.
 template <int V, typename F>
@@ -147,12 +150,19 @@ __device__ __forceinline__ void swiglu_fwd(const u16* gate, long long gs, const 
 template <int V>
 __device__ __forceinline__ void swiglu_bwd(const u16* dh, long long ds, const u16* gate,
                                            long long gs, const u16* up, long long us, u16* out,
-                                           long long os, int rows, int cols) {
+                                           long long os, u16* h, long long hs, int rows,
+                                           int cols) {
     for_each_group<V>(rows, cols, [&](long long row, int c) {
         float d[V], g[V], u[V];
         load_bf16<V>(dh + row * ds + c, d);
         load_bf16<V>(gate + row * gs + c, g);
         load_bf16<V>(up + row * us + c, u);
+        if (h != nullptr) {
+            float hv[V];
+#pragma unroll
+            for (int e = 0; e < V; ++e) hv[e] = silu_bf16(g[e]) * u[e];
+            store_bf16<V>(h + row * hs + c, hv);
+        }
 #pragma unroll
         for (int e = 0; e < V; ++e) {
             const float dsu = bf16_to_f32(f32_to_bf16(d[e] * u[e]));
@@ -182,8 +192,8 @@ __device__ __forceinline__ void swiglu_bwd(const u16* dh, long long ds, const u1
     }                                                                                            \
     extern "C" __global__ void tr_swiglu_bwd_v##V(                                               \
         const u16* dh, long long ds, const u16* gate, long long gs, const u16* up, long long us, \
-        u16* out, long long os, int rows, int cols) {                                            \
-        swiglu_bwd<V>(dh, ds, gate, gs, up, us, out, os, rows, cols);                            \
+        u16* out, long long os, u16* h, long long hs, int rows, int cols) {                      \
+        swiglu_bwd<V>(dh, ds, gate, gs, up, us, out, os, h, hs, rows, cols);                     \
     }
 ROW_KERNELS(1)
 ROW_KERNELS(8)

@@ -314,15 +314,46 @@ pub fn swiglu_backward(
     out: &Tensor,
     kernels: bool,
 ) -> Result<()> {
+    swiglu_backward_into(dh, gate, up, out, None, kernels)
+}
+
+/// [`swiglu_backward`] that also returns the forward's output `h` (equal to
+/// [`swiglu_forward`]'s): a backward that needs `h` again (the down
+/// projection's weight gradient) gets it from the same read of gate and up.
+pub fn swiglu_backward_with_output(
+    dh: &Tensor,
+    gate: &Tensor,
+    up: &Tensor,
+    out: &Tensor,
+    kernels: bool,
+) -> Result<Tensor> {
+    let size = swiglu_args("swiglu_backward", gate, up)?.size;
+    let h = Tensor::f_empty(size.as_slice(), (gate.f_kind()?, gate.device()))?;
+    swiglu_backward_into(dh, gate, up, out, Some(&h), kernels)?;
+    Ok(h)
+}
+
+fn swiglu_backward_into(
+    dh: &Tensor,
+    gate: &Tensor,
+    up: &Tensor,
+    out: &Tensor,
+    h: Option<&Tensor>,
+    kernels: bool,
+) -> Result<()> {
     let _no_grad = tch::no_grad_guard();
     let args = swiglu_args("swiglu_backward", gate, up)?;
     args.activation("dh", dh, &args.size)?;
     let (n, i) = (args.size[0], args.size[1]);
     args.activation("out", out, &[n, 2 * i])?;
     if use_kernels(kernels, gate) {
-        return fused::swiglu_backward(dh, gate, up, out);
+        return fused::swiglu_backward(dh, gate, up, out, h);
     }
-    let dup = dh.f_mul(&gate.f_silu()?)?;
+    let silu = gate.f_silu()?;
+    if let Some(h) = h {
+        write(h.shallow_clone(), &silu.f_mul(up)?)?;
+    }
+    let dup = dh.f_mul(&silu)?;
     let dgate = gate.f_silu_backward(&dh.f_mul(up)?)?;
     write(out.f_narrow(1, 0, i)?, &dgate)?;
     write(out.f_narrow(1, i, i)?, &dup)

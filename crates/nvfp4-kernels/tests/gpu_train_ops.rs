@@ -178,6 +178,21 @@ fn swiglu_kernels_match_the_reference_on_strided_halves() {
         train_ops::swiglu_backward(&dh, &gate, &up, &out, true).unwrap();
         let out_ref = nan(&[n, 2 * i], dev);
         train_ops::swiglu_backward(&dh, &gate, &up, &out_ref, false).unwrap();
+        // The backward that also writes h: the same gradients, and h as the forward's.
+        let out_h = nan(&[n, 2 * i], dev);
+        let h_bwd = train_ops::swiglu_backward_with_output(&dh, &gate, &up, &out_h, true).unwrap();
+        assert_close(
+            &format!("{what} h from the backward"),
+            &h_bwd,
+            &h_ref,
+            BITWISE,
+        );
+        assert_close(
+            &format!("{what} gradients with h"),
+            &out_h,
+            &out_ref,
+            BITWISE,
+        );
         assert_close(
             &format!("{what} dgate"),
             &out.narrow(1, 0, i),

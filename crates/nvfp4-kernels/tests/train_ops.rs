@@ -105,6 +105,11 @@ fn swiglu_reference_matches_f64_autograd_on_strided_halves() {
     check("h", &h, &hd);
     check("dgate", &out.narrow(1, 0, i), &gd.grad());
     check("dup", &out.narrow(1, i, i), &ud.grad());
+
+    // The backward that also returns h: the forward's h, the same gradients.
+    let out_h = Tensor::full([n, 2 * i], f64::NAN, (Kind::Float, CPU));
+    let h2 = train_ops::swiglu_backward_with_output(&dh, &gate, &up, &out_h, false).unwrap();
+    assert!(same_bits(&h2, &h) && same_bits(&out_h, &out));
 }
 
 /// The bf16 roundings are torch autograd's own: `gate.silu() * up` in bf16,

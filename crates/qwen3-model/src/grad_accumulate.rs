@@ -35,3 +35,10 @@ pub(crate) fn add_norm_grad(param: &Tensor, d: &Tensor) -> Result<()> {
     let _ = grad_of(param)?.f_add_(d)?;
     Ok(())
 }
+
+/// `param.grad[rows[i]] += d[i]` (repeated rows add up), for a lookup table.
+pub(crate) fn add_rows_grad(param: &Tensor, rows: &Tensor, d: &Tensor) -> Result<()> {
+    let mut g = grad_of(param)?;
+    let _ = g.f_index_add_(0, rows, &d.f_to_kind(g.kind())?)?;
+    Ok(())
+}

@@ -62,7 +62,7 @@ mod sampling;
 mod scale_stats;
 mod train;
 mod train_block;
-mod train_head;
+mod train_ends;
 mod weights;
 
 pub use alloc::guard_libtorch;

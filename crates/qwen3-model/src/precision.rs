@@ -71,9 +71,9 @@ impl Precision {
     /// directly, saving the copy.
     pub(crate) fn weight_into(&self, w: &Tensor, out: &Tensor, kernels: bool) -> Result<()> {
         match self.weights {
-            Some(mode) if kernels && w.device().is_cuda() => {
-                Ok(nvfp4_kernels::cuda::fake_quantize_into(&w.detach(), mode, out)?)
-            }
+            Some(mode) if kernels && w.device().is_cuda() => Ok(
+                nvfp4_kernels::cuda::fake_quantize_into(&w.detach(), mode, out)?,
+            ),
             _ => {
                 let rounded = tch::no_grad(|| self.weight(w, out.kind(), kernels))?;
                 Ok(out.shallow_clone().f_copy_(&rounded)?)

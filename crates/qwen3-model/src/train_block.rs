@@ -4,8 +4,10 @@
 //! Why: autograd keeps every intermediate its ops need (the f32 norm and RoPE
 //! chains, each STE-rounded weight, the SiLU output), about 52k values per
 //! token and block, and runs each elementwise op as its own pass. Written out,
-//! the forward keeps only what the backward cannot cheaply recompute, 35k
-//! values per token and block ([`BlockTape`]), the elementwise work runs as
+//! the forward keeps only what the backward cannot cheaply recompute, 40k
+//! values per token and block ([`BlockTape`]; the normed inputs and the
+//! SwiGLU output are recomputed, q/k/v are kept rather than recomputed by a
+//! GEMM), the elementwise work runs as
 //! fused kernels (`nvfp4_kernels::train_ops`: RMSNorm, q/k-norm + RoPE,
 //! SwiGLU, forward and backward), q/k/v and gate/up are one GEMM each, and
 //! weight gradients are accumulated by the GEMM that computes them
@@ -41,9 +43,10 @@ pub struct BlockTape {
     seq: i64,
     x: Tensor,       // [N, H] block input
     rstd1: Tensor,   // [N] f32, input_layernorm
+    qkv: Tensor,     // [N, (Hq + 2 Hkv) D] q/k/v before their norms
     q: Tensor,       // [B, Hq, T, D] after q-norm and RoPE, a leaf of the attention graph
     k: Tensor,       // [B, Hkv, T, D], a leaf
-    v: Tensor,       // [B, Hkv, T, D], a leaf
+    v: Tensor,       // [B, Hkv, T, D], a leaf viewing `qkv`
     y: Tensor,       // [B, Hq, T, D] attention output, with its graph
     x_mid: Tensor,   // [N, H] after the attention residual
     rstd2: Tensor,   // [N] f32, post_attention_layernorm
@@ -142,22 +145,23 @@ impl Qwen3Model {
         let block = self.trained_block(layer)?;
         let (b, t, h) = self.check_hidden(hidden)?;
         let n = b * t;
-        let kernels = self.backend.uses_kernels();
+        let (kernels, fused) = (self.backend.uses_kernels(), self.fused_training());
         let x = hidden.to_kind(self.dtype).reshape([n, h]).contiguous();
         let a = &block.self_attn;
         let (hq, hkv, d) = (a.num_heads as i64, a.num_kv_heads as i64, a.head_dim as i64);
         let (cos, sin) = self.rotary.cos_sin(0, t as usize);
 
         // 1. Norm, q/k/v in one GEMM, q/k-norm + RoPE.
-        let (q, k, v, rstd1) = tch::no_grad(|| -> Result<_> {
+        let (qkv, q, k, rstd1) = tch::no_grad(|| -> Result<_> {
             let ln = &block.input_layernorm;
-            let (n1, rstd1) = train_ops::rmsnorm_forward(&x, &ln.weight, ln.eps(), kernels)?;
+            let (n1, rstd1) = train_ops::rmsnorm_forward(&x, &ln.weight, ln.eps(), fused)?;
             let qkv = self.qkv_projection(block, &n1, kernels)?; // [N, (Hq + 2 Hkv) D]
-            let (q_pre, k_pre, v) = split_qkv(&qkv, hq, hkv, d);
-            let q = self.qk_rope(&a.q_norm, &q_pre, &cos, &sin, kernels)?;
-            let k = self.qk_rope(&a.k_norm, &k_pre, &cos, &sin, kernels)?;
-            Ok((q, k, v.contiguous(), rstd1))
+            let (q_pre, k_pre, _) = split_qkv(&qkv, hq, hkv, d);
+            let q = self.qk_rope(&a.q_norm, &q_pre, &cos, &sin, fused)?;
+            let k = self.qk_rope(&a.k_norm, &k_pre, &cos, &sin, fused)?;
+            Ok((qkv, q, k, rstd1))
         })?;
+        let v = split_qkv(&qkv, hq, hkv, d).2;
         let heads = |x: Tensor, heads: i64| {
             x.view([b, t, heads, d])
                 .transpose(1, 2)
@@ -179,10 +183,10 @@ impl Qwen3Model {
             let y2 = merge_heads(&y.detach(), n); // [N, Hq D]
             let x_mid = &x + linear_no_grad(&a.o_proj, &y2, self.dtype, kernels)?;
             let ln = &block.post_attention_layernorm;
-            let (n2, rstd2) = train_ops::rmsnorm_forward(&x_mid, &ln.weight, ln.eps(), kernels)?;
+            let (n2, rstd2) = train_ops::rmsnorm_forward(&x_mid, &ln.weight, ln.eps(), fused)?;
             let gate_up = self.gate_up_projection(block, &n2, kernels)?; // [N, 2I]
             let (gate, up) = split_halves(&gate_up);
-            let hmid = train_ops::swiglu_forward(&gate, &up, kernels)?;
+            let hmid = train_ops::swiglu_forward(&gate, &up, fused)?;
             let out = &x_mid + linear_no_grad(&block.mlp.down_proj, &hmid, self.dtype, kernels)?;
             Ok((out, x_mid, rstd2, gate_up))
         })?;
@@ -192,6 +196,7 @@ impl Qwen3Model {
             seq: t,
             x,
             rstd1,
+            qkv,
             q,
             k,
             v,
@@ -210,7 +215,7 @@ impl Qwen3Model {
         let block = self.trained_block(tape.layer)?;
         let (b, t) = (tape.batch, tape.seq);
         let n = b * t;
-        let kernels = self.backend.uses_kernels();
+        let (kernels, fused) = (self.backend.uses_kernels(), self.fused_training());
         let cd = self.dtype;
         let a = &block.self_attn;
         let m = &block.mlp;
@@ -220,14 +225,19 @@ impl Qwen3Model {
         // 1. MLP: down, SwiGLU, gate/up, post-attention norm (+ the residual).
         let (dx_mid, dy) = tch::no_grad(|| -> Result<_> {
             let (gate, up) = split_halves(&tape.gate_up);
-            let hmid = train_ops::swiglu_forward(&gate, &up, kernels)?;
-            let dh = backward_linear(&m.down_proj, &g, &hmid, cd, kernels)?;
-            drop(hmid);
+            // dh first: the SwiGLU backward then recomputes h in the same pass.
+            let dh = g.f_mm(&rounded_stack(&[&m.down_proj], cd, kernels)?)?;
             let dgate_up = Tensor::f_empty_like(&tape.gate_up)?;
-            train_ops::swiglu_backward(&dh, &gate, &up, &dgate_up, kernels)?;
+            let hmid = train_ops::swiglu_backward_with_output(&dh, &gate, &up, &dgate_up, fused)?;
             drop(dh);
+            add_weight_grad(
+                master(&m.down_proj),
+                &g,
+                &m.down_proj.precision.input(&hmid, kernels)?,
+            )?;
+            drop(hmid);
             let ln = &block.post_attention_layernorm;
-            let (n2, _) = train_ops::rmsnorm_forward(&tape.x_mid, &ln.weight, ln.eps(), kernels)?;
+            let (n2, _) = train_ops::rmsnorm_forward(&tape.x_mid, &ln.weight, ln.eps(), fused)?;
             let dn2 = backward_group(&[&m.gate_proj, &m.up_proj], &dgate_up, &n2, cd, kernels)?;
             let (dx_mid, dw) = train_ops::rmsnorm_backward(
                 &dn2,
@@ -235,7 +245,7 @@ impl Qwen3Model {
                 &ln.weight,
                 &tape.rstd2,
                 Some(&g),
-                kernels,
+                fused,
             )?;
             add_norm_grad(&ln.weight, &dw)?;
             // 2. o-projection.
@@ -255,13 +265,9 @@ impl Qwen3Model {
         // 4. q/k-norm + RoPE, q/k/v, input norm (+ the residual).
         tch::no_grad(|| -> Result<_> {
             let ln = &block.input_layernorm;
-            let (n1, _) = train_ops::rmsnorm_forward(&tape.x, &ln.weight, ln.eps(), kernels)?;
+            let (n1, _) = train_ops::rmsnorm_forward(&tape.x, &ln.weight, ln.eps(), fused)?;
             let hkv = a.num_kv_heads as i64;
-            let qk_pre = self.qk_projection(block, &n1, kernels)?; // recomputed
-            let (q_pre, k_pre) = (
-                qk_pre.narrow(1, 0, hq * d).view([n, hq, d]),
-                qk_pre.narrow(1, hq * d, hkv * d).view([n, hkv, d]),
-            );
+            let (q_pre, k_pre, _) = split_qkv(&tape.qkv, hq, hkv, d);
             let dqkv = Tensor::f_empty([n, (hq + 2 * hkv) * d], (cd, tape.x.device()))?;
             let (dq_pre, dk_pre, mut dv_pre) = split_qkv(&dqkv, hq, hkv, d);
             let (cos, sin) = self.rotary.cos_sin(0, t as usize);
@@ -277,7 +283,7 @@ impl Qwen3Model {
                     &sin,
                     norm.eps(),
                     into,
-                    kernels,
+                    fused,
                 )?;
                 add_norm_grad(&norm.weight, &dw)?;
             }
@@ -289,11 +295,18 @@ impl Qwen3Model {
                 &ln.weight,
                 &tape.rstd1,
                 Some(&dx_mid),
-                kernels,
+                fused,
             )?;
             add_norm_grad(&ln.weight, &dw)?;
             Ok(dx.view([b, t, h]))
         })
+    }
+
+    /// Whether the fused training kernels run: CUDA kernels allowed and a
+    /// bf16 compute kind (the kernels' only one; f32 compute, as in the
+    /// exactness tests, runs the tch-op references, which are exact there).
+    pub(crate) fn fused_training(&self) -> bool {
+        self.backend.uses_kernels() && self.dtype == Kind::BFloat16
     }
 
     /// `[q | k | v] = input(n1) @ [Wq; Wk; Wv]^T`, one GEMM.
@@ -302,14 +315,13 @@ impl Qwen3Model {
         group_forward(&[&a.q_proj, &a.k_proj, &a.v_proj], n1, self.dtype, kernels)
     }
 
-    /// `[q | k]` only (the backward recomputes them rather than keep them).
-    fn qk_projection(&self, block: &DecoderLayer, n1: &Tensor, kernels: bool) -> Result<Tensor> {
-        let a = &block.self_attn;
-        group_forward(&[&a.q_proj, &a.k_proj], n1, self.dtype, kernels)
-    }
-
     /// `[gate | up] = input(n2) @ [Wg; Wu]^T`, one GEMM.
-    fn gate_up_projection(&self, block: &DecoderLayer, n2: &Tensor, kernels: bool) -> Result<Tensor> {
+    fn gate_up_projection(
+        &self,
+        block: &DecoderLayer,
+        n2: &Tensor,
+        kernels: bool,
+    ) -> Result<Tensor> {
         let m = &block.mlp;
         group_forward(&[&m.gate_proj, &m.up_proj], n2, self.dtype, kernels)
     }
@@ -348,7 +360,13 @@ fn linear_no_grad(lin: &Linear, x: &Tensor, kind: Kind, kernels: bool) -> Result
 
 /// Backward of `y = input(x) @ W^T` given dy [N, out]: adds dy^T input(x) to
 /// W's gradient, returns dx = dy @ rounded(W) (straight through the rounding).
-fn backward_linear(lin: &Linear, dy: &Tensor, x: &Tensor, kind: Kind, kernels: bool) -> Result<Tensor> {
+fn backward_linear(
+    lin: &Linear,
+    dy: &Tensor,
+    x: &Tensor,
+    kind: Kind,
+    kernels: bool,
+) -> Result<Tensor> {
     backward_group(&[lin], dy, x, kind, kernels)
 }
 

@@ -57,13 +57,19 @@ fn written_out_block(m: &Qwen3Model, layer: usize, x: &Tensor, g: &Tensor) -> Bl
 fn compare(recipe: &str, got: &BlockGrads, want: &BlockGrads, tol: f64) {
     let out = rel_diff(&got.out, &want.out);
     println!("{recipe}: output within {out:.3e}");
-    assert!(out <= tol, "{recipe}: output differs by {out:.3e} > {tol:e}");
+    assert!(
+        out <= tol,
+        "{recipe}: output differs by {out:.3e} > {tol:e}"
+    );
     let nonzero = want
         .params
         .iter()
         .filter(|(_, g)| g.abs().max().double_value(&[]) > 0.0)
         .count();
-    assert!(nonzero >= 11, "{recipe}: only {nonzero} gradients are non-zero");
+    assert!(
+        nonzero >= 11,
+        "{recipe}: only {nonzero} gradients are non-zero"
+    );
     compare_params(recipe, got, want, tol);
 }
 
@@ -82,8 +88,16 @@ fn compare_params(recipe: &str, got: &BlockGrads, want: &BlockGrads, tol: f64) {
             worst = (d, name.clone());
         }
     }
-    println!("{recipe}: max relative difference {:.3e} ({})", worst.0, worst.1);
-    assert!(worst.0 <= tol, "{recipe}: {} differs by {:.3e} > {tol:e}", worst.1, worst.0);
+    println!(
+        "{recipe}: max relative difference {:.3e} ({})",
+        worst.0, worst.1
+    );
+    assert!(
+        worst.0 <= tol,
+        "{recipe}: {} differs by {:.3e} > {tol:e}",
+        worst.1,
+        worst.0
+    );
 }
 
 fn recipes() -> [QuantRecipe; 3] {
@@ -110,7 +124,12 @@ fn check_on(device: Device, master: Kind, tol: f64) {
         for layer in 0..m.num_layers() {
             let want = autograd_block(&m, layer, &x, &g);
             let got = written_out_block(&m, layer, &x, &g);
-            compare(&format!("{} block {layer}", recipe.label()), &got, &want, tol);
+            compare(
+                &format!("{} block {layer}", recipe.label()),
+                &got,
+                &want,
+                tol,
+            );
         }
     }
 }
@@ -154,7 +173,12 @@ fn a_block_that_does_not_train_is_refused_by_name() {
 
 /// The loss, hidden-state gradient and head/norm gradients of `scale * CE`
 /// over `hidden` [N, H] through autograd.
-fn autograd_head(m: &Qwen3Model, hidden: &Tensor, targets: &Tensor, scale: f64) -> (f64, BlockGrads) {
+fn autograd_head(
+    m: &Qwen3Model,
+    hidden: &Tensor,
+    targets: &Tensor,
+    scale: f64,
+) -> (f64, BlockGrads) {
     zero_grads(m);
     let x = hidden.detach().set_requires_grad(true);
     let logits = m.head(&x.unsqueeze(0)).unwrap().squeeze_dim(0);

@@ -24,3 +24,19 @@ pub fn keep_freed_memory() -> bool {
 pub fn keep_freed_memory() -> bool {
     false
 }
+
+/// Asks libtorch's CUDA caching allocator for expandable segments, unless
+/// the user configured it (`PYTORCH_CUDA_ALLOC_CONF` or `PYTORCH_ALLOC_CONF`
+/// set): a training step frees and reallocates blocks of many sizes (block
+/// tapes, logits chunks, gradients), and fixed-size segments leave the
+/// reserved peak above the allocated one by the fragments. Read by libtorch
+/// at its first CUDA allocation, so call this first thing in `main`, before
+/// any thread starts. Returns whether it set the variable.
+pub fn prefer_expandable_segments() -> bool {
+    let set = |k| std::env::var_os(k).is_some();
+    if set("PYTORCH_CUDA_ALLOC_CONF") || set("PYTORCH_ALLOC_CONF") {
+        return false;
+    }
+    std::env::set_var("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True");
+    true
+}

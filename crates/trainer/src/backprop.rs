@@ -37,6 +37,7 @@ use qwen3_model::{BlockTape, Qwen3Model};
 
 use crate::batch::IGNORE_INDEX;
 use crate::error::Result;
+use crate::phases;
 
 /// Which part of the model trains, and how the backward runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,7 +60,8 @@ impl BackpropPlan {
     /// reference path, for comparisons).
     pub fn written_out_for(model: &Qwen3Model, first_trained_layer: usize) -> bool {
         let forced_off = std::env::var("NVFP4_AUTOGRAD_BLOCKS").is_ok_and(|v| v == "1");
-        !forced_off && (first_trained_layer..model.num_layers()).all(|l| model.manual_backward_ok(l))
+        !forced_off
+            && (first_trained_layer..model.num_layers()).all(|l| model.manual_backward_ok(l))
     }
 
     /// Whether block `layer` is recomputed in the backward pass.
@@ -118,7 +120,7 @@ pub fn forward_backward(
 pub(crate) type TopLoss<'a> = dyn FnMut(&Tensor) -> Result<()> + 'a;
 
 /// Target positions whose logits exist at once in the training loss.
-pub const CE_CHUNK: usize = 2048;
+pub const CE_CHUNK: usize = 1024;
 
 /// The masked CE of `top` (a leaf), backpropagated with weight `1 / denom`,
 /// written out when `plan` says so and the head trains; returns the CE sum.
@@ -152,7 +154,9 @@ fn written_out_ce_backward(
     let picked = flat.index_select(0, &rows);
     let targets = flat_labels.index_select(0, &rows);
     let (sum, dpicked) = model.head_loss_backward(&picked, &targets, 1.0 / denom, chunk)?;
-    let g = flat.zeros_like().index_add(0, &rows, &dpicked.to_kind(flat.kind()));
+    let g = flat
+        .zeros_like()
+        .index_add(0, &rows, &dpicked.to_kind(flat.kind()));
     (top * g.view_as(top)).sum(Kind::Float).f_backward()?;
     Ok(sum)
 }
@@ -209,7 +213,7 @@ pub(crate) fn forward_backward_with(
 ) -> Result<()> {
     let x0 = embed_and_frozen(model, input_ids, plan)?;
     if plan.recompute_every > 0 || plan.written_out {
-        return blockwise(model, x0, plan, top, &mut |_| Ok(()));
+        return blockwise(model, input_ids, x0, plan, top, &mut |_| Ok(()));
     }
     let mut h = x0;
     for l in plan.first_trained_layer..model.num_layers() {
@@ -243,13 +247,14 @@ pub(crate) fn forward_backward_blockwise(
         ce_sum = ce_backward(model, top, labels, denom, plan)?;
         Ok(())
     };
-    blockwise(model, x0, plan, &mut top, block_done)?;
+    blockwise(model, input_ids, x0, plan, &mut top, block_done)?;
     Ok(ce_sum)
 }
 
-/// The embedding lookup and the frozen blocks (without a graph when frozen).
+/// The embedding lookup and the frozen blocks (without a graph when frozen,
+/// or when the written-out backward handles the lookup itself).
 fn embed_and_frozen(model: &Qwen3Model, input_ids: &Tensor, plan: BackpropPlan) -> Result<Tensor> {
-    if plan.first_trained_layer == 0 {
+    if plan.first_trained_layer == 0 && !plan.written_out {
         return Ok(model.embed(input_ids));
     }
     tch::no_grad(|| {
@@ -277,6 +282,7 @@ enum Kept {
 /// their tape (written-out blocks) or their graph from the forward.
 fn blockwise(
     model: &Qwen3Model,
+    input_ids: &Tensor,
     x0: Tensor,
     plan: BackpropPlan,
     top: &mut TopLoss<'_>,
@@ -296,10 +302,13 @@ fn blockwise(
         kept.push(k);
         h = next;
     }
+    let device = h.device();
+    phases::mark(device, "forward");
     // 2. Head and loss with a graph from the last hidden state.
     let leaf = h.detach().set_requires_grad(true);
     top(&leaf)?;
     let mut g = leaf.grad();
+    phases::mark(device, "loss");
     // 3. Blocks in reverse: (recompute and) backpropagate g.
     for (l, k) in (first..model.num_layers()).zip(kept).rev() {
         let k = match k {
@@ -316,10 +325,16 @@ fn blockwise(
         };
         block_done(l)?;
     }
+    phases::mark(device, "backward");
     // 4. The embedding lookup, when it trains.
-    if x0.requires_grad() {
+    if plan.written_out {
+        if plan.first_trained_layer == 0 && model.embedding_trains() {
+            model.embedding_backward(input_ids, &g)?;
+        }
+    } else if x0.requires_grad() {
         (x0 * &g).sum(Kind::Float).f_backward()?;
     }
+    phases::mark(device, "embedding");
     Ok(())
 }
 

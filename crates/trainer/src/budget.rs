@@ -205,10 +205,10 @@ pub fn training_estimate_per_rank(
     let h = cfg.hidden_size as f64;
     // Kept per token and block for the backward pass of a written-out block
     // (`qwen3_model::BlockTape`): its input and the residual after attention,
-    // q/k/v and the attention output, gate and up; with checkpointing only
-    // each block's input.
+    // q/k/v before and q/k after their norm and RoPE, the attention output,
+    // gate and up; with checkpointing only each block's input.
     let (q, kv) = (cfg.q_dim() as f64, cfg.kv_dim() as f64);
-    let per_token_layer = 2.0 * h + 2.0 * q + 2.0 * kv + 2.0 * cfg.intermediate_size as f64;
+    let per_token_layer = 2.0 * h + 3.0 * q + 3.0 * kv + 2.0 * cfg.intermediate_size as f64;
     // Blocks that keep their activations, plus the one being recomputed;
     // `Auto` can always fall back to recomputing all: the lowest estimate.
     let kept_layers = match train.activation_checkpointing.recompute_every() {

@@ -399,22 +399,11 @@ impl Trainer {
         let Some((dp, plan)) = self.zero1() else {
             return Ok(None);
         };
-        let mine: Vec<Tensor> = plan
+        let mine = plan
             .owned_by(dp.rank())
             .into_iter()
-            .map(|i| self.params[i].grad())
-            .filter(|g| g.defined())
-            .map(|g| g.norm_scalaropt_dtype(2, Kind::Float).to_kind(Kind::Double))
-            .collect();
-        let device = self.model.device();
-        let mut sum = if mine.is_empty() {
-            Tensor::zeros([1], (Kind::Double, device))
-        } else {
-            Tensor::stack(&mine, 0)
-                .square()
-                .sum(Kind::Double)
-                .reshape([1])
-        };
+            .map(|i| self.params[i].grad());
+        let mut sum = crate::grad::sum_of_squares(mine, self.model.device()).reshape([1]);
         dp.group.all_reduce(&mut sum, ReduceOp::Sum)?;
         Ok(Some(sum.double_value(&[0]).sqrt()))
     }

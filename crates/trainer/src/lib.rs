@@ -48,6 +48,7 @@ mod grad;
 mod job;
 mod metrics;
 mod optim;
+mod phases;
 mod plot;
 mod resume;
 mod run_dir;
@@ -56,7 +57,7 @@ mod text;
 mod trainer;
 mod zero;
 
-pub use alloc::keep_freed_memory;
+pub use alloc::{keep_freed_memory, prefer_expandable_segments};
 pub use backprop::{
     forward_backward, masked_ce_backward, masked_ce_sum, reference_ce_sum, BackpropPlan, CE_CHUNK,
 };
@@ -92,6 +93,7 @@ pub use metrics::{
 pub use optim::{
     default_decay, dynamic_map, AdamW, AdamWConfig, OptimStateKind, QuantMap, QUANT_BLOCK,
 };
+pub use phases::take_step_phases;
 pub use plot::{plot_loss_curve, LossCurve};
 pub use run_dir::{timestamped_run_dir, RunDirLock, LOCK_FILE};
 pub use schedule::{Schedule, ScheduleKind};

@@ -18,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::grad::{clip_coefficient, global_grad_norm};
 use crate::metrics::{memory_in_use, MetricsLog, StepMetrics};
 use crate::optim::{default_decay, AdamW};
+use crate::phases;
 use crate::schedule::Schedule;
 
 /// What a [`Trainer::train`] call did.
@@ -284,7 +285,10 @@ impl Trainer {
         let targets: usize = batches.iter().map(|b| b.target_tokens).sum();
         let tokens: usize = batches.iter().map(|b| b.tokens).sum();
         let denom = targets.max(1) as f64;
+        let device = self.model.device();
+        phases::start(device);
         self.zero_grads();
+        phases::mark(device, "zero_grads");
         let ce = match &self.teacher {
             None => {
                 let mine = self.my_share(batches);
@@ -326,9 +330,11 @@ impl Trainer {
             Some(norm) => norm,
             None => global_grad_norm(&self.params),
         };
+        phases::mark(device, "grad_norm");
         let grad_scale = clip_coefficient(grad_norm, self.cfg.clip);
         let lr = self.schedule.lr(self.cfg.lr, self.step);
         let skipped = self.apply_update(loss, grad_norm, lr, grad_scale)?;
+        phases::mark(device, "update");
         self.step += 1;
         let step_s = start.elapsed().as_secs_f64();
         let m = StepMetrics {

@@ -244,14 +244,23 @@ pub(crate) fn swiglu_forward(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     Ok(h)
 }
 
-/// Kernel side of [`crate::train_ops::swiglu_backward`] (shapes checked).
-pub(crate) fn swiglu_backward(dh: &Tensor, gate: &Tensor, up: &Tensor, out: &Tensor) -> Result<()> {
+/// Kernel side of [`crate::train_ops::swiglu_backward`] (shapes checked);
+/// with `h`, also writes the forward's output there.
+pub(crate) fn swiglu_backward(
+    dh: &Tensor,
+    gate: &Tensor,
+    up: &Tensor,
+    out: &Tensor,
+    h: Option<&Tensor>,
+) -> Result<()> {
     let op = "swiglu_backward";
+    let no_h = Rows { ptr: 0, stride: 0 };
     let rows = [
         Rows::of(op, "dh", dh)?,
         Rows::of(op, "gate", gate)?,
         Rows::of(op, "up", up)?,
         Rows::of(op, "out", out)?,
+        h.map_or(Ok(no_h), |h| Rows::of(op, "h", h))?,
     ];
     let size = [gate.size()[0], gate.size()[1]];
     let names = ["tr_swiglu_bwd_v1", "tr_swiglu_bwd_v8"];

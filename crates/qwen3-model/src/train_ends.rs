@@ -1,6 +1,9 @@
-//! The training loss at the top of the model, written out: final RMSNorm,
-//! head (the tied embedding or `lm_head`, rounded as its precision says) and
-//! cross-entropy, forward and backward in one pass per chunk of rows.
+//! The two ends of the model in a written-out training step: the loss at
+//! the top (final RMSNorm, head, cross-entropy; [`Qwen3Model::head_loss_backward`])
+//! and the embedding lookup at the bottom ([`Qwen3Model::embedding_backward`]).
+//!
+//! The loss: the tied embedding or `lm_head`, rounded as its precision says,
+//! and cross-entropy, forward and backward in one pass per chunk of rows.
 //!
 //! Why: through autograd each chunk materialises the logits in f32, their
 //! log-softmax and its gradient (3 x 1.2 GB for 2048 rows of Qwen3's
@@ -15,7 +18,7 @@ use tch::{Kind, Tensor};
 use nvfp4_kernels::{loss, train_ops};
 
 use crate::error::{Error, Result};
-use crate::grad_accumulate::{add_norm_grad, add_weight_grad};
+use crate::grad_accumulate::{add_norm_grad, add_rows_grad, add_weight_grad};
 use crate::model::Qwen3Model;
 use crate::precision::Precision;
 use crate::train_block::master;
@@ -58,7 +61,7 @@ impl Qwen3Model {
             });
         }
         tch::no_grad(|| {
-            let kernels = self.backend.uses_kernels();
+            let (kernels, fused) = (self.backend.uses_kernels(), self.fused_training());
             let hidden = hidden.to_kind(self.dtype).contiguous();
             let rows = hidden.size()[0];
             if rows == 0 {
@@ -67,7 +70,7 @@ impl Qwen3Model {
                 return Ok((0.0, hidden.zeros_like()));
             }
             let norm = &self.norm;
-            let (n, rstd) = train_ops::rmsnorm_forward(&hidden, &norm.weight, norm.eps(), kernels)?;
+            let (n, rstd) = train_ops::rmsnorm_forward(&hidden, &norm.weight, norm.eps(), fused)?;
             let (precision, w_param) = self.head_weight();
             let x = precision.input(&n, kernels)?;
             let w = precision.weight(w_param, self.dtype, kernels)?; // [V, H]
@@ -78,14 +81,41 @@ impl Qwen3Model {
                 let c = chunk.min(rows - start);
                 let xc = x.narrow(0, start, c);
                 let logits = xc.f_mm(&w.tr())?; // [c, V], becomes its own gradient
-                sum += loss::cross_entropy_fused(&logits, &targets.narrow(0, start, c), scale, kernels)?;
+                sum +=
+                    loss::cross_entropy_fused(&logits, &targets.narrow(0, start, c), scale, fused)?;
                 add_weight_grad(w_param, &logits, &xc)?;
                 dn.narrow(0, start, c).f_copy_(&logits.f_mm(&w)?)?;
             }
             let (dh, dw) =
-                train_ops::rmsnorm_backward(&dn, &hidden, &norm.weight, &rstd, None, kernels)?;
+                train_ops::rmsnorm_backward(&dn, &hidden, &norm.weight, &rstd, None, fused)?;
             add_norm_grad(&norm.weight, &dw)?;
             Ok((sum.double_value(&[]), dh))
+        })
+    }
+
+    /// Whether the embedding table trains.
+    pub fn embedding_trains(&self) -> bool {
+        self.embed_tokens.requires_grad()
+    }
+
+    /// The embedding lookup's backward: adds `g` [B, T, H] (the gradient of
+    /// the embedded `input_ids` [B, T]) to the rows of the embedding's
+    /// `.grad` they were looked up from. Autograd's embedding backward builds
+    /// a dense [V, H] gradient first (0.7 GiB on Qwen3) and then adds it.
+    pub fn embedding_backward(&self, input_ids: &Tensor, g: &Tensor) -> Result<()> {
+        if !self.embed_tokens.requires_grad() {
+            return Err(Error::InvalidArgument {
+                name: "embedding_backward",
+                reason: "the embedding does not train".into(),
+            });
+        }
+        let h = self.cfg.hidden_size as i64;
+        tch::no_grad(|| {
+            add_rows_grad(
+                &self.embed_tokens,
+                &input_ids.reshape([-1]),
+                &g.reshape([-1, h]),
+            )
         })
     }
 }
