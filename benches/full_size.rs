@@ -254,24 +254,31 @@ fn gemm_floor(cfg: &qwen3_model::Qwen3Config, tokens: i64, device: Device) -> Re
         sync(device);
         t.elapsed().as_secs_f64() / 5.0
     };
-    // One projection [m, k] -> [m, n]: forward, input gradient, weight gradient.
+    // One projection [m, k] -> [m, n]: (forward, input + weight gradient).
     let proj = |m: i64, k: i64, n: i64| {
         let (x, w, dy) = (
             tch::Tensor::randn([m, k], opts),
             tch::Tensor::randn([n, k], opts),
             tch::Tensor::randn([m, n], opts),
         );
-        time(&|| {
+        let fwd = time(&|| {
             let _ = x.mm(&w.tr());
+        });
+        let bwd = time(&|| {
             let _ = dy.mm(&w);
             let _ = dy.tr().mm(&x);
-        })
+        });
+        (fwd, bwd)
     };
-    let block = proj(tokens, h, q + 2 * kv)
-        + proj(tokens, q, h)
-        + proj(tokens, h, 2 * i)
-        + proj(tokens, i, h);
-    let head = proj(2048, h, cfg.vocab_size as i64) * tokens as f64 / 2048.0;
+    let layers = cfg.num_hidden_layers as f64;
+    let parts = [
+        ("qkv", proj(tokens, h, q + 2 * kv)),
+        ("o", proj(tokens, q, h)),
+        ("gate_up", proj(tokens, h, 2 * i)),
+        ("down", proj(tokens, i, h)),
+    ];
+    let (head_fwd, head_bwd) = proj(2048, h, cfg.vocab_size as i64);
+    let head = (head_fwd + head_bwd) * tokens as f64 / 2048.0;
     let (b, t) = (tokens / 2048, 2048);
     let qt = tch::Tensor::randn(
         [b, cfg.num_attention_heads as i64, t, cfg.head_dim as i64],
@@ -284,17 +291,30 @@ fn gemm_floor(cfg: &qwen3_model::Qwen3Config, tokens: i64, device: Device) -> Re
     )
     .set_requires_grad(true);
     let scale = 1.0 / (cfg.head_dim as f64).sqrt();
-    let attention = time(&|| {
-        let y = tch::Tensor::scaled_dot_product_attention::<tch::Tensor>(
+    let sdpa = || {
+        tch::Tensor::scaled_dot_product_attention::<tch::Tensor>(
             &qt, &kt, &kt, None, 0.0, true, scale, true,
-        );
-        y.sum(Kind::Float).backward();
+        )
+    };
+    let attention_fwd = time(&|| {
+        let _ = tch::no_grad(sdpa);
     });
-    let layers = cfg.num_hidden_layers as f64;
+    let attention = time(&|| sdpa().sum(Kind::Float).backward());
+    let per_part: serde_json::Map<String, serde_json::Value> = parts
+        .iter()
+        .map(|(name, (f, b))| {
+            (
+                name.to_string(),
+                json!({"forward_s": f * layers, "backward_s": b * layers}),
+            )
+        })
+        .collect();
+    let blocks: f64 = parts.iter().map(|(_, (f, b))| f + b).sum::<f64>() * layers;
     emit(
-        json!({"metric": "gemm_floor", "tokens": tokens, "blocks_gemm_s": block * layers,
-                "head_gemm_s": head, "attention_s": attention * layers,
-                "total_s": (block + attention) * layers + head}),
+        json!({"metric": "gemm_floor", "tokens": tokens, "blocks_gemm_s": blocks,
+                "projections": per_part, "head_gemm_s": head,
+                "attention_forward_s": attention_fwd * layers, "attention_s": attention * layers,
+                "total_s": blocks + attention * layers + head}),
     );
     Ok(())
 }

@@ -55,6 +55,7 @@ mod loader;
 mod mlp;
 mod model;
 mod norm;
+pub mod phases;
 mod precision;
 mod random;
 mod rope;

@@ -34,6 +34,7 @@ use crate::grad_accumulate::{add_norm_grad, add_weight_grad};
 use crate::linear::{Linear, LinearWeight};
 use crate::model::Qwen3Model;
 use crate::norm::RmsNorm;
+use crate::phases;
 
 /// What one block's forward keeps for its backward ([`Qwen3Model::block_forward_tape`]).
 #[derive(Debug)]
@@ -162,6 +163,7 @@ impl Qwen3Model {
             Ok((qkv, q, k, rstd1))
         })?;
         let v = split_qkv(&qkv, hq, hkv, d).2;
+        phases::mark(x.device(), "forward: norm, q/k/v, q/k-norm + RoPE");
         let heads = |x: Tensor, heads: i64| {
             x.view([b, t, heads, d])
                 .transpose(1, 2)
@@ -177,6 +179,7 @@ impl Qwen3Model {
                 &q, &k, &v, None, 0.0, true, scale, true,
             )
         })?; // [B, Hq, T, D]
+        phases::mark(x.device(), "forward: attention");
 
         // 3. o-projection, residual, norm, gate/up in one GEMM, SwiGLU, down, residual.
         let (out, x_mid, rstd2, gate_up) = tch::no_grad(|| -> Result<_> {
@@ -190,6 +193,7 @@ impl Qwen3Model {
             let out = &x_mid + linear_no_grad(&block.mlp.down_proj, &hmid, self.dtype, kernels)?;
             Ok((out, x_mid, rstd2, gate_up))
         })?;
+        phases::mark(x.device(), "forward: o, norm, MLP");
         let tape = BlockTape {
             layer,
             batch: b,
@@ -248,6 +252,7 @@ impl Qwen3Model {
                 fused,
             )?;
             add_norm_grad(&ln.weight, &dw)?;
+            phases::mark(g.device(), "backward: MLP, norm");
             // 2. o-projection.
             let y2 = merge_heads(&tape.y.detach(), n);
             let dy = backward_linear(&a.o_proj, &dx_mid, &y2, cd, kernels)?;
@@ -261,6 +266,7 @@ impl Qwen3Model {
         tch::with_grad(|| (&tape.y * dy).sum(Kind::Float).f_backward())?;
         let flat = |x: &Tensor| x.grad().transpose(1, 2).reshape([n, -1, d]);
         let (dq, dk, dv) = (flat(&tape.q), flat(&tape.k), flat(&tape.v));
+        phases::mark(g.device(), "backward: o, attention");
 
         // 4. q/k-norm + RoPE, q/k/v, input norm (+ the residual).
         tch::no_grad(|| -> Result<_> {
@@ -298,6 +304,7 @@ impl Qwen3Model {
                 fused,
             )?;
             add_norm_grad(&ln.weight, &dw)?;
+            phases::mark(g.device(), "backward: q/k-norm + RoPE, q/k/v, norm");
             Ok(dx.view([b, t, h]))
         })
     }

@@ -37,7 +37,7 @@ use qwen3_model::{BlockTape, Qwen3Model};
 
 use crate::batch::IGNORE_INDEX;
 use crate::error::Result;
-use crate::phases;
+use qwen3_model::phases;
 
 /// Which part of the model trains, and how the backward runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -48,7 +48,6 @@ mod grad;
 mod job;
 mod metrics;
 mod optim;
-mod phases;
 mod plot;
 mod resume;
 mod run_dir;
@@ -93,8 +92,8 @@ pub use metrics::{
 pub use optim::{
     default_decay, dynamic_map, AdamW, AdamWConfig, OptimStateKind, QuantMap, QUANT_BLOCK,
 };
-pub use phases::take_step_phases;
 pub use plot::{plot_loss_curve, LossCurve};
+pub use qwen3_model::phases::take_step_phases;
 pub use run_dir::{timestamped_run_dir, RunDirLock, LOCK_FILE};
 pub use schedule::{Schedule, ScheduleKind};
 pub use text::{is_text_path, load_text_tokens, read_text, text_windows, tokenize_text};

@@ -18,8 +18,8 @@ use crate::error::{Error, Result};
 use crate::grad::{clip_coefficient, global_grad_norm};
 use crate::metrics::{memory_in_use, MetricsLog, StepMetrics};
 use crate::optim::{default_decay, AdamW};
-use crate::phases;
 use crate::schedule::Schedule;
+use qwen3_model::phases;
 
 /// What a [`Trainer::train`] call did.
 #[derive(Clone, Debug)]

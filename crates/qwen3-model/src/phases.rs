@@ -1,9 +1,10 @@
 //! Where a training step's time goes, for benchmarks and profiling: with
-//! `NVFP4_STEP_PHASES=1` the trainer synchronises the device at each phase
-//! boundary of a step (zeroing gradients, the blocks' forward, the loss, the
-//! blocks' backward, the embedding, the gradient norm, the update) and
-//! records each phase's wall time; [`take_step_phases`] returns them. Off by
-//! default: the synchronisations cost a little overlap.
+//! `NVFP4_STEP_PHASES=1` the trainer (and the written-out blocks inside it)
+//! synchronise the device at each phase boundary of a step (zeroing
+//! gradients, the blocks' forward and backward part by part, the loss, the
+//! embedding, the gradient norm, the update) and record each phase's wall
+//! time; [`take_step_phases`] returns them, summed by name. Off by default:
+//! the synchronisations cost the overlap of CPU and GPU.
 
 use std::cell::RefCell;
 use std::sync::OnceLock;
@@ -31,8 +32,8 @@ fn sync(device: Device) {
     }
 }
 
-/// Starts a step's record (drops an unread one).
-pub(crate) fn start(device: Device) {
+/// Starts a step's record (drops an unread one); nothing unless enabled.
+pub fn start(device: Device) {
     if enabled() {
         sync(device);
         PHASES.with(|p| {
@@ -44,8 +45,9 @@ pub(crate) fn start(device: Device) {
     }
 }
 
-/// Ends phase `name`: the time since the previous mark (or the start).
-pub(crate) fn mark(device: Device, name: &'static str) {
+/// Ends phase `name`: the time since the previous mark (or the start);
+/// nothing unless enabled and started.
+pub fn mark(device: Device, name: &'static str) {
     if enabled() {
         sync(device);
         PHASES.with(|p| {
