@@ -71,12 +71,18 @@ impl BackpropPlan {
     }
 }
 
+/// The labels flattened, and the indices [N] of the target positions among them.
+fn target_rows(labels: &Tensor) -> (Tensor, Tensor) {
+    let flat = labels.reshape([-1]);
+    let rows = flat.ne(IGNORE_INDEX).nonzero().squeeze_dim(1);
+    (flat, rows)
+}
+
 /// Sum of cross-entropies over the target positions of `hidden` [B, T, H]
 /// (labels [B, T]); a 0-dim f32 tensor attached to the graph.
 pub fn masked_ce_sum(model: &Qwen3Model, hidden: &Tensor, labels: &Tensor) -> Result<Tensor> {
     let h = hidden.size()[2];
-    let flat_labels = labels.reshape([-1]);
-    let rows = flat_labels.ne(IGNORE_INDEX).nonzero().squeeze_dim(1); // [N]
+    let (flat_labels, rows) = target_rows(labels);
     let picked = hidden.reshape([-1, h]).index_select(0, &rows).unsqueeze(0); // [1, N, H]
     let logits = model.head(&picked)?.squeeze_dim(0); // [N, V] f32
     let targets = flat_labels.index_select(0, &rows);
@@ -149,8 +155,7 @@ fn written_out_ce_backward(
     chunk: usize,
 ) -> Result<f64> {
     let h = top.size()[2];
-    let flat_labels = labels.reshape([-1]);
-    let rows = flat_labels.ne(IGNORE_INDEX).nonzero().squeeze_dim(1); // [N]
+    let (flat_labels, rows) = target_rows(labels);
     let flat = top.detach().reshape([-1, h]);
     let picked = flat.index_select(0, &rows);
     let targets = flat_labels.index_select(0, &rows);
@@ -174,8 +179,7 @@ pub fn masked_ce_backward(
     chunk: usize,
 ) -> Result<f64> {
     let h = top.size()[2];
-    let flat_labels = labels.reshape([-1]);
-    let rows = flat_labels.ne(IGNORE_INDEX).nonzero().squeeze_dim(1); // [N]
+    let (flat_labels, rows) = target_rows(labels);
     let n = rows.size()[0];
     let chunk = i64::try_from(chunk).unwrap_or(i64::MAX).max(1);
     let mut sum = Tensor::zeros([], (Kind::Float, top.device()));
