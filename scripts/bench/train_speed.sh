@@ -24,20 +24,20 @@ bin=.gpu-bundle/bin/bench-full_size
 json="$OUT/train_speed.jsonl"; log="$OUT/train_speed.log"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 row_limit="${ROW_LIMIT:-75}"
-ours() { # system-name spec [env assignments...]: one row of this project, its own process
-    local system="$1" spec="$2"; shift 2
-    echo "== $system: train $spec" | tee -a "$log"
+ours() { # row-name spec [env assignments...]: one row of this project, its own process
+    local row="$1" spec="$2"; shift 2
+    echo "== ours ($row): train $spec" | tee -a "$log"
     env "$@" FULL_SIZE_TRAIN="$spec" FULL_SIZE_SKIP=decode,prefill,nvfp4_head timeout "$row_limit" "$bin" 2>&1 |
-        tee -a "$log" | grep -E '^\{.*train_step' | sed "s/^{/{\"system\": \"$system\", /" >> "$json" \
-        || echo "{\"system\": \"$system\", \"metric\": \"train_step\", \"spec\": \"$spec\", \"error\": \"failed or timed out\"}" >> "$json"
+        tee -a "$log" | grep -E '^\{.*train_step' | sed "s/^{/{\"row\": \"$row\", /" >> "$json" \
+        || echo "{\"system\": \"qwen3-nvfp4\", \"row\": \"$row\", \"metric\": \"train_step\", \"spec\": \"$spec\", \"error\": \"failed or timed out\"}" >> "$json"
 }
 for spec in ${TRAIN_SPECS:-bf16,bf16,1,2048,off bf16,bf16,4,2048,off bf16,bf16,1,2048,on bf16,bf16,4,2048,on f32,f32,4,2048,auto bf16,int8,4,2048,auto}; do
-    ours qwen3-nvfp4 "$spec"
+    ours "written-out blocks" "$spec"
 done
 # The same step with the blocks and loss through autograd (the reference
 # path): what the written-out blocks bought.
 for spec in ${AUTOGRAD_SPECS:-}; do
-    ours "qwen3-nvfp4 autograd blocks" "$spec" NVFP4_AUTOGRAD_BLOCKS=1
+    ours "autograd blocks" "$spec" NVFP4_AUTOGRAD_BLOCKS=1
 done
 echo "== baselines: transformers eager and + Liger" | tee -a "$log"
 [ "${BASELINE_ROWS:-}" = none ] || PYTHONUNBUFFERED=1 python3 scripts/bench/train_baselines.py --config "$cfg" \

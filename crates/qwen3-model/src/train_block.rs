@@ -7,16 +7,15 @@
 //! the forward keeps only what the backward cannot cheaply recompute, 40k
 //! values per token and block ([`BlockTape`]; the normed inputs and the
 //! SwiGLU output are recomputed, q/k/v are kept rather than recomputed by a
-//! GEMM), the elementwise work runs as
-//! fused kernels (`nvfp4_kernels::train_ops`: RMSNorm, q/k-norm + RoPE,
-//! SwiGLU, forward and backward), q/k/v and gate/up are one GEMM each, and
-//! weight gradients are accumulated by the GEMM that computes them
-//! (`addmm_` into `.grad`). The rounded (STE) weights are recomputed in the
+//! GEMM), the elementwise work runs as fused kernels
+//! (`nvfp4_kernels::train_ops`: RMSNorm, q/k-norm + RoPE, SwiGLU, forward
+//! and backward), q/k/v and gate/up are one GEMM each, and weight gradients
+//! are accumulated by the GEMM that computes them (`addmm_` into `.grad`). The rounded (STE) weights are recomputed in the
 //! backward rather than kept: one fake-quantization pass costs far less than
 //! holding a second copy of every weight.
 //!
 //! Only attention keeps a small autograd graph (q, k, v -> SDPA), so its
-//! backward is libtorch's flash-attention backward.
+//! backward is the fused one SDPA picks (cuDNN's on the H200).
 //!
 //! Gradients equal the autograd block's (`block_forward` + backward) up to
 //! rounding: the roundings of the forward are the same ones, and the
@@ -58,7 +57,7 @@ pub struct BlockTape {
 /// (`ste(W)` or W), stacked along the output dimension, in `kind`: each
 /// rounded straight into its rows.
 fn rounded_stack(lins: &[&Linear], kind: Kind, kernels: bool) -> Result<Tensor> {
-    let w = master(lins[0]);
+    let w = master(lins[0])?;
     if let [lin] = lins {
         if lin.precision.weights.is_none() && w.kind() == kind {
             return Ok(w.detach()); // a dense weight alone is used as stored
@@ -70,17 +69,21 @@ fn rounded_stack(lins: &[&Linear], kind: Kind, kernels: bool) -> Result<Tensor> 
     let mut start = 0;
     for (lin, r) in lins.iter().zip(rows) {
         lin.precision
-            .weight_into(master(lin), &out.narrow(0, start, r), kernels)?;
+            .weight_into(master(lin)?, &out.narrow(0, start, r), kernels)?;
         start += r;
     }
     Ok(out)
 }
 
-pub(crate) fn master(lin: &Linear) -> &Tensor {
+/// The trainable weight of a projection (`written_out_ok` and `head_loss_ok`
+/// admit no other), or an error naming the frozen one.
+pub(crate) fn master(lin: &Linear) -> Result<&Tensor> {
     match &lin.weight {
-        LinearWeight::Master(w) => w,
-        // `manual_backward_ok` admits only master weights.
-        LinearWeight::Packed(_) => unreachable!("checked by manual_backward_ok"),
+        LinearWeight::Master(w) => Ok(w),
+        LinearWeight::Packed(_) => Err(Error::InvalidArgument {
+            name: "projection",
+            reason: "a frozen NVFP4 projection has no master weight to train".into(),
+        }),
     }
 }
 
@@ -113,7 +116,7 @@ impl Qwen3Model {
     /// Whether block `layer` can train through [`Qwen3Model::block_forward_tape`]:
     /// every projection and norm is trainable, and q/k/v (and gate/up) round
     /// their shared input alike, so each group can be one GEMM.
-    pub fn manual_backward_ok(&self, layer: usize) -> bool {
+    pub fn written_out_ok(&self, layer: usize) -> bool {
         let Some(block) = self.layers.get(layer) else {
             return false;
         };
@@ -126,7 +129,7 @@ impl Qwen3Model {
     }
 
     fn trained_block(&self, layer: usize) -> Result<&DecoderLayer> {
-        if !self.manual_backward_ok(layer) {
+        if !self.written_out_ok(layer) {
             return Err(Error::InvalidArgument {
                 name: "layer",
                 reason: format!(
@@ -145,34 +148,24 @@ impl Qwen3Model {
     pub fn block_forward_tape(&self, layer: usize, hidden: &Tensor) -> Result<(Tensor, BlockTape)> {
         let block = self.trained_block(layer)?;
         let (b, t, h) = self.check_hidden(hidden)?;
-        let n = b * t;
-        let (kernels, fused) = (self.backend.uses_kernels(), self.fused_training());
-        let x = hidden.to_kind(self.dtype).reshape([n, h]).contiguous();
+        let x = hidden.to_kind(self.dtype).reshape([b * t, h]).contiguous();
         let a = &block.self_attn;
         let (hq, hkv, d) = (a.num_heads as i64, a.num_kv_heads as i64, a.head_dim as i64);
-        let (cos, sin) = self.rotary.cos_sin(0, t as usize);
-
         // 1. Norm, q/k/v in one GEMM, q/k-norm + RoPE.
-        let (qkv, q, k, rstd1) = tch::no_grad(|| -> Result<_> {
-            let ln = &block.input_layernorm;
-            let (n1, rstd1) = train_ops::rmsnorm_forward(&x, &ln.weight, ln.eps(), fused)?;
-            let qkv = self.qkv_projection(block, &n1, kernels)?; // [N, (Hq + 2 Hkv) D]
-            let (q_pre, k_pre, _) = split_qkv(&qkv, hq, hkv, d);
-            let q = self.qk_rope(&a.q_norm, &q_pre, &cos, &sin, fused)?;
-            let k = self.qk_rope(&a.k_norm, &k_pre, &cos, &sin, fused)?;
-            Ok((qkv, q, k, rstd1))
-        })?;
-        let v = split_qkv(&qkv, hq, hkv, d).2;
+        let (qkv, q, k, rstd1) = tch::no_grad(|| self.qkv_forward(block, &x, t))?;
         phases::mark(x.device(), "forward: norm, q/k/v, q/k-norm + RoPE");
-        let heads = |x: Tensor, heads: i64| {
+        // 2. Attention, the one recorded graph, from leaves [B, heads, T, D].
+        let leaf = |x: &Tensor, heads: i64| {
             x.view([b, t, heads, d])
                 .transpose(1, 2)
                 .detach()
                 .set_requires_grad(true)
         };
-        let (q, k, v) = (heads(q, hq), heads(k, hkv), heads(v, hkv));
-
-        // 2. Attention, the one recorded graph.
+        let (q, k, v) = (
+            leaf(&q, hq),
+            leaf(&k, hkv),
+            leaf(&split_qkv(&qkv, hq, hkv, d).2, hkv),
+        );
         let scale = 1.0 / (d as f64).sqrt();
         let y = tch::with_grad(|| {
             Tensor::f_scaled_dot_product_attention::<Tensor>(
@@ -180,19 +173,8 @@ impl Qwen3Model {
             )
         })?; // [B, Hq, T, D]
         phases::mark(x.device(), "forward: attention");
-
         // 3. o-projection, residual, norm, gate/up in one GEMM, SwiGLU, down, residual.
-        let (out, x_mid, rstd2, gate_up) = tch::no_grad(|| -> Result<_> {
-            let y2 = merge_heads(&y.detach(), n); // [N, Hq D]
-            let x_mid = &x + linear_no_grad(&a.o_proj, &y2, self.dtype, kernels)?;
-            let ln = &block.post_attention_layernorm;
-            let (n2, rstd2) = train_ops::rmsnorm_forward(&x_mid, &ln.weight, ln.eps(), fused)?;
-            let gate_up = self.gate_up_projection(block, &n2, kernels)?; // [N, 2I]
-            let (gate, up) = split_halves(&gate_up);
-            let hmid = train_ops::swiglu_forward(&gate, &up, fused)?;
-            let out = &x_mid + linear_no_grad(&block.mlp.down_proj, &hmid, self.dtype, kernels)?;
-            Ok((out, x_mid, rstd2, gate_up))
-        })?;
+        let (out, x_mid, rstd2, gate_up) = tch::no_grad(|| self.mlp_forward(block, &x, &y))?;
         phases::mark(x.device(), "forward: o, norm, MLP");
         let tape = BlockTape {
             layer,
@@ -218,95 +200,162 @@ impl Qwen3Model {
     pub fn block_backward_tape(&self, tape: BlockTape, g: &Tensor) -> Result<Tensor> {
         let block = self.trained_block(tape.layer)?;
         let (b, t) = (tape.batch, tape.seq);
-        let n = b * t;
-        let (kernels, fused) = (self.backend.uses_kernels(), self.fused_training());
-        let cd = self.dtype;
-        let a = &block.self_attn;
-        let m = &block.mlp;
-        let h = tape.x.size()[1];
-        let g = g.to_kind(cd).reshape([n, h]);
-
-        // 1. MLP: down, SwiGLU, gate/up, post-attention norm (+ the residual).
-        let (dx_mid, dy) = tch::no_grad(|| -> Result<_> {
-            let (gate, up) = split_halves(&tape.gate_up);
-            // dh first: the SwiGLU backward then recomputes h in the same pass.
-            let dh = g.f_mm(&rounded_stack(&[&m.down_proj], cd, kernels)?)?;
-            let dgate_up = Tensor::f_empty_like(&tape.gate_up)?;
-            let hmid = train_ops::swiglu_backward_with_output(&dh, &gate, &up, &dgate_up, fused)?;
-            drop(dh);
-            add_weight_grad(
-                master(&m.down_proj),
-                &g,
-                &m.down_proj.precision.input(&hmid, kernels)?,
-            )?;
-            drop(hmid);
-            let ln = &block.post_attention_layernorm;
-            let (n2, _) = train_ops::rmsnorm_forward(&tape.x_mid, &ln.weight, ln.eps(), fused)?;
-            let dn2 = backward_group(&[&m.gate_proj, &m.up_proj], &dgate_up, &n2, cd, kernels)?;
-            let (dx_mid, dw) = train_ops::rmsnorm_backward(
-                &dn2,
-                &tape.x_mid,
-                &ln.weight,
-                &tape.rstd2,
-                Some(&g),
-                fused,
-            )?;
-            add_norm_grad(&ln.weight, &dw)?;
-            phases::mark(g.device(), "backward: MLP, norm");
-            // 2. o-projection.
-            let y2 = merge_heads(&tape.y.detach(), n);
-            let dy = backward_linear(&a.o_proj, &dx_mid, &y2, cd, kernels)?;
-            Ok((dx_mid, dy))
-        })?;
-
-        // 3. Attention through its graph: the leaves' gradients.
-        let hq = a.num_heads as i64;
-        let d = a.head_dim as i64;
-        let dy = dy.view([b, t, hq, d]).transpose(1, 2);
+        let g = g.to_kind(self.dtype).reshape([b * t, -1]);
+        // 1. down, SwiGLU, gate/up, post-attention norm (+ the residual), o.
+        let (dx_mid, dy) = tch::no_grad(|| self.mlp_backward(block, &tape, &g))?;
+        phases::mark(g.device(), "backward: MLP, norm, o");
+        // 2. Attention through its graph: the leaves' gradients.
+        let dy = dy
+            .view([b, t, -1, block.self_attn.head_dim as i64])
+            .transpose(1, 2);
         tch::with_grad(|| (&tape.y * dy).sum(Kind::Float).f_backward())?;
-        let flat = |x: &Tensor| x.grad().transpose(1, 2).reshape([n, -1, d]);
-        let (dq, dk, dv) = (flat(&tape.q), flat(&tape.k), flat(&tape.v));
-        phases::mark(g.device(), "backward: o, attention");
+        phases::mark(g.device(), "backward: attention");
+        // 3. q/k-norm + RoPE, q/k/v, input norm (+ the residual).
+        let dx = tch::no_grad(|| self.qkv_backward(block, &tape, &dx_mid))?;
+        phases::mark(g.device(), "backward: q/k-norm + RoPE, q/k/v, norm");
+        Ok(dx.view([b, t, -1]))
+    }
 
-        // 4. q/k-norm + RoPE, q/k/v, input norm (+ the residual).
-        tch::no_grad(|| -> Result<_> {
-            let ln = &block.input_layernorm;
-            let (n1, _) = train_ops::rmsnorm_forward(&tape.x, &ln.weight, ln.eps(), fused)?;
-            let hkv = a.num_kv_heads as i64;
-            let (q_pre, k_pre, _) = split_qkv(&tape.qkv, hq, hkv, d);
-            let dqkv = Tensor::f_empty([n, (hq + 2 * hkv) * d], (cd, tape.x.device()))?;
-            let (dq_pre, dk_pre, mut dv_pre) = split_qkv(&dqkv, hq, hkv, d);
-            let (cos, sin) = self.rotary.cos_sin(0, t as usize);
-            for (norm, dout, pre, into) in [
-                (&a.q_norm, &dq, &q_pre, &dq_pre),
-                (&a.k_norm, &dk, &k_pre, &dk_pre),
-            ] {
-                let dw = train_ops::qk_norm_rope_backward(
-                    dout,
-                    pre,
-                    &norm.weight,
-                    &cos,
-                    &sin,
-                    norm.eps(),
-                    into,
-                    fused,
-                )?;
-                add_norm_grad(&norm.weight, &dw)?;
-            }
-            dv_pre.f_copy_(&dv)?;
-            let dn1 = backward_group(&[&a.q_proj, &a.k_proj, &a.v_proj], &dqkv, &n1, cd, kernels)?;
-            let (dx, dw) = train_ops::rmsnorm_backward(
-                &dn1,
-                &tape.x,
-                &ln.weight,
-                &tape.rstd1,
-                Some(&dx_mid),
+    /// Step 1 of the forward on `x` [N, H] (T positions a row): the input
+    /// norm's output and rstd, `[q | k | v]` before their norms, and q, k
+    /// after norm + RoPE ([N, heads, D]).
+    fn qkv_forward(
+        &self,
+        block: &DecoderLayer,
+        x: &Tensor,
+        t: i64,
+    ) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
+        let (kernels, fused) = (self.backend.uses_kernels(), self.fused_training());
+        let a = &block.self_attn;
+        let ln = &block.input_layernorm;
+        let (n1, rstd1) = train_ops::rmsnorm_forward(x, &ln.weight, ln.eps(), fused)?;
+        let qkv = group_forward(&[&a.q_proj, &a.k_proj, &a.v_proj], &n1, self.dtype, kernels)?;
+        let (q_pre, k_pre, _) = split_qkv(
+            &qkv,
+            a.num_heads as i64,
+            a.num_kv_heads as i64,
+            a.head_dim as i64,
+        );
+        let (cos, sin) = self.rotary.cos_sin(0, t as usize);
+        let rope = |norm: &RmsNorm, pre: &Tensor| {
+            train_ops::qk_norm_rope_forward(pre, &norm.weight, &cos, &sin, norm.eps(), fused)
+        };
+        let (q, k) = (rope(&a.q_norm, &q_pre)?, rope(&a.k_norm, &k_pre)?);
+        Ok((qkv, q, k, rstd1))
+    }
+
+    /// Step 3 of the forward from the block input `x` and the attention
+    /// output `y`: the block output, the residual after attention, the post
+    /// norm's rstd, and `[gate | up]`.
+    fn mlp_forward(
+        &self,
+        block: &DecoderLayer,
+        x: &Tensor,
+        y: &Tensor,
+    ) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
+        let (kernels, fused) = (self.backend.uses_kernels(), self.fused_training());
+        let (m, cd) = (&block.mlp, self.dtype);
+        let y2 = merge_heads(&y.detach(), x.size()[0]); // [N, Hq D]
+        let x_mid = x + group_forward(&[&block.self_attn.o_proj], &y2, cd, kernels)?;
+        let ln = &block.post_attention_layernorm;
+        let (n2, rstd2) = train_ops::rmsnorm_forward(&x_mid, &ln.weight, ln.eps(), fused)?;
+        let gate_up = group_forward(&[&m.gate_proj, &m.up_proj], &n2, cd, kernels)?; // [N, 2I]
+        let (gate, up) = split_halves(&gate_up);
+        let hmid = train_ops::swiglu_forward(&gate, &up, fused)?;
+        let out = &x_mid + group_forward(&[&m.down_proj], &hmid, cd, kernels)?;
+        Ok((out, x_mid, rstd2, gate_up))
+    }
+
+    /// Backward step 1 for the block output's gradient `g` [N, H]: the
+    /// gradients of the residual after attention and of the attention output.
+    fn mlp_backward(
+        &self,
+        block: &DecoderLayer,
+        tape: &BlockTape,
+        g: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        let (kernels, fused) = (self.backend.uses_kernels(), self.fused_training());
+        let (m, cd) = (&block.mlp, self.dtype);
+        let (gate, up) = split_halves(&tape.gate_up);
+        // dh first: the SwiGLU backward then recomputes h in the same pass.
+        let dh = g.f_mm(&rounded_stack(&[&m.down_proj], cd, kernels)?)?;
+        let dgate_up = Tensor::f_empty_like(&tape.gate_up)?;
+        let hmid = train_ops::swiglu_backward_with_output(&dh, &gate, &up, &dgate_up, fused)?;
+        drop(dh);
+        let down_in = m.down_proj.precision.input(&hmid, kernels)?;
+        add_weight_grad(master(&m.down_proj)?, g, &down_in)?;
+        drop((hmid, down_in));
+        let ln = &block.post_attention_layernorm;
+        let (n2, _) = train_ops::rmsnorm_forward(&tape.x_mid, &ln.weight, ln.eps(), fused)?;
+        let dn2 = backward_group(&[&m.gate_proj, &m.up_proj], &dgate_up, &n2, cd, kernels)?;
+        let (dx_mid, dw) = train_ops::rmsnorm_backward(
+            &dn2,
+            &tape.x_mid,
+            &ln.weight,
+            &tape.rstd2,
+            Some(g),
+            fused,
+        )?;
+        add_norm_grad(&ln.weight, &dw)?;
+        let y2 = merge_heads(&tape.y.detach(), g.size()[0]);
+        let dy = backward_group(&[&block.self_attn.o_proj], &dx_mid, &y2, cd, kernels)?;
+        Ok((dx_mid, dy))
+    }
+
+    /// Backward step 3, once attention's backward has filled the q/k/v
+    /// leaves' gradients: the gradient of the block input.
+    fn qkv_backward(
+        &self,
+        block: &DecoderLayer,
+        tape: &BlockTape,
+        dx_mid: &Tensor,
+    ) -> Result<Tensor> {
+        let (kernels, fused) = (self.backend.uses_kernels(), self.fused_training());
+        let a = &block.self_attn;
+        let (hq, hkv, d) = (a.num_heads as i64, a.num_kv_heads as i64, a.head_dim as i64);
+        let n = tape.x.size()[0];
+        // The leaves' gradients as [N, heads, D] (their layout is the leaves', [B, T, heads, D]).
+        let leaf_grad = |x: &Tensor| x.grad().transpose(1, 2).reshape([n, -1, d]);
+        let (q_pre, k_pre, _) = split_qkv(&tape.qkv, hq, hkv, d);
+        let dqkv = Tensor::f_empty([n, (hq + 2 * hkv) * d], (self.dtype, tape.x.device()))?;
+        let (dq_pre, dk_pre, mut dv_pre) = split_qkv(&dqkv, hq, hkv, d);
+        let (cos, sin) = self.rotary.cos_sin(0, tape.seq as usize);
+        for (norm, leaf, pre, into) in [
+            (&a.q_norm, &tape.q, &q_pre, &dq_pre),
+            (&a.k_norm, &tape.k, &k_pre, &dk_pre),
+        ] {
+            let dw = train_ops::qk_norm_rope_backward(
+                &leaf_grad(leaf),
+                pre,
+                &norm.weight,
+                &cos,
+                &sin,
+                norm.eps(),
+                into,
                 fused,
             )?;
-            add_norm_grad(&ln.weight, &dw)?;
-            phases::mark(g.device(), "backward: q/k-norm + RoPE, q/k/v, norm");
-            Ok(dx.view([b, t, h]))
-        })
+            add_norm_grad(&norm.weight, &dw)?;
+        }
+        dv_pre.f_copy_(&leaf_grad(&tape.v))?;
+        let ln = &block.input_layernorm;
+        let (n1, _) = train_ops::rmsnorm_forward(&tape.x, &ln.weight, ln.eps(), fused)?;
+        let dn1 = backward_group(
+            &[&a.q_proj, &a.k_proj, &a.v_proj],
+            &dqkv,
+            &n1,
+            self.dtype,
+            kernels,
+        )?;
+        let (dx, dw) = train_ops::rmsnorm_backward(
+            &dn1,
+            &tape.x,
+            &ln.weight,
+            &tape.rstd1,
+            Some(dx_mid),
+            fused,
+        )?;
+        add_norm_grad(&ln.weight, &dw)?;
+        Ok(dx)
     }
 
     /// Whether the fused training kernels run: CUDA kernels allowed and a
@@ -314,42 +363,6 @@ impl Qwen3Model {
     /// exactness tests, runs the tch-op references, which are exact there).
     pub(crate) fn fused_training(&self) -> bool {
         self.backend.uses_kernels() && self.dtype == Kind::BFloat16
-    }
-
-    /// `[q | k | v] = input(n1) @ [Wq; Wk; Wv]^T`, one GEMM.
-    fn qkv_projection(&self, block: &DecoderLayer, n1: &Tensor, kernels: bool) -> Result<Tensor> {
-        let a = &block.self_attn;
-        group_forward(&[&a.q_proj, &a.k_proj, &a.v_proj], n1, self.dtype, kernels)
-    }
-
-    /// `[gate | up] = input(n2) @ [Wg; Wu]^T`, one GEMM.
-    fn gate_up_projection(
-        &self,
-        block: &DecoderLayer,
-        n2: &Tensor,
-        kernels: bool,
-    ) -> Result<Tensor> {
-        let m = &block.mlp;
-        group_forward(&[&m.gate_proj, &m.up_proj], n2, self.dtype, kernels)
-    }
-
-    /// q/k RMSNorm over each head then RoPE at positions 0..T: [N, heads, D].
-    fn qk_rope(
-        &self,
-        norm: &RmsNorm,
-        pre: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        kernels: bool,
-    ) -> Result<Tensor> {
-        Ok(train_ops::qk_norm_rope_forward(
-            pre,
-            &norm.weight,
-            cos,
-            sin,
-            norm.eps(),
-            kernels,
-        )?)
     }
 }
 
@@ -360,25 +373,10 @@ fn group_forward(lins: &[&Linear], x: &Tensor, kind: Kind, kernels: bool) -> Res
     Ok(x.f_mm(&w.tr())?)
 }
 
-/// One projection without a graph: `input(x) @ rounded(W)^T`.
-fn linear_no_grad(lin: &Linear, x: &Tensor, kind: Kind, kernels: bool) -> Result<Tensor> {
-    group_forward(&[lin], x, kind, kernels)
-}
-
-/// Backward of `y = input(x) @ W^T` given dy [N, out]: adds dy^T input(x) to
-/// W's gradient, returns dx = dy @ rounded(W) (straight through the rounding).
-fn backward_linear(
-    lin: &Linear,
-    dy: &Tensor,
-    x: &Tensor,
-    kind: Kind,
-    kernels: bool,
-) -> Result<Tensor> {
-    backward_group(&[lin], dy, x, kind, kernels)
-}
-
-/// [`backward_linear`] of a group sharing the input `x`: `dy` holds the
-/// group's output gradients side by side, in the group's order.
+/// Backward of `y = input(x) @ [W1; W2; ...]^T` (projections sharing the
+/// input `x`) given dy [N, sum of out], the group's output gradients side by
+/// side: adds dy_i^T input(x) to each W_i's gradient, returns dx = dy @
+/// [rounded(W_i)] (straight through the rounding).
 fn backward_group(
     lins: &[&Linear],
     dy: &Tensor,
@@ -390,7 +388,7 @@ fn backward_group(
     let mut col = 0;
     for lin in lins {
         let out = lin.weight.shape()[0] as i64;
-        add_weight_grad(master(lin), &dy.narrow(1, col, out), &xin)?;
+        add_weight_grad(master(lin)?, &dy.narrow(1, col, out), &xin)?;
         col += out;
     }
     drop(xin);

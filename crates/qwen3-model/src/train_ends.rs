@@ -35,11 +35,11 @@ impl Qwen3Model {
     }
 
     /// The head's rounding and its trainable weight [V, H].
-    fn head_weight(&self) -> (Precision, &Tensor) {
-        match &self.lm_head {
-            Some(lin) => (lin.precision, master(lin)),
+    fn head_weight(&self) -> Result<(Precision, &Tensor)> {
+        Ok(match &self.lm_head {
+            Some(lin) => (lin.precision, master(lin)?),
             None => (self.tied_head, &self.embed_tokens),
-        }
+        })
     }
 
     /// Cross-entropy of `hidden` [N, H] (the last hidden state of the
@@ -71,7 +71,7 @@ impl Qwen3Model {
             }
             let norm = &self.norm;
             let (n, rstd) = train_ops::rmsnorm_forward(&hidden, &norm.weight, norm.eps(), fused)?;
-            let (precision, w_param) = self.head_weight();
+            let (precision, w_param) = self.head_weight()?;
             let x = precision.input(&n, kernels)?;
             let w = precision.weight(w_param, self.dtype, kernels)?; // [V, H]
             let dn = Tensor::f_empty_like(&n)?;

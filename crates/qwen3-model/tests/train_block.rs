@@ -160,12 +160,12 @@ fn written_out_head_loss_with_the_fused_cross_entropy_tracks_autograd_on_cuda() 
 fn a_block_that_does_not_train_is_refused_by_name() {
     let cfg = tiny_cfg(false);
     let m = Qwen3Model::random(&cfg, &LoadOptions::new(Device::Cpu), 5).unwrap();
-    assert!(!m.manual_backward_ok(0));
+    assert!(!m.written_out_ok(0));
     let x = Tensor::randn([1, 3, cfg.hidden_size as i64], (Kind::Float, Device::Cpu));
     let e = m.block_forward_tape(0, &x).unwrap_err().to_string();
     assert!(e.contains("block 0") && e.contains("trainable"), "{e}");
     let m = m.into_trainable(Kind::Float, None).unwrap();
-    assert!(m.manual_backward_ok(1) && !m.manual_backward_ok(2));
+    assert!(m.written_out_ok(1) && !m.written_out_ok(2));
     let bad = Tensor::randn([1, 3, 5], (Kind::Float, Device::Cpu));
     let e = m.block_forward_tape(0, &bad).unwrap_err().to_string();
     assert!(e.contains("hidden") && e.contains("[1, 3, 5]"), "{e}");

@@ -61,8 +61,7 @@ impl BackpropPlan {
     /// reference path, for comparisons).
     pub fn written_out_for(model: &Qwen3Model, first_trained_layer: usize) -> bool {
         let forced_off = std::env::var("NVFP4_AUTOGRAD_BLOCKS").is_ok_and(|v| v == "1");
-        !forced_off
-            && (first_trained_layer..model.num_layers()).all(|l| model.manual_backward_ok(l))
+        !forced_off && (first_trained_layer..model.num_layers()).all(|l| model.written_out_ok(l))
     }
 
     /// Whether block `layer` is recomputed in the backward pass.
