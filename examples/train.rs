@@ -182,9 +182,11 @@ struct Args {
           value_parser = parse_arg::<Checkpointing>, num_args = 0..=1, default_missing_value = "on")]
     activation_checkpointing: Checkpointing,
     /// Under torchrun or srun: shard the AdamW state across the ranks (ZeRO-1):
-    /// each rank keeps the moments of its share of the tensors, gradients are
-    /// reduced to their owner, weights broadcast from it. Checkpoints stay
-    /// resumable at any world size. A single process trains as without it.
+    /// each rank keeps the moments of its share of the tensors (and, with f32
+    /// masters computing in bf16, their f32 masters: the weights are then bf16),
+    /// gradients are reduced to their owner, weights broadcast from it.
+    /// Checkpoints stay resumable at any world size. A single process trains
+    /// as without it.
     #[arg(long)]
     zero1: bool,
     /// NaN/inf loss or gradient: skip (drop the step, count it) | stop.

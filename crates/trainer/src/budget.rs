@@ -222,15 +222,30 @@ pub fn training_estimate_per_rank(
         // One chunk of the written-out loss's logits, in the compute kind
         // (they become their own gradient in place).
         + tokens.min(CE_CHUNK as f64) * cfg.vocab_size as f64 * act;
-    MemoryEstimate {
-        what: "training",
-        parts: vec![
-            ("frozen weights", frozen * PACKED_BYTES_PER_WEIGHT),
+    // ZeRO-1 with f32 masters and a narrower compute kind shards the masters
+    // too: weights and gradients in the compute kind on every rank, the f32
+    // masters split like the moments (`Trainer::shards_masters`).
+    let weights: Vec<(&'static str, f64)> = if train.zero1 && master == 4.0 && act < 4.0 {
+        vec![
+            ("weights (compute kind)", trainable * act),
+            ("f32 master shard", trainable * master / shards),
+            ("gradients", trainable * act),
+        ]
+    } else {
+        vec![
             ("master weights", trainable * master),
             ("gradients", trainable * master),
-            ("optimizer state", trainable * 2.0 * moment / shards),
-            ("activations", activations),
-        ],
+        ]
+    };
+    let mut parts = vec![("frozen weights", frozen * PACKED_BYTES_PER_WEIGHT)];
+    parts.extend(weights);
+    parts.extend([
+        ("optimizer state", trainable * 2.0 * moment / shards),
+        ("activations", activations),
+    ]);
+    MemoryEstimate {
+        what: "training",
+        parts,
     }
 }
 

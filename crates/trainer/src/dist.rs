@@ -172,6 +172,9 @@ impl Trainer {
                     .collect();
                 self.optim.retain(|n| owned.contains(&n));
             }
+            if self.shards_masters() {
+                self.narrow_to_compute_copies()?;
+            }
             let mine = plan.owned_by(rank);
             tracing::info!(
                 rank,
@@ -191,6 +194,45 @@ impl Trainer {
             zero,
             device: self.model.device(),
         });
+        Ok(())
+    }
+
+    /// Whether ZeRO-1 shards the master weights too: f32 masters (the
+    /// default) with a narrower compute kind (bf16 on CUDA). Every rank then
+    /// holds the weights and gradients in the compute kind, and the f32
+    /// master of the tensors it owns only.
+    pub(crate) fn shards_masters(&self) -> bool {
+        self.cfg.zero1
+            && self.cfg.master_dtype == crate::config::MasterDtype::F32
+            && self.model.dtype() != Kind::Float
+    }
+
+    /// ZeRO-1 with sharded masters, on joining the group: the optimizer
+    /// (this rank's share) copies its tensors' f32 values as masters, then
+    /// every trainable tensor of the model becomes its compute-kind
+    /// rounding, in place (`set_data`: the model and the optimizer hold the
+    /// same tensors). Before the first step only: an f32 gradient would not
+    /// fit a narrowed parameter.
+    fn narrow_to_compute_copies(&mut self) -> Result<()> {
+        if self.params.iter().any(|p| p.grad().defined()) {
+            return Err(Error::config(
+                "zero1",
+                "joining the group before the first step (the master weights are sharded then)",
+                "a trainer that has already stepped",
+            ));
+        }
+        self.optim.shard_masters();
+        let kind = self.model.dtype();
+        tch::no_grad(|| -> Result<()> {
+            for p in &self.params {
+                let narrow = p.f_to_kind(kind)?;
+                p.shallow_clone().f_set_data(&narrow)?;
+            }
+            Ok(())
+        })?;
+        tracing::info!(
+            "ZeRO-1: weights and gradients in {kind:?}, f32 masters of this rank's share only"
+        );
         Ok(())
     }
 
@@ -436,7 +478,12 @@ impl Trainer {
         let mut out = Vec::new();
         for i in plan.owned_by(rank) {
             let name = &self.names[i];
-            out.push((name.clone(), self.params[i].detach()));
+            // The f32 master where this rank holds one: exact resumes.
+            let weight = self.optim.master_of(name);
+            out.push((
+                name.clone(),
+                weight.unwrap_or_else(|| self.params[i].detach()),
+            ));
             let moments =
                 self.optim
                     .state_tensors_of(name)

@@ -192,17 +192,23 @@ impl Trainer {
                     "no tensor {name} (saved with another --train-last-layers?)"
                 ))
             })?;
-            if t.size() != param.size() || t.kind() != param.kind() {
+            // Under ZeRO-1 with sharded masters the checkpoint holds the f32
+            // master of a narrower parameter.
+            let master = self.optim.master_of(name);
+            let kind = master.as_ref().map_or(param.kind(), Tensor::kind);
+            if t.size() != param.size() || t.kind() != kind {
                 return Err(bad(format!(
                     "tensor {name} is {:?} {:?}, the model has {:?} {:?}",
                     t.kind(),
                     t.size(),
-                    param.kind(),
+                    kind,
                     param.size()
                 )));
             }
-            let mut p = param.shallow_clone();
-            tch::no_grad(|| p.copy_(&t));
+            match master {
+                Some(_) => self.optim.restore_master(name, &t),
+                None => tch::no_grad(|| param.shallow_clone().copy_(&t)),
+            }
         }
         let optim_steps = state.extra["optim_steps"]
             .as_u64()

@@ -11,9 +11,12 @@
 //!   sums of squares (one scalar all-reduce); each rank updates its own
 //!   tensors; then each tensor is broadcast from its owner (the whole-tensor
 //!   form of all-gather), so every rank's weights are bitwise identical.
-//! - What is sharded: the moments. The model's trainable tensors are the
-//!   master weights (the forward reads them, fake-quantized to NVFP4), so
-//!   every rank keeps them whole, and the gradients too (ZeRO-1, not -2).
+//! - What is sharded: the moments, and with f32 masters (the default) and
+//!   a narrower compute kind (bf16 on CUDA) the master weights too: every
+//!   rank keeps the weights and gradients whole in the compute kind, and the
+//!   f32 masters of the tensors it owns only, in its optimizer
+//!   (`AdamW::shard_masters`); the owner updates a master and broadcasts its
+//!   rounding. The gradients stay whole (ZeRO-1, not -2).
 //!
 //! [`memory_per_gpu`] counts what that leaves on each GPU, exactly, from the
 //! tensor shapes of a [`Qwen3Config`].
@@ -96,27 +99,32 @@ pub fn moment_bytes(state: OptimStateKind, numel: u64) -> u64 {
 /// come on top (see `training_estimate` for an activation estimate).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MemoryPerGpu {
-    /// Trainable tensors in the master precision, whole on every rank (the
-    /// forward reads them; nothing stays NVFP4-packed when every block trains).
+    /// Trainable tensors as the forward reads them, whole on every rank: in
+    /// the master precision, or in bf16 when ZeRO-1 shards f32 masters
+    /// (nothing stays NVFP4-packed when every block trains).
     pub weights: u64,
     /// Their gradients (same precision), whole on every rank.
     pub gradients: u64,
     /// Both AdamW moments of the tensors this rank updates: all of them
     /// without ZeRO-1, the most loaded rank's shard with it.
     pub moments: u64,
+    /// The f32 masters of that shard, when ZeRO-1 shards them (f32 masters
+    /// computing in bf16, the CUDA case); 0 when the weights are the masters.
+    pub masters: u64,
 }
 
 impl MemoryPerGpu {
     /// Sum of the parts.
     pub fn total(&self) -> u64 {
-        self.weights + self.gradients + self.moments
+        self.weights + self.gradients + self.moments + self.masters
     }
 }
 
 /// Exact per-GPU training state of full fine-tuning of `cfg` at `world`
 /// ranks, master weights of `master`, moments of `state`, with or without
 /// ZeRO-1 (the per-GPU figure is the most loaded rank's, by the same
-/// [`ShardPlan`] the trainer uses).
+/// [`ShardPlan`] the trainer uses), computing in bf16 (CUDA): with ZeRO-1,
+/// f32 masters are sharded behind bf16 weights.
 pub fn memory_per_gpu(
     cfg: &Qwen3Config,
     master: MasterDtype,
@@ -132,22 +140,36 @@ pub fn memory_per_gpu(
         .map(|t| t.shape.iter().product::<usize>() as u64)
         .collect();
     let params: u64 = sizes.iter().sum();
-    let master_bytes = master.kind().elt_size_in_bytes() as u64;
+    let sharded_masters = zero1 && master == MasterDtype::F32;
+    let weight_bytes = if sharded_masters {
+        2
+    } else {
+        master.kind().elt_size_in_bytes() as u64
+    };
     let shards = if zero1 { world.max(1) } else { 1 };
     let plan = ShardPlan::new(&sizes, shards);
-    let moments = (0..shards)
+    // (moments, masters) of each rank's share; the most loaded rank's.
+    let (moments, masters) = (0..shards)
         .map(|r| {
-            plan.owned_by(r)
+            let owned = plan.owned_by(r);
+            let moments = owned
                 .iter()
                 .map(|&i| 2 * moment_bytes(state, sizes[i]))
-                .sum::<u64>()
+                .sum::<u64>();
+            let masters = if sharded_masters {
+                owned.iter().map(|&i| 4 * sizes[i]).sum::<u64>()
+            } else {
+                0
+            };
+            (moments, masters)
         })
-        .max()
-        .unwrap_or(0);
+        .max_by_key(|(m, w)| m + w)
+        .unwrap_or((0, 0));
     MemoryPerGpu {
-        weights: params * master_bytes,
-        gradients: params * master_bytes,
+        weights: params * weight_bytes,
+        gradients: params * weight_bytes,
         moments,
+        masters,
     }
 }
 
@@ -208,10 +230,13 @@ mod tests {
         // Greedy: 40 | 40, the six 24s alternate (112 | 112), then the 16s
         // (144 | 144), the 8s (160 | 160), the five 4s (172 | 168), the 2s
         // to the lighter rank (172 | 172, then 174 | 174): 174 each.
+        // ZeRO-1 with f32 masters shards them behind bf16 weights and gradients.
         let two = memory_per_gpu(&cfg, MasterDtype::F32, OptimStateKind::F32, 2, true);
-        assert_eq!(two.weights, one.weights);
-        assert_eq!(two.gradients, one.gradients);
+        assert_eq!(two.weights, 348 * 2);
+        assert_eq!(two.gradients, 348 * 2);
         assert_eq!(two.moments, 174 * 8);
+        assert_eq!(two.masters, 174 * 4);
+        assert_eq!(one.masters, 0);
         // int8: per moment one byte per element padded to 256-element blocks,
         // plus a 4-byte absmax per block; every tensor here is one block.
         let int8 = memory_per_gpu(&cfg, MasterDtype::F32, OptimStateKind::Int8Block, 1, false);
@@ -253,9 +278,11 @@ mod tests {
                     let plain = memory_per_gpu(&cfg, master, state, world, false);
                     let zero = memory_per_gpu(&cfg, master, state, world, true);
                     println!(
-                        "| {model} | {label} | {world} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
+                        "| {model} | {label} | {world} | {:.2} | {:.2} / {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
+                        gib(plain.weights + plain.gradients),
                         gib(zero.weights),
                         gib(zero.gradients),
+                        gib(zero.masters),
                         gib(plain.moments),
                         gib(zero.moments),
                         gib(plain.total()),

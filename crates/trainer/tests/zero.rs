@@ -52,11 +52,27 @@ fn config(grad_accum: usize, zero1: bool, checkpoint_dir: Option<PathBuf>) -> Tr
 }
 
 fn trainer(seed: u64, grad_accum: usize, zero1: bool, ckpt: Option<PathBuf>) -> Trainer {
+    trainer_of(seed, grad_accum, zero1, ckpt, tch::Kind::Float)
+}
+
+/// [`trainer`] computing in `dtype` (bf16: ZeRO-1 then shards the f32 masters).
+fn trainer_of(
+    seed: u64,
+    grad_accum: usize,
+    zero1: bool,
+    ckpt: Option<PathBuf>,
+    dtype: tch::Kind,
+) -> Trainer {
     // One intra-op thread, as the ranks run (OMP_NUM_THREADS=1): libtorch's
     // CPU reductions split by thread count, and the tests of this binary
     // run side by side, so the count would otherwise vary from run to run.
     tch::set_num_threads(1);
-    common::dp_trainer(seed, config(grad_accum, zero1, ckpt), tch::Device::Cpu)
+    common::dp_trainer_of(
+        seed,
+        config(grad_accum, zero1, ckpt),
+        tch::Device::Cpu,
+        dtype,
+    )
 }
 
 /// What one launch of ranks does.
@@ -74,17 +90,20 @@ struct Spec {
     /// After the run and its checkpoint, one more step whose collective save
     /// rank 1 does not survive (SIGKILL once its shard is written).
     kill_in_save: bool,
+    /// Compute in bf16 (with ZeRO-1: the f32 masters sharded).
+    bf16: bool,
 }
 
 impl Spec {
     fn encode(&self) -> String {
         format!(
-            "{}|{}|{}|{}|{}|{}",
+            "{}|{}|{}|{}|{}|{}|{}",
             u8::from(self.zero1),
             self.grad_accum,
             self.run,
             u8::from(self.resume_fails),
             u8::from(self.kill_in_save),
+            u8::from(self.bf16),
             self.resume
                 .as_ref()
                 .map_or(String::new(), |p| p.display().to_string())
@@ -92,14 +111,15 @@ impl Spec {
     }
 
     fn decode(s: &str) -> Self {
-        let parts: Vec<&str> = s.splitn(6, '|').collect();
+        let parts: Vec<&str> = s.splitn(7, '|').collect();
         Spec {
             zero1: parts[0] == "1",
             grad_accum: parts[1].parse().unwrap(),
             run: parts[2].parse().unwrap(),
             resume_fails: parts[3] == "1",
             kill_in_save: parts[4] == "1",
-            resume: (!parts[5].is_empty()).then(|| PathBuf::from(parts[5])),
+            bf16: parts[5] == "1",
+            resume: (!parts[6].is_empty()).then(|| PathBuf::from(parts[6])),
         }
     }
 }
@@ -476,6 +496,130 @@ fn zero1_group_of_one_is_bitwise_plain_data_parallel() {
     }
 }
 
+/// ZeRO-1 with f32 masters (the default) and bf16 compute shards the master
+/// weights: after joining, every weight is bf16 and this rank's optimizer
+/// holds the f32 masters of its share; after each step every weight is its
+/// master's bf16 rounding; the collective checkpoint holds the f32 masters,
+/// and a trainer resuming it in a new group continues bitwise like the
+/// uninterrupted one.
+#[test]
+fn zero1_shards_f32_masters_under_bf16_compute() {
+    tch::set_num_threads(1);
+    let seed = test_support::seed();
+    let dir = tempfile::tempdir().unwrap();
+    let make = |ckpt: Option<PathBuf>| sharded_group_of_one(seed, ckpt);
+    let mut whole = make(Some(dir.path().join("ckpt")));
+    let names: Vec<String> = weights(&whole).into_iter().map(|(n, _)| n).collect();
+    let masters = |t: &Trainer| -> Vec<Tensor> {
+        names
+            .iter()
+            .map(|n| {
+                t.optimizer()
+                    .master_of(n)
+                    .expect("a group of one owns every master")
+            })
+            .collect()
+    };
+    let rounded_masters = |t: &Trainer| {
+        for ((name, w), m) in weights(t).iter().zip(masters(t)) {
+            assert_eq!(
+                (w.kind(), m.kind()),
+                (tch::Kind::BFloat16, tch::Kind::Float),
+                "{name}"
+            );
+            assert!(
+                w.equal(&m.to_kind(tch::Kind::BFloat16)),
+                "{name}: not its master's rounding"
+            );
+        }
+    };
+    rounded_masters(&whole);
+    let mut losses = Vec::new();
+    for step in 0..STEPS {
+        losses.push(whole.step().unwrap().loss);
+        rounded_masters(&whole);
+        if step + 1 == STEPS / 2 {
+            whole.save_checkpoint().unwrap();
+            // The checkpoint holds the f32 masters, not their bf16 rounding.
+            let moved = masters(&whole)
+                .iter()
+                .any(|m| !m.equal(&m.to_kind(tch::Kind::BFloat16).to_kind(tch::Kind::Float)));
+            assert!(moved, "the masters should hold more than bf16 after a step");
+        }
+    }
+    let ckpt = latest(&dir.path().join("ckpt"));
+    for (name, dtype, _) in tensor_names(&ckpt)
+        .iter()
+        .filter(|(n, ..)| !n.starts_with("optim."))
+    {
+        assert_eq!(dtype, "F32", "{name}: the checkpoint holds the master");
+    }
+    let mut resumed = make(None);
+    resumed.resume_from(&ckpt).unwrap();
+    rounded_masters(&resumed);
+    for (step, want) in losses.iter().enumerate().skip(STEPS as usize / 2) {
+        let got = resumed.step().unwrap().loss;
+        assert_eq!(got.to_bits(), want.to_bits(), "step {step}");
+    }
+    for (a, b) in masters(&whole).iter().zip(masters(&resumed)) {
+        assert!(a.equal(&b), "masters differ after the resume");
+    }
+    println!(
+        "sharded f32 masters: {} tensors, losses {losses:?}",
+        names.len()
+    );
+}
+
+/// A group of one training in bf16 with sharded f32 masters, 2 micro-batches a step.
+fn sharded_group_of_one(seed: u64, ckpt: Option<PathBuf>) -> Trainer {
+    let mut t = trainer_of(seed, 2, true, ckpt, tch::Kind::BFloat16);
+    t.set_data_parallel(group_of_one()).unwrap();
+    t
+}
+
+/// Two ranks with sharded f32 masters (each keeps the masters of its half,
+/// updates them and broadcasts their bf16 rounding) against one rank of the
+/// same scheme at the same global batch. The two sum their bf16 gradients
+/// in another order than one rank accumulating two micro-batches, so the
+/// measure is how far apart the two ended relative to how far training
+/// moved the weights: at most 5 % (a tensor updated on one side only, or
+/// from the wrong owner, would be ~100 %).
+#[test]
+fn zero1_sharded_masters_two_processes_match_one() {
+    let seed = test_support::seed();
+    let dir = tempfile::tempdir().unwrap();
+    let spec = Spec {
+        zero1: true,
+        grad_accum: 1,
+        run: STEPS,
+        bf16: true,
+        ..Default::default()
+    };
+    let (losses, two) = run_ranks(2, seed, &spec, dir.path());
+    let mut one = sharded_group_of_one(seed, None);
+    let start = weights(&one);
+    let want: Vec<f64> = (0..STEPS).map(|_| one.step().unwrap().loss).collect();
+    let one = weights(&one);
+    let flat = |w: &[(String, Tensor)]| {
+        Tensor::cat(
+            &w.iter()
+                .map(|(_, t)| t.to_kind(tch::Kind::Float).reshape([-1]))
+                .collect::<Vec<_>>(),
+            0,
+        )
+    };
+    let moved = (flat(&one) - flat(&start)).norm().double_value(&[]);
+    let apart = (flat(&two) - flat(&one)).norm().double_value(&[]);
+    println!("sharded masters, world 2 vs 1: losses {losses:?} vs {want:?}; apart {apart:e}, moved {moved:e}");
+    assert!(
+        moved > 0.0 && apart <= 0.05 * moved,
+        "apart {apart} vs moved {moved}"
+    );
+    for (a, b) in losses.iter().zip(&want) {
+        assert!((a - b).abs() <= 1e-2 * b.abs(), "loss {a} vs {b}");
+    }
+}
+
 /// ZeRO-1 without a group is plain training (the whole state on one process).
 #[test]
 fn zero1_without_a_group_is_plain_training() {
@@ -584,7 +728,18 @@ fn rank() {
         Duration::from_secs(60),
     ))
     .unwrap();
-    let mut t = trainer(seed, spec.grad_accum, spec.zero1, Some(dir.join("ckpt")));
+    let kind = if spec.bf16 {
+        tch::Kind::BFloat16
+    } else {
+        tch::Kind::Float
+    };
+    let mut t = trainer_of(
+        seed,
+        spec.grad_accum,
+        spec.zero1,
+        Some(dir.join("ckpt")),
+        kind,
+    );
     t.set_data_parallel(group).unwrap();
     assert_eq!(t.total_steps(), STEPS);
     if let Some(path) = &spec.resume {

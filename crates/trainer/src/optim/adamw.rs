@@ -84,13 +84,32 @@ pub fn default_decay(name: &str, param: &Tensor) -> bool {
 #[derive(Debug)]
 struct Slot {
     name: String,
+    /// What the update changes: the model's parameter, or (with
+    /// [`AdamW::shard_masters`]) an f32 master of it that only this slot holds.
     param: Tensor,
+    /// With an f32 master: the model's narrower parameter, which holds the
+    /// gradient and receives the master's rounding after each update.
+    compute: Option<Tensor>,
     decay: bool,
     m: MomentStore,
     v: MomentStore,
     /// Whether the fused kernel takes this tensor (f32/bf16, contiguous,
     /// on CUDA); cleared if it ever fails on it.
     fusable: bool,
+}
+
+impl Slot {
+    /// The model's tensor: the one holding the gradient.
+    fn model_tensor(&self) -> Tensor {
+        self.compute.as_ref().unwrap_or(&self.param).shallow_clone()
+    }
+
+    /// With an f32 master, writes its rounding into the model's parameter.
+    fn publish(&self) {
+        if let Some(c) = &self.compute {
+            tch::no_grad(|| c.shallow_clone().copy_(&self.param));
+        }
+    }
 }
 
 /// Environment switch forcing the tch-op update on CUDA (to compare or
@@ -186,6 +205,7 @@ impl AdamW {
                 decay: decay(&name, &param),
                 name,
                 param,
+                compute: None,
                 m,
                 v,
                 fusable,
@@ -265,11 +285,21 @@ impl AdamW {
             .collect()
     }
 
-    /// Bytes of moment state held (what `--optim-state` trades; on the
-    /// tch-op path an f32 work buffer of the largest tensor's size comes on
-    /// top, the fused kernel needs none).
+    /// Bytes of moment state held (what `--optim-state` trades), and of the
+    /// f32 masters when it holds them; on the tch-op path an f32 work buffer
+    /// of the largest tensor's size comes on top, the fused kernel needs none.
     pub fn state_bytes(&self) -> usize {
-        self.slots.iter().map(|s| s.m.nbytes() + s.v.nbytes()).sum()
+        self.slots
+            .iter()
+            .map(|s| {
+                let master = if s.compute.is_some() {
+                    s.param.numel() * 4
+                } else {
+                    0
+                };
+                s.m.nbytes() + s.v.nbytes() + master
+            })
+            .sum()
     }
 
     /// One update with learning rate `lr` from the gradients in `param.grad()`.
@@ -292,14 +322,17 @@ impl AdamW {
         let scratch = &mut self.scratch;
         tch::no_grad(|| {
             for slot in &mut self.slots {
-                let grad = slot.param.grad();
+                let grad = slot.model_tensor().grad();
                 if !grad.defined() {
                     continue;
                 }
                 if fused && slot.fusable {
                     let step = kernel_step(slot, lr, (bc1, bc2), &cfg, grad_scale);
                     match fused_update(slot, &grad, &step, maps) {
-                        Ok(()) => continue,
+                        Ok(()) => {
+                            slot.publish();
+                            continue;
+                        }
                         // The argument checks run before the launch and a
                         // failed launch starts nothing: the tensors are as
                         // they were, so the tch ops do this update.
@@ -321,6 +354,7 @@ impl AdamW {
                     let _ = grad.shallow_clone().g_mul_scalar_(grad_scale);
                 }
                 update_slot(slot, &grad, lr, bc1, bc2, &cfg, maps, s);
+                slot.publish();
             }
         });
     }
@@ -328,7 +362,42 @@ impl AdamW {
     /// Clears every gradient (sets it to zero, keeping its buffer).
     pub fn zero_grad(&mut self) {
         for slot in &mut self.slots {
-            slot.param.zero_grad();
+            slot.model_tensor().zero_grad();
+        }
+    }
+
+    /// Gives every slot an f32 master copy of its parameter, which the
+    /// updates change from now on; the parameter then only holds the
+    /// gradient and the master's rounding after each update. Call it while
+    /// the parameters still hold the f32 values (before the caller narrows
+    /// them, e.g. to bf16, with `set_data`): ZeRO-1 shards master weights this
+    /// way, each rank keeping the masters of the tensors it owns only.
+    pub fn shard_masters(&mut self) {
+        for slot in &mut self.slots {
+            if slot.compute.is_none() {
+                let master = slot.param.detach().to_kind(Kind::Float).copy();
+                slot.compute = Some(std::mem::replace(&mut slot.param, master));
+            }
+        }
+    }
+
+    /// The f32 master of tensor `name` (a shallow clone), when this
+    /// optimizer holds one ([`AdamW::shard_masters`]).
+    pub fn master_of(&self, name: &str) -> Option<Tensor> {
+        let s = self.slots.iter().find(|s| s.name == name)?;
+        s.compute.is_some().then(|| s.param.shallow_clone())
+    }
+
+    /// Restores the f32 master of tensor `name` from `value` (and its
+    /// rounding into the parameter); nothing when it holds no master.
+    pub fn restore_master(&mut self, name: &str, value: &Tensor) {
+        if let Some(s) = self
+            .slots
+            .iter_mut()
+            .find(|s| s.name == name && s.compute.is_some())
+        {
+            tch::no_grad(|| s.param.copy_(value));
+            s.publish();
         }
     }
 

@@ -28,10 +28,15 @@ pub fn tiny_model(cfg: &Qwen3Config, seed: u64) -> Qwen3Model {
 
 /// [`tiny_model`] on `device`, in f32 there too.
 pub fn tiny_model_on(cfg: &Qwen3Config, seed: u64, device: Device) -> Qwen3Model {
+    tiny_model_of(cfg, seed, device, tch::Kind::Float)
+}
+
+/// [`tiny_model_on`] computing in `dtype`.
+pub fn tiny_model_of(cfg: &Qwen3Config, seed: u64, device: Device, dtype: tch::Kind) -> Qwen3Model {
     static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = RNG.lock().unwrap_or_else(|e| e.into_inner());
     let opts = LoadOptions {
-        dtype: tch::Kind::Float,
+        dtype,
         ..LoadOptions::new(device)
     };
     Qwen3Model::random(cfg, &opts, seed).unwrap()
@@ -158,9 +163,19 @@ pub fn dp_config(grad_accum: usize) -> trainer::TrainConfig {
 /// A trainer of the data-parallel tests on `device`: the tiny tied model and
 /// 13 random examples drawn from `seed`, trained with `cfg`.
 pub fn dp_trainer(seed: u64, cfg: trainer::TrainConfig, device: Device) -> trainer::Trainer {
+    dp_trainer_of(seed, cfg, device, tch::Kind::Float)
+}
+
+/// [`dp_trainer`] computing in `dtype`.
+pub fn dp_trainer_of(
+    seed: u64,
+    cfg: trainer::TrainConfig,
+    device: Device,
+    dtype: tch::Kind,
+) -> trainer::Trainer {
     let model_cfg = tiny_config(DP_VOCAB, true);
     trainer::Trainer::new(
-        tiny_model_on(&model_cfg, seed, device),
+        tiny_model_of(&model_cfg, seed, device, dtype),
         cfg,
         random_dataset(13, DP_VOCAB as u32, seed),
         0,
