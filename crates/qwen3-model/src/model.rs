@@ -133,21 +133,14 @@ impl Qwen3Model {
     /// `cache.len()`, K/V are appended, and each query of the chunk sees the
     /// cache plus the chunk positions up to its own. Returns logits [B, T, vocab] f32.
     pub fn forward(&self, input_ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
-        guard_libtorch("forward", || {
-            let x = self.hidden_states(input_ids, cache, None)?;
-            self.head(&x)
-        })
+        self.logits(input_ids, cache, None, false)
     }
 
     /// [`Qwen3Model::forward`] that projects only the last position: logits
     /// `[B, 1, vocab]` f32. What generation needs after a prompt, without
     /// the `[T, vocab]` head matmul and its f32 copy for the other positions.
     pub fn forward_last(&self, input_ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
-        guard_libtorch("forward", || {
-            let x = self.hidden_states(input_ids, cache, None)?;
-            let t = x.size()[1];
-            self.head(&x.f_narrow(1, t - 1, 1)?)
-        })
+        self.logits(input_ids, cache, None, true)
     }
 
     /// [`Qwen3Model::forward`] of a left-padded batch: row b's first `pad[b]`
@@ -163,10 +156,7 @@ impl Qwen3Model {
         pad: &[usize],
         cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
-        guard_libtorch("forward", || {
-            let x = self.hidden_states(input_ids, cache, Some(pad))?;
-            self.head(&x)
-        })
+        self.logits(input_ids, cache, Some(pad), false)
     }
 
     /// [`Qwen3Model::forward_left_padded`] that projects only the last
@@ -177,8 +167,24 @@ impl Qwen3Model {
         pad: &[usize],
         cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
+        self.logits(input_ids, cache, Some(pad), true)
+    }
+
+    /// The forward behind the four `forward*` entry points: the hidden
+    /// states (left-padded when `pad` is given), then the head over every
+    /// position or only the last.
+    fn logits(
+        &self,
+        input_ids: &Tensor,
+        cache: Option<&mut KvCache>,
+        pad: Option<&[usize]>,
+        last_only: bool,
+    ) -> Result<Tensor> {
         guard_libtorch("forward", || {
-            let x = self.hidden_states(input_ids, cache, Some(pad))?;
+            let x = self.hidden_states(input_ids, cache, pad)?;
+            if !last_only {
+                return self.head(&x);
+            }
             let t = x.size()[1];
             self.head(&x.f_narrow(1, t - 1, 1)?)
         })
