@@ -208,7 +208,7 @@ fn train(model: Qwen3Model, spec: &str, probe: &MemoryProbe, base_mem: u64) -> R
     let step_s = times[1];
     // One more step, only timed by phase (NVFP4_STEP_PHASES=1 synchronises
     // at each phase boundary, so it is not one of the timed steps above).
-    if std::env::var("NVFP4_STEP_PHASES").is_ok_and(|v| v == "1") {
+    if qwen3_model::phases::enabled()? {
         t.step()?;
         let phases: serde_json::Map<String, serde_json::Value> = trainer::take_step_phases()
             .into_iter()

@@ -438,3 +438,25 @@ fn checkpointing_every_kth_block_is_a_policy() {
         );
     }
 }
+
+/// The training path's switches (`NVFP4_AUTOGRAD_BLOCKS`: the autograd
+/// reference path; `NVFP4_STEP_PHASES`: phase timings) take 0 or 1; another
+/// value stops the run before any update, naming the variable. `1`
+/// trains.
+#[test]
+fn training_switches_take_0_or_1_and_a_bad_value_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model_dir(&dir.path().join("base"), &tiny_config(|_| {}));
+    let data = pairs_jsonl(dir.path());
+    for var in ["NVFP4_AUTOGRAD_BLOCKS", "NVFP4_STEP_PHASES"] {
+        let out = run(train_cmd(&model, &data).env(var, "yes"));
+        assert!(!out.status.success(), "{var}=yes was accepted");
+        let (_, stderr) = text(&out);
+        assert!(stderr.contains(var) && stderr.contains("yes"), "{stderr}");
+        let out = run(train_cmd(&model, &data)
+            .env(var, "1")
+            .arg("--run-dir")
+            .arg(dir.path().join(format!("run-{var}"))));
+        assert!(out.status.success(), "{var}=1: {}", text(&out).1);
+    }
+}

@@ -7,10 +7,14 @@
 //! the synchronisations cost the overlap of CPU and GPU.
 
 use std::cell::RefCell;
-use std::sync::OnceLock;
 use std::time::Instant;
 
 use tch::Device;
+
+use crate::error::Result;
+
+/// The switch (`0` or `1`; another value is an error naming it).
+pub const SWITCH: &str = "NVFP4_STEP_PHASES";
 
 struct Phases {
     last: Instant,
@@ -21,9 +25,9 @@ thread_local! {
     static PHASES: RefCell<Option<Phases>> = const { RefCell::new(None) };
 }
 
-fn enabled() -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var("NVFP4_STEP_PHASES").is_ok_and(|v| v == "1"))
+/// Whether [`SWITCH`] asks for phase timings.
+pub fn enabled() -> Result<bool> {
+    Ok(nvfp4_kernels::env_switch(SWITCH, false)?)
 }
 
 fn sync(device: Device) {
@@ -32,37 +36,38 @@ fn sync(device: Device) {
     }
 }
 
-/// Starts a step's record (drops an unread one); nothing unless enabled.
-pub fn start(device: Device) {
-    if enabled() {
+/// Starts a step's record when [`enabled`] (dropping an unread one); the
+/// marks that follow on this thread then time their phases.
+pub fn start(device: Device) -> Result<()> {
+    let on = enabled()?;
+    if on {
         sync(device);
-        PHASES.with(|p| {
-            *p.borrow_mut() = Some(Phases {
-                last: Instant::now(),
-                done: Vec::new(),
-            })
-        });
     }
+    PHASES.with(|p| {
+        *p.borrow_mut() = on.then(|| Phases {
+            last: Instant::now(),
+            done: Vec::new(),
+        })
+    });
+    Ok(())
 }
 
 /// Ends phase `name`: the time since the previous mark (or the start);
-/// nothing unless enabled and started.
+/// nothing unless a record was started.
 pub fn mark(device: Device, name: &'static str) {
-    if enabled() {
-        sync(device);
-        PHASES.with(|p| {
-            if let Some(ph) = p.borrow_mut().as_mut() {
-                let now = Instant::now();
-                ph.done.push((name, (now - ph.last).as_secs_f64()));
-                ph.last = now;
-            }
-        });
-    }
+    PHASES.with(|p| {
+        if let Some(ph) = p.borrow_mut().as_mut() {
+            sync(device);
+            let now = Instant::now();
+            ph.done.push((name, (now - ph.last).as_secs_f64()));
+            ph.last = now;
+        }
+    });
 }
 
 /// The phases of the last step, in seconds and in order (summed when a
 /// phase ran several times, as with gradient accumulation); empty unless
-/// `NVFP4_STEP_PHASES=1`.
+/// the step was started with [`SWITCH`]`=1`.
 pub fn take_step_phases() -> Vec<(&'static str, f64)> {
     let done = PHASES.with(|p| p.borrow_mut().take().map(|ph| ph.done).unwrap_or_default());
     let mut summed: Vec<(&'static str, f64)> = Vec::new();

@@ -58,10 +58,12 @@ pub struct BackpropPlan {
 impl BackpropPlan {
     /// Whether every trained block of `model` (from `first_trained_layer`)
     /// can train written out; `NVFP4_AUTOGRAD_BLOCKS=1` forces autograd (the
-    /// reference path, for comparisons).
-    pub fn written_out_for(model: &Qwen3Model, first_trained_layer: usize) -> bool {
-        let forced_off = std::env::var("NVFP4_AUTOGRAD_BLOCKS").is_ok_and(|v| v == "1");
-        !forced_off && (first_trained_layer..model.num_layers()).all(|l| model.written_out_ok(l))
+    /// reference path, for comparisons; another value than 0 or 1 is an
+    /// error naming the variable).
+    pub fn written_out_for(model: &Qwen3Model, first_trained_layer: usize) -> Result<bool> {
+        let forced_off = nvfp4_kernels::env_switch("NVFP4_AUTOGRAD_BLOCKS", false)?;
+        Ok(!forced_off
+            && (first_trained_layer..model.num_layers()).all(|l| model.written_out_ok(l)))
     }
 
     /// Whether block `layer` is recomputed in the backward pass.

@@ -138,7 +138,7 @@ impl Trainer {
         let plan = BackpropPlan {
             first_trained_layer,
             recompute_every,
-            written_out: BackpropPlan::written_out_for(&model, first_trained_layer),
+            written_out: BackpropPlan::written_out_for(&model, first_trained_layer)?,
         };
         let ckpt = match &cfg.checkpoint_dir {
             Some(dir) => Some(CheckpointManager::new(dir, cfg.keep_last)?),
@@ -286,7 +286,7 @@ impl Trainer {
         let tokens: usize = batches.iter().map(|b| b.tokens).sum();
         let denom = targets.max(1) as f64;
         let device = self.model.device();
-        phases::start(device);
+        phases::start(device)?;
         self.zero_grads();
         phases::mark(device, "zero_grads");
         let ce = match &self.teacher {
